@@ -71,7 +71,7 @@ def information_batched(
                 "this model transforms its logits in a way heta_fast's fused LM head does not reproduce; "
                 "use engine='reference'"
             )
-        base_logp = torch.log_softmax(model_logits.float(), -1)
+        base_logp = torch.log_softmax(model_logits.to(torch.promote_types(model_logits.dtype, torch.float32)), -1)
         chunk = mask_chunk_size(adapter, t, max_memory)
         I = torch.empty(t, dtype=torch.float32, device=X.device)
         for a in range(0, t, chunk):

@@ -59,7 +59,8 @@ def _load_default(dtype: torch.dtype):
         tmp = target.with_name(target.name + ".tmp")
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        tmp.replace(target) if not target.exists() else None
+        if not target.exists():  # another process may have finished first; either copy is fine
+            tmp.replace(target)
     except OSError as e:  # a read-only home is no reason to fail: we just convert again next time
         log.warning("could not cache the converted model in %s: %s", target, e)
     return model.to(dtype), tok
@@ -83,10 +84,14 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.
     return model, tok
 
 
+TINY_ARCHS = ("llama", "qwen2", "mistral", "gemma", "gemma2", "phi3", "gpt2")
+
+
 def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
     """A tiny random-weight causal LM built from a config in-process (tests, examples, benchmarks).
 
-    ``arch`` is one of llama, qwen2, mistral, gpt2, gemma, gemma2, phi3.
+    ``arch`` is one of :data:`TINY_ARCHS`. Weights use ``initializer_range=0.3`` (not HF's 0.02) so that
+    the next-token distribution is far from uniform and masking a token moves it measurably.
     """
     import transformers as tf
 
@@ -106,6 +111,7 @@ def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
     if arch not in configs:
         raise HetaInputError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(configs)}")
     cfg = configs[arch]()
+    overrides.setdefault("initializer_range", 0.3)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     torch.manual_seed(seed)
