@@ -1,0 +1,102 @@
+"""``heta-fast`` command line: attribute text on the default (or a local) model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import HetaError
+from .options import PRESETS
+
+
+def _target(value: str | None):
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="heta-fast", description="HETA token attribution for causal LMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("attribute", help="explain why the model produces a target token")
+    a.add_argument("text", help="input text")
+    a.add_argument("--target", help="position (int), or a continuation string explained token by token; "
+                   "default: the last token of TEXT")
+    a.add_argument("--generate", type=int, help="generate N tokens greedily and explain each")
+    a.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct) or a local HF folder")
+    a.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    a.add_argument("--num-probes", type=int)
+    a.add_argument("--seed", type=int)
+    a.add_argument("--rollout", choices=["flow", "reference"])
+    a.add_argument("--hessian", choices=["exact", "lowrank"])
+    a.add_argument("--rank", type=int)
+    a.add_argument("--curvature", choices=["hessian", "gauss_newton"])
+    a.add_argument("--layers", type=int, help="curvature and rollout over the last K layers only")
+    a.add_argument("--mask", choices=["zero", "mean", "token"])
+    a.add_argument("--mask-token-id", type=int)
+    a.add_argument("--normalize", choices=["none", "sum"])
+    a.add_argument("--beta", type=float)
+    a.add_argument("--gamma", type=float)
+    a.add_argument("--window", type=int)
+    a.add_argument("--overlap", type=float)
+    a.add_argument("--components", help="subset of M,S,I, e.g. 'M,I'")
+    a.add_argument("--engine", choices=["fast", "reference"])
+    a.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    a.add_argument("--html", metavar="FILE", help="write an HTML heatmap")
+    a.add_argument("--by", default="scores", choices=["scores", "M", "S", "I"], help="what the heatmap shows")
+    a.add_argument("--top", type=int, default=8, help="rows of the top-k table")
+    a.add_argument("--no-color", action="store_true")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _overrides(args) -> dict:
+    names = ["num_probes", "seed", "rollout", "hessian", "rank", "curvature", "layers", "mask", "mask_token_id",
+             "normalize", "beta", "gamma", "window", "overlap", "engine"]
+    out = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if args.components:
+        out["components"] = tuple(c.strip() for c in args.components.split(",") if c.strip())
+    return out
+
+
+def _print_result(res, args) -> None:
+    from .result import AttributionSequence
+
+    items = res if isinstance(res, AttributionSequence) else [res]
+    for r in items:
+        print(r.heatmap(by=args.by, color=not args.no_color))
+        print(f"target {r.target_token!r} at position {r.target_position} (log p = {r.target_logprob:.3f})")
+        print(f"{'pos':>4}  {'token':<16} {'score':>10} {'M':>8} {'S':>10} {'I':>10}")
+        for i, tok, v in r.topk(args.top):
+            cols = [f"{getattr(r, c)[i]:.4g}" if getattr(r, c) is not None else "-" for c in ("M", "S", "I")]
+            print(f"{i:>4}  {tok!r:<16} {v:>10.4g} {cols[0]:>8} {cols[1]:>10} {cols[2]:>10}")
+        print("timings: " + ", ".join(f"{k}={v:.2f}s" for k, v in r.timings.items()))
+        print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from .api import Attributor
+
+        attributor = Attributor.from_pretrained(args.model, preset=args.preset, progress=not args.quiet)
+        res = attributor.attribute(args.text, _target(args.target), generate=args.generate, **_overrides(args))
+    except HetaError as e:
+        print(f"heta-fast: error: {e}", file=sys.stderr)
+        return 2
+    _print_result(res, args)
+    if args.json:
+        res.to_json(args.json)
+        print(f"wrote {args.json}")
+    if args.html:
+        with open(args.html, "w", encoding="utf-8") as f:
+            f.write(res.to_html(by=args.by))
+        print(f"wrote {args.html}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
