@@ -168,6 +168,8 @@ class Attributor:
         else:
             enc = self._encode(text_or_ids)
             n = enc.ids.numel()
+            if n < 2:
+                raise HetaInputError("the input has a single token: there is no context to attribute to")
             pos = n - 1 if target is None else int(target)
             if pos < 0:
                 pos += n
@@ -175,8 +177,6 @@ class Attributor:
                 raise HetaInputError("target position 0 has no context before it; choose a position >= 1")
             if not 1 <= pos <= n - 1:
                 raise HetaInputError(f"target position {target} is out of range for {n} tokens (valid: 1 … {n - 1})")
-            if n < 2:
-                raise HetaInputError("the input has a single token: there is no context to attribute to")
             positions = [pos]
         if probes is not None and len(positions) != 1:
             raise HetaInputError("probes= can only be given for a single target")

