@@ -18,10 +18,29 @@ def _target(value: str | None):
         return value
 
 
+# Further sub-commands live beside the feature they drive; each module has ``add_parser(subparsers)``
+# which registers its parser with ``set_defaults(func=...)`` (func(args) -> exit code).
+COMMAND_MODULES = ("heta_fast.evaluation.cli", "heta_fast.service.cli", "heta_fast.batch.cli")
+
+
+def _add_feature_commands(sub) -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and name.startswith(e.name):
+                continue  # that feature is not part of this installation
+            raise
+        module.add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heta-fast", description="HETA token attribution for causal LMs")
     sub = parser.add_subparsers(dest="command", required=True)
     a = sub.add_parser("attribute", help="explain why the model produces a target token")
+    a.set_defaults(func=_attribute_command)
     a.add_argument("text", help="input text")
     a.add_argument("--target", help="position (int), or a continuation string explained token by token; "
                    "default: the last token of TEXT")
@@ -50,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--top", type=int, default=8, help="rows of the top-k table")
     a.add_argument("--no-color", action="store_true")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_feature_commands(sub)
     return parser
 
 
@@ -80,13 +100,17 @@ def _print_result(res, args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from .api import Attributor
-
-        attributor = Attributor.from_pretrained(args.model, preset=args.preset, progress=not args.quiet)
-        res = attributor.attribute(args.text, _target(args.target), generate=args.generate, **_overrides(args))
+        return args.func(args)
     except HetaError as e:
         print(f"heta-fast: error: {e}", file=sys.stderr)
         return 2
+
+
+def _attribute_command(args) -> int:
+    from .api import Attributor
+
+    attributor = Attributor.from_pretrained(args.model, preset=args.preset, progress=not args.quiet)
+    res = attributor.attribute(args.text, _target(args.target), generate=args.generate, **_overrides(args))
     _print_result(res, args)
     if args.json:
         res.to_json(args.json)

