@@ -12,6 +12,7 @@ clear error when a model does not have it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import threading
 from dataclasses import dataclass, field
@@ -144,6 +145,23 @@ def cache_kwargs(module: nn.Module, cache) -> dict:
     params = inspect.signature(module.forward).parameters
     name = "cache" if "cache" in params else "past_key_values"
     return {name: cache, "use_cache": True}
+
+
+def cut_cache(cache, length: int):
+    """A copy of a KV cache holding only the first ``length`` positions (the clean prefix of a suffix run).
+
+    transformers changed ``Cache.crop`` from ``crop(max_length)`` to ``crop(-tokens_to_remove)``; support both.
+    """
+    past = copy.deepcopy(cache)
+    remove = past.get_seq_length() - length
+    if remove < 0:
+        raise ValueError(f"cache holds {past.get_seq_length()} positions, cannot cut it to {length}")
+    if remove:
+        if "tokens_to_remove" in inspect.signature(past.crop).parameters:
+            past.crop(-remove)
+        else:
+            past.crop(length)
+    return past
 
 
 def _conv1d_or_linear_weight(mod: nn.Module) -> Tensor:

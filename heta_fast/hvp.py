@@ -1,8 +1,16 @@
-"""Batched curvature–vector products for S (SPEC §2): one forward, every probe reuses its activations.
+"""Batched curvature–vector products for S (SPEC §2): activations shared by every probe, causality exploited.
 
-The exact path builds the first-order graph ∇g once (one forward, one backward with ``create_graph``) and
-then pushes a whole batch of probe directions through the second backward at once
-(``autograd.grad(..., is_grads_batched=True)``), so no probe repeats the forward. The reference engine
+Two ideas make the exact path fast:
+
+* **One graph, many probes.** The first-order graph ∇g is built once (one forward, one backward with
+  ``create_graph``) and a whole batch of probe directions goes through the second backward at once
+  (``autograd.grad(..., is_grads_batched=True)``); no probe repeats the forward.
+* **Causal suffixes.** S_i needs only row i of H·P_i r. Token i influences positions ≥ i alone, so that row
+  depends only on the suffix i … p with the clean keys/values of positions < i held fixed. Tokens are taken
+  in chunks [a, b): the clean KV cache is cut at a, the graph is built on the suffix a … p only, and the
+  chunk's probes run on t − a rows instead of t. That halves the work (about t²/2 rows instead of t²).
+
+The low-rank path needs dense directions over all tokens, so it uses one full graph. The reference engine
 (:mod:`heta_fast.reference`) does one full forward and double backward per probe instead.
 """
 
@@ -13,48 +21,68 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .errors import HetaInputError
-from .hf import ModelAdapter
-from .reference import CurvatureProblem, draw_range_finder
+from .errors import HetaInputError, MemoryBudgetError
+from .hf import ModelAdapter, cut_cache
+from .reference import _first_layer, draw_range_finder
 
 
-def probe_batch_size(adapter: ModelAdapter, t: int, max_memory: int) -> int:
-    """How many directions one batched backward may carry within ``max_memory`` bytes.
-
-    One direction costs roughly one backward's worth of activations: per layer and token a few
-    hidden-size vectors plus the MLP width plus one attention row per head.
-    """
+def _ffn_width(adapter: ModelAdapter) -> int:
     cfg = adapter.config
-    ffn = int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * adapter.hidden_size)
+    return int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * adapter.hidden_size)
+
+
+def bytes_per_direction(adapter: ModelAdapter, rows: int, kv_len: int) -> int:
+    """Rough activation bytes one direction of a batched second backward keeps alive.
+
+    Per layer and row: a few hidden-size vectors, the MLP width, one attention row per head.
+    """
     elem = torch.finfo(adapter.dtype).bits // 8
-    per_dir = adapter.num_layers * t * (12 * adapter.hidden_size + 3 * ffn + 4 * adapter.num_heads * t) * elem
+    per_row = 12 * adapter.hidden_size + 3 * _ffn_width(adapter) + 4 * adapter.num_heads * kv_len
+    return adapter.num_layers * rows * per_row * elem
+
+
+def probe_batch_size(adapter: ModelAdapter, rows: int, kv_len: int, max_memory: int) -> int:
+    """Directions per batched backward within ``max_memory`` bytes (at least 1, else an error)."""
+    per_dir = bytes_per_direction(adapter, rows, kv_len)
+    fit = max_memory // max(per_dir, 1)
+    if fit < 1:
+        raise MemoryBudgetError(
+            f"one Hessian–vector product over {rows} tokens needs about {per_dir / 2**20:.0f} MiB, more than "
+            f"max_memory={max_memory / 2**20:.0f} MiB; raise max_memory, use window= (e.g. 512), "
+            "layers= (curvature on the last layers only) or hessian='lowrank'"
+        )
     # Larger batches than ~32 were measured slower on CPU (cache pressure); they help on GPU.
     cap = 32 if adapter.device.type == "cpu" else 256
-    return max(1, min(cap, max_memory // max(per_dir, 1)))
+    return max(1, min(cap, fit))
 
 
-class BatchedCurvature:
-    """C·V for batches of directions V ``[B, t, d]`` with C the Hessian or the Gauss–Newton matrix."""
+class CurvatureOperator:
+    """C·V for batches of directions V ``[B, s, d]`` over the suffix a … p (s = t − a rows).
 
-    def __init__(self, adapter: ModelAdapter, ids: Tensor, target_id: int, layers: int | None, curvature: str):
-        self.problem = CurvatureProblem(adapter, ids, target_id, layers)
+    C is the Hessian of g = log π[target] or the Gauss–Newton matrix, with respect to the differentiated
+    variable (X, or the residual entering layer L−k) on the suffix; positions < a are held at their clean
+    values through the cut KV cache.
+    """
+
+    def __init__(self, adapter: ModelAdapter, X: Tensor, point: Tensor, target_id: int, curvature: str,
+                 *, start: int = 0, cache=None, layer: int | None = None):
+        self.adapter = adapter
         self.curvature = curvature
-        x = self.problem.point.clone().requires_grad_(True)
-        self.x = x
+        self.x = point[start:].detach().clone().requires_grad_(True)
+        past = cut_cache(cache, start) if start > 0 else None
+        swap = None if layer is None else (layer, self.x)
+        x_in = X[start:] if layer is not None else self.x
+        z = adapter.forward(x_in, past_key_values=past, replace_layer_input=swap).logits[0, -1]
         if curvature == "hessian":
-            g = self.problem.g(x)
-            (self.grad,) = torch.autograd.grad(g, x, create_graph=True)
+            g = torch.log_softmax(z, -1)[target_id]
+            (self.grad,) = torch.autograd.grad(g, self.x, create_graph=True)
         elif curvature == "gauss_newton":
-            self.z = self.problem.logits(x)
-            self.pi = torch.softmax(self.z.detach(), -1)
-            self.u0 = torch.zeros_like(self.z, requires_grad=True)
-            (self.jt,) = torch.autograd.grad(self.z, x, self.u0, create_graph=True)
+            self.z = z
+            self.pi = torch.softmax(z.detach(), -1)
+            self.u0 = torch.zeros_like(z, requires_grad=True)
+            (self.jt,) = torch.autograd.grad(z, self.x, self.u0, create_graph=True)
         else:
             raise HetaInputError(f"unknown curvature {curvature!r}")
-
-    @property
-    def point(self) -> Tensor:
-        return self.problem.point
 
     def __call__(self, V: Tensor) -> Tensor:
         if self.curvature == "hessian":
@@ -65,6 +93,28 @@ class BatchedCurvature:
         W = self.pi * JV - self.pi * (JV @ self.pi)[:, None]
         (GV,) = torch.autograd.grad(self.z, self.x, W, retain_graph=True, is_grads_batched=True)
         return GV
+
+
+def _clean_state(adapter: ModelAdapter, ids: Tensor, layers: int | None):
+    """X, the differentiated point (X or the residual at L−k), its layer index, and the clean KV cache."""
+    from transformers import DynamicCache
+
+    X = adapter.embed(ids).detach()
+    layer = None if layers is None else _first_layer(adapter, layers)
+    cache = DynamicCache()  # no config: every layer kept in full, so it can be cut anywhere
+    with torch.no_grad(), adapter.record(layer_inputs=layer is not None) as rec:
+        adapter.forward(X, past_key_values=cache)
+    point = X if layer is None else rec.layer_inputs[layer].detach()
+    return X, point, layer, cache
+
+
+def token_chunk(t: int, m: int, batch: int) -> int:
+    """Tokens per suffix chunk: enough probes to fill about one batch, never more than t/4 tokens.
+
+    Smaller chunks re-use more of the clean prefix (fewer rows per probe) but rebuild the first-order
+    graph more often; one graph per ~batch of probes keeps that rebuild a small share of the work.
+    """
+    return max(1, min(max(1, t // 4), -(-batch // m)))
 
 
 def sensitivity_batched(
@@ -81,41 +131,59 @@ def sensitivity_batched(
     max_memory: int = 2 * 1024**3,
     progress: Callable[[int], None] | None = None,
 ) -> Tensor:
-    """S ``[t]`` with every curvature product batched; equal probes give the reference engine's S."""
-    op = BatchedCurvature(adapter, ids, target_id, layers, curvature)
-    t, d = op.point.shape
+    """S ``[t]``; equal probes give the reference engine's S (up to floating-point error).
+
+    Args:
+        ids: context ids ``[t]``; the prediction position is t − 1.
+        probes: Rademacher probes ``[t, m, d]`` (see :func:`heta_fast.reference.draw_probes`).
+        max_memory: bytes of activations the batched backwards may hold (sets the batch size).
+    """
+    X, point, layer, cache = _clean_state(adapter, ids, layers)
+    t, d = point.shape
     if probes.ndim != 3 or probes.shape[0] != t or probes.shape[2] != d:
         raise HetaInputError(f"probes must have shape [t={t}, m, d={d}], got {tuple(probes.shape)}")
-    probes = probes.to(op.point)
+    probes = probes.to(point)
     m = probes.shape[1]
-    batch = probe_batch_size(adapter, t, max_memory)
-
-    def apply_all(directions: Tensor) -> Tensor:  # [N, t, d] -> [N, t, d]
-        out = []
-        for a in range(0, directions.shape[0], batch):
-            out.append(op(directions[a : a + batch]))
-            if progress is not None:
-                progress(min(batch, directions.shape[0] - a))
-        return torch.cat(out)
+    dev = point.device
 
     if hessian == "exact":
-        S = torch.zeros(t, dtype=op.point.dtype, device=op.point.device)
-        pairs = [(i, k) for i in range(t) for k in range(m)]  # (i, k) order, as the probes were drawn
-        for a in range(0, len(pairs), batch):
-            chunk = pairs[a : a + batch]
-            rows = torch.tensor([i for i, _ in chunk], device=op.point.device)
-            ks = torch.tensor([k for _, k in chunk], device=op.point.device)
-            V = torch.zeros(len(chunk), t, d, dtype=op.point.dtype, device=op.point.device)
-            ar = torch.arange(len(chunk), device=op.point.device)
-            V[ar, rows] = probes[rows, ks]
-            HV = op(V)
-            S.index_add_(0, rows, HV[ar, rows].abs().sum(-1))
-            if progress is not None:
-                progress(len(chunk))
+        S = torch.zeros(t, dtype=point.dtype, device=dev)
+        batch = probe_batch_size(adapter, t, t, max_memory)
+        chunk = token_chunk(t, m, batch)
+        for a in range(0, t, chunk):
+            b = min(a + chunk, t)
+            op = CurvatureOperator(adapter, X, point, target_id, curvature, start=a, cache=cache, layer=layer)
+            s = t - a
+            pairs = [(i, k) for i in range(a, b) for k in range(m)]  # (i, k) order, as the probes were drawn
+            for lo in range(0, len(pairs), batch):
+                part = pairs[lo : lo + batch]
+                rows = torch.tensor([i for i, _ in part], device=dev)
+                ks = torch.tensor([k for _, k in part], device=dev)
+                ar = torch.arange(len(part), device=dev)
+                V = torch.zeros(len(part), s, d, dtype=point.dtype, device=dev)
+                V[ar, rows - a] = probes[rows, ks]
+                HV = op(V)
+                S.index_add_(0, rows, HV[ar, rows - a].abs().sum(-1))
+                if progress is not None:
+                    progress(len(part))
+            del op
         return S / m
     if hessian != "lowrank":
         raise HetaInputError(f"unknown hessian mode {hessian!r}")
-    omega = draw_range_finder(t, d, rank, seed).to(op.point)
+
+    # Randomized range finder (Halko et al.): Y = C Ω, Q = orth(Y), B = Qᵀ C Q, C ≈ Q B Qᵀ.
+    op = CurvatureOperator(adapter, X, point, target_id, curvature, layer=layer)
+    batch = probe_batch_size(adapter, t, t, max_memory)
+
+    def apply_all(directions: Tensor) -> Tensor:  # [N, t, d] -> [N, t, d]
+        out = []
+        for lo in range(0, directions.shape[0], batch):
+            out.append(op(directions[lo : lo + batch]))
+            if progress is not None:
+                progress(min(batch, directions.shape[0] - lo))
+        return torch.cat(out)
+
+    omega = draw_range_finder(t, d, rank, seed).to(point)
     Y = apply_all(omega.T.reshape(rank, t, d)).reshape(rank, t * d).T
     Q, _ = torch.linalg.qr(Y)
     CQ = apply_all(Q.T.reshape(-1, t, d)).reshape(-1, t * d).T

@@ -68,12 +68,12 @@ def test_sensitivity(pair, kw):
 
 
 @pytest.mark.parametrize("mask", ["zero", "mean", "token"])
-@pytest.mark.parametrize("budget", [1 << 20, 1 << 30], ids=["small_chunks", "one_chunk"])
-def test_information(pair, mask, budget):
+@pytest.mark.parametrize("chunk", [1, 4, T], ids=["chunk1", "chunk4", "one_chunk"])
+def test_information(pair, mask, chunk):
     _, fast, ref = pair
     all_ids = random_ids(T + 3)
     ids = all_ids[:T]
-    I = information_batched(fast, ids, reference.mask_vector(fast, all_ids, mask, 3), max_memory=budget)
+    I = information_batched(fast, ids, reference.mask_vector(fast, all_ids, mask, 3), chunk_size=chunk)
     I_ref = reference.information(ref, ids, reference.mask_vector(ref, all_ids, mask, 3))
     assert rel_err(I, I_ref) < 1e-5
 
