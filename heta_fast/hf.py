@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import HetaInputError, UnsupportedModelError
@@ -61,6 +62,25 @@ def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
     return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
 
 
+def _causal_bool_mask(q_len: int, k_len: int, device) -> Tensor:
+    """[q_len, k_len] True where query row j (at absolute position k_len - q_len + j) may see key i."""
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    return torch.arange(k_len, device=device)[None, :] <= q_pos
+
+
+def _check_causal(mask: Tensor | None, q_len: int, k_len: int) -> None:
+    """Refuse masks that let a position see later positions (checked while recording, on the mask)."""
+    if mask is None or q_len < 2:
+        return
+    future = ~_causal_bool_mask(q_len, k_len, mask.device)
+    m = mask.reshape(-1, q_len, k_len)[0]
+    visible = m[future] if m.dtype == torch.bool else m[future] > torch.finfo(m.dtype).min / 2
+    if visible.any():
+        raise UnsupportedModelError(
+            "attention is not causal (a position attends to later positions); HETA needs a decoder-only model"
+        )
+
+
 def heta_attention(
     module: nn.Module,
     query: Tensor,
@@ -73,10 +93,12 @@ def heta_attention(
     sliding_window: int | None = None,
     **kwargs,
 ):
-    """Plain eager attention that records what HETA needs.
+    """Causal attention that records what HETA needs.
 
-    Eager math (matmul, softmax, matmul) is used because fused SDPA/flash kernels do not support the
-    second derivatives the Hessian term needs.
+    Whenever a graph is being built (the Hessian term) or the probabilities are requested, the math is
+    plain eager (matmul, softmax, matmul): fused SDPA/flash kernels have no second derivatives. Otherwise
+    (gate recording, masked KL passes) it is torch's SDPA, which never forms the n×n score matrix when the
+    mask is purely causal, so long inputs stay O(n) in memory.
     """
     if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
         raise UnsupportedModelError("attention sinks (s_aux) are not supported by heta_fast yet")
@@ -87,31 +109,40 @@ def heta_attention(
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     n_rep = query.shape[1] // key.shape[1]
-    scores = torch.matmul(query, _repeat_kv(key, n_rep).transpose(-1, -2)) * scaling
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
     q_len, k_len = query.shape[-2], key.shape[-2]
-    if attention_mask is not None:
-        mask = attention_mask[..., :k_len]
+    mask = attention_mask[..., :k_len] if attention_mask is not None else None
+    rec = _active_recorder()
+    if rec is not None:
+        _check_causal(mask, q_len, k_len)
+    keep_probs = rec is not None and rec.keep_probs
+    needs_graph = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
+    probs = None
+    if softcap is None and not keep_probs and not needs_graph:
+        k, v = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
+        if mask is None:  # transformers dropped the mask because it is purely causal
+            causal = q_len == k_len and q_len > 1
+            bool_mask = None if causal or q_len == 1 else _causal_bool_mask(q_len, k_len, query.device)
+            out = F.scaled_dot_product_attention(query, k, v, attn_mask=bool_mask, is_causal=causal, scale=scaling)
+        else:
+            out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask.to(query.dtype) if mask.dtype != torch.bool
+                                                 else mask, scale=scaling)
+        out = out.transpose(1, 2).contiguous()
+    else:
+        scores = torch.matmul(query, _repeat_kv(key, n_rep).transpose(-1, -2)) * scaling
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        if mask is None:
+            mask = _causal_bool_mask(q_len, k_len, query.device)
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
         else:
             scores = scores + mask.to(scores.dtype)
-    elif q_len > 1:
-        raise UnsupportedModelError("the model passed no causal attention mask; cannot guarantee causal attention")
-    # Softmax in at least float32, as the models' own eager paths do.
-    compute_dtype = torch.promote_types(scores.dtype, torch.float32)
-    probs = torch.softmax(scores.to(compute_dtype), dim=-1).to(query.dtype)
-    out = torch.matmul(probs, _repeat_kv(value, n_rep)).transpose(1, 2).contiguous()
+        # Softmax in at least float32, as the models' own eager paths do.
+        compute_dtype = torch.promote_types(scores.dtype, torch.float32)
+        probs = torch.softmax(scores.to(compute_dtype), dim=-1).to(query.dtype)
+        out = torch.matmul(probs, _repeat_kv(value, n_rep)).transpose(1, 2).contiguous()
 
-    rec = _active_recorder()
     if rec is not None:
-        if q_len > 1 and q_len == k_len:
-            upper = torch.triu(torch.ones(q_len, k_len, dtype=torch.bool, device=probs.device), diagonal=1)
-            if probs[0][:, upper].abs().max() > 0:
-                raise UnsupportedModelError(
-                    "attention is not causal (a position attends to later positions); HETA needs a decoder-only model"
-                )
         layer_idx = getattr(module, "layer_idx", None)
         if layer_idx is None:
             layer_idx = len(rec.layers)
@@ -122,17 +153,18 @@ def heta_attention(
             scaling=float(scaling),
             sliding_window=int(sliding_window) if sliding_window else None,
             softcap=float(softcap) if softcap else None,
-            probs=probs[0] if rec.keep_probs else None,
+            probs=probs[0] if keep_probs else None,
         )
-    return out, (probs if rec is not None and rec.keep_probs else None)
+    return out, (probs if keep_probs else None)
 
 
 def _register_attention() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(ATTN_IMPL, heta_attention)
-    AttentionMaskInterface.register(ATTN_IMPL, eager_mask)
+    # SDPA-style masks: boolean, and None when purely causal (then no n×n mask is built at all).
+    AttentionMaskInterface.register(ATTN_IMPL, sdpa_mask)
 
 
 def cache_kwargs(module: nn.Module, cache) -> dict:
