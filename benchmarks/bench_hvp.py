@@ -1,0 +1,94 @@
+"""The Hessian term S on the default model: batched paths vs the published one-by-one loop (issue 4).
+
+    python benchmarks/bench_hvp.py [--contexts 32 64 128] [--probes 10] [--loop-sample 8]
+
+Providers, side by side in one run on the same text and the same seeded probes:
+  * ``loop``: the published algorithm: one full forward + double backward per (token, probe).
+    Every iteration costs the same, so it is timed on ``--loop-sample`` (token, probe) pairs spread over
+    the context and scaled to t·m (the table says so).
+  * ``exact``: heta_fast's batched exact path (causal suffixes, one graph per chunk, batched second
+    backwards); agrees with the loop to float32 precision.
+  * ``lowrank-16``, ``lowrank-64``: randomized range finder; ``gauss-newton``: JVP + VJP per probe.
+Spearman ρ of each approximation against the exact S is reported beside its speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from heta_fast import reference
+from heta_fast.hf import ModelAdapter
+from heta_fast.hvp import sensitivity_batched
+from heta_fast.models import load_model
+
+from bench_kl_pass import context_ids
+from utils import append_csv, machine, measure
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra = a.double().argsort().argsort().double()
+    rb = b.double().argsort().argsort().double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra @ rb) / (ra.norm() * rb.norm()))
+
+
+def loop_sample(adapter, ids, target, probes, pairs):
+    prob = reference.CurvatureProblem(adapter, ids, target)
+    out = []
+    for i, k in pairs:
+        v = torch.zeros_like(prob.point)
+        v[i] = probes[i, k]
+        out.append(prob.hvp(v)[i].abs().sum())
+    return torch.stack(out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--contexts", type=int, nargs="+", default=[32, 64, 128])
+    ap.add_argument("--probes", type=int, default=10)
+    ap.add_argument("--loop-sample", type=int, default=8)
+    ap.add_argument("--skip-exact-above", type=int, default=10**9, help="skip the exact path above this t")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    model, tok = load_model("default")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    adapter = ModelAdapter(model)
+    m = args.probes
+    print(f"# S on the default model (SmolLM2-135M-Instruct), float32, m={m} — {machine()}")
+    print(f"{'t':>4} {'provider':<13} {'seconds':>9} {'vs loop':>8} {'peak MiB':>9} {'spearman':>9}  note")
+    rows = []
+    for t in args.contexts:
+        ids = context_ids(tok, t + 1)
+        ctx, target = ids[:t], int(ids[t])
+        probes = reference.draw_probes(t, m, adapter.hidden_size, seed=0).float()
+        step = max(1, (t * m) // args.loop_sample)
+        pairs = [(j // m, j % m) for j in range(0, t * m, step)][: args.loop_sample]
+        secs, peak, _ = measure(lambda: loop_sample(adapter, ctx, target, probes, pairs))
+        loop_s = secs * t * m / len(pairs)
+        res = {"loop": (loop_s, peak, None, f"timed on {len(pairs)} of {t * m} HVPs, scaled")}
+        exact = None
+        if t <= args.skip_exact_above:
+            secs, peak, exact = measure(lambda: sensitivity_batched(adapter, ctx, target, probes=probes))
+            res["exact"] = (secs, peak, 1.0, "")  # equality with the loop is a test (test_fast_vs_reference)
+        for name, kw in (("lowrank-16", dict(hessian="lowrank", rank=16)),
+                         ("lowrank-64", dict(hessian="lowrank", rank=64)),
+                         ("gauss-newton", dict(curvature="gauss_newton"))):
+            secs, peak, S = measure(lambda kw=kw: sensitivity_batched(adapter, ctx, target, probes=probes, **kw))
+            res[name] = (secs, peak, spearman(S, exact) if exact is not None else float("nan"), "")
+        for name, (secs, peak, rho, note) in res.items():
+            rho_s = "" if rho is None else f"{rho:.3f}"
+            print(f"{t:>4} {name:<13} {secs:>9.2f} {loop_s / secs:>7.1f}x {peak:>9.0f} {rho_s:>9}  {note}")
+            rows.append({"t": t, "m": m, "provider": name, "seconds": f"{secs:.3f}",
+                         "speedup_vs_loop": f"{loop_s / secs:.2f}", "peak_extra_mib": f"{peak:.0f}",
+                         "spearman_vs_exact": rho_s, "note": note})
+    print(f"rows appended to {append_csv('hvp', rows)}")
+
+
+if __name__ == "__main__":
+    t0 = time.time()
+    main()
+    print(f"total {time.time() - t0:.0f}s")

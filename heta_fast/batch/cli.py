@@ -1,0 +1,185 @@
+"""``heta-fast batch IN.jsonl OUT.jsonl``: the resumable, multi-process batch job from the command line.
+
+Also runnable as ``python -m heta_fast.batch IN OUT ...``, which is what ``torchrun`` launches::
+
+    torchrun --nproc_per_node 4 -m heta_fast.batch data.jsonl out.jsonl --preset fast
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from ..errors import HetaError
+from ..options import PRESETS, HetaOptions
+
+# Option flags exactly as ``heta-fast attribute`` spells them (dest = the HetaOptions field).
+_OPTION_FLAGS: list[tuple[str, dict]] = [
+    ("--num-probes", {"type": int}),
+    ("--seed", {"type": int}),
+    ("--rollout", {"choices": ["flow", "reference"]}),
+    ("--hessian", {"choices": ["exact", "lowrank"]}),
+    ("--rank", {"type": int, "help": "low-rank size (not the process rank: that comes from torchrun)"}),
+    ("--curvature", {"choices": ["hessian", "gauss_newton"]}),
+    ("--layers", {"type": int, "help": "curvature and rollout over the last K layers only"}),
+    ("--mask", {"choices": ["zero", "mean", "token"]}),
+    ("--mask-token-id", {"type": int}),
+    ("--normalize", {"choices": ["none", "sum"]}),
+    ("--beta", {"type": float}),
+    ("--gamma", {"type": float}),
+    ("--window", {"type": int}),
+    ("--overlap", {"type": float}),
+    ("--components", {"help": "subset of M,S,I, e.g. 'M,I'"}),
+    ("--engine", {"choices": ["fast", "reference"]}),
+    ("--max-memory", {"type": int, "help": "bytes for batched intermediates (does not change results)"}),
+]
+
+
+def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument(
+        "input",
+        metavar="IN.jsonl",
+        help='one record per line: {"id"?, "text" | "ids", "target"?, "generate"?, option overrides?, "meta"?}',
+    )
+    p.add_argument(
+        "output", metavar="OUT.jsonl", help="results, one line per record (errors go to OUT's stem + .errors.jsonl)"
+    )
+    p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct) or a local HF folder")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    for flag, kw in _OPTION_FLAGS:
+        p.add_argument(flag, **kw)
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda, cuda:N"
+    )
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    p.add_argument("--retry-errors", action="store_true", help="redo the records listed in the errors file")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier results in OUT and start again")
+    p.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="record unexpected per-record failures in the errors file instead of stopping",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=7 * 24 * 60,
+        metavar="MINUTES",
+        help="how long ranks wait for each other (the slowest shard) before the merge",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    # Hidden: a tiny random-weight model with a character tokenizer, so tests run offline and fast.
+    p.add_argument("--tiny-model", help=argparse.SUPPRESS)
+    p.set_defaults(func=batch_command)
+    return p
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``heta-fast batch`` (called by :mod:`heta_fast.cli`)."""
+    p = subparsers.add_parser(
+        "batch",
+        help="explain every record of a JSONL file (resumable; multi-process with torchrun)",
+        description="Explain every record of IN.jsonl into OUT.jsonl. Each result is appended and fsync'd as "
+        "soon as it is finished; running the same command again after a crash or Ctrl-C skips finished "
+        "records. Under torchrun, records are sharded over the ranks and merged into OUT in input order.",
+    )
+    return _configure(p)
+
+
+def _overrides(args) -> dict:
+    names = {f.name for f in dataclasses.fields(HetaOptions)}
+    out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None and n != "components"}
+    if args.components:
+        out["components"] = tuple(c.strip() for c in args.components.split(",") if c.strip())
+    return out
+
+
+class CharTokenizer:
+    """Character tokenizer with offsets for ``--tiny-model`` (the same mapping as the API tests use)."""
+
+    def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
+        ids = [1 + (ord(c) % 90) for c in text]
+        offsets = [(i, i + 1) for i in range(len(text))]
+        if add_special_tokens:
+            ids, offsets = [0] + ids, [(0, 0)] + offsets
+        out = {"input_ids": ids}
+        if return_offsets_mapping:
+            out["offset_mapping"] = offsets
+        return out
+
+    def decode(self, ids):
+        return "".join(chr(32 + (i % 90)) for i in ids)
+
+
+def make_factory(args):
+    """``factory(device) -> Attributor`` for the model and options on the command line."""
+    import torch
+
+    from ..api import Attributor
+    from ..options import options_from_preset
+
+    dtype = getattr(torch, args.dtype)
+    overrides = _overrides(args)
+
+    def factory(device):
+        if args.tiny_model:
+            from ..models import tiny_model
+
+            model = tiny_model(args.tiny_model).to(device=device, dtype=dtype)
+            return Attributor(
+                model,
+                CharTokenizer(),
+                options=options_from_preset(args.preset, **overrides),
+                name=f"tiny-{args.tiny_model}",
+            )
+        return Attributor.from_pretrained(args.model, dtype=dtype, device=str(device), preset=args.preset, **overrides)
+
+    return factory
+
+
+def batch_command(args) -> int:
+    """Run the job; exit 0 when every record is in OUT or its errors file, 130 when interrupted."""
+    from .distributed import setup
+    from .jobs import errors_path, run_batch
+
+    ctx = setup(device=args.device, timeout_minutes=args.dist_timeout)
+    try:
+        summary = run_batch(
+            make_factory(args),
+            args.input,
+            args.output,
+            ctx=ctx,
+            retry_errors=args.retry_errors,
+            overwrite=args.overwrite,
+            keep_going=args.keep_going,
+            progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        if ctx.is_main:
+            print("heta-fast batch: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        ctx.close()
+    if ctx.is_main:
+        if summary.interrupted:
+            print("heta-fast batch: interrupted; run the same command again to resume", file=sys.stderr)
+            return 130
+        msg = (
+            f"{args.output}: {summary.results} results ({summary.new_results} new, {summary.skipped} records "
+            f"finished earlier)"
+        )
+        if summary.errors:
+            msg += f"; {summary.errors} failed records in {errors_path(args.output)}"
+        print(msg, file=sys.stderr)
+    return 130 if summary.interrupted else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m heta_fast.batch IN OUT [options]``."""
+    parser = _configure(argparse.ArgumentParser(prog="python -m heta_fast.batch", description=__doc__.split("\n")[0]))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except HetaError as e:
+        print(f"heta-fast batch: error: {e}", file=sys.stderr)
+        return 2
