@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .engine import evaluate
+from .engine import evaluate, evaluate_many
 from .errors import HetaInputError, NumericalError
 from .hf import ModelAdapter
 from .options import HetaOptions, options_from_preset
@@ -180,12 +180,7 @@ class Attributor:
             positions = [pos]
         if probes is not None and len(positions) != 1:
             raise HetaInputError("probes= can only be given for a single target")
-        results = AttributionSequence()
-        bar = _progress_bar(len(positions), "targets", self.progress and len(positions) > 1)
-        for pos in positions:
-            results.append(self._attribute_position(enc, pos, opts, probes))
-            bar.update(1)
-        bar.close()
+        results = AttributionSequence(self._attribute_positions(enc, positions, opts, probes))
         return results[0] if len(positions) == 1 and not isinstance(target, str) and generate is None else results
 
     # ---------------------------------------------------------------------------------- internals
@@ -196,25 +191,52 @@ class Attributor:
             self._reference_adapter = ModelAdapter(copy.deepcopy(self.model).to(torch.float64))
         return self._reference_adapter
 
-    def _attribute_position(self, enc: _Encoded, t: int, opts: HetaOptions, probes: Tensor | None) -> Attribution:
+    def _attribute_positions(self, enc: _Encoded, positions: list[int], opts: HetaOptions,
+                             probes: Tensor | None) -> list[Attribution]:
         adapter = self._adapter_for(opts)
         ids = enc.ids
-        ctx = ids[:t]
-        target_id = int(ids[t])
-        timings: dict[str, float] = {}
         t_start = time.perf_counter()
         mask_vec = None
         if "I" in opts.components:
             mask_vec = reference.mask_vector(adapter, ids, opts.mask, opts.mask_token_id).detach()
+        # One forward gives every target's log-probability (logits only at the positions asked for).
         with torch.no_grad():
-            logits = adapter.last_logits(adapter.embed(ctx))
+            X = adapter.embed(ids[: max(positions)])
+            rows = torch.tensor([t - 1 for t in positions], device=ids.device)
+            logits = adapter.forward(X, keep=rows).logits[0]
         if not torch.isfinite(logits).all():
             raise NumericalError("the model produced non-finite logits (NaN/Inf); check its weights and dtype")
-        target_logprob = float(torch.log_softmax(logits.double(), -1)[target_id])
+        logp = torch.log_softmax(logits.double(), -1)
+        target_logprobs = [float(logp[k, int(ids[t])]) for k, t in enumerate(positions)]
+        setup = time.perf_counter() - t_start
 
+        shared = len(positions) > 1 and opts.engine == "fast" and (opts.window is None or max(positions) <= opts.window)
+        if shared:  # several targets of one text: gate and KL share their forwards (engine.evaluate_many)
+            d = adapter.hidden_size
+            comps = evaluate_many(adapter, ids, positions, opts, mask_vec=mask_vec,
+                                  probes=[self._probes(None, 0, t, opts, d, t) for t in positions])
+            parts = [(c.M, c.S, c.I, dict(c.timings)) for c in comps]
+        else:
+            parts = []
+            bar = _progress_bar(len(positions), "targets", self.progress and len(positions) > 1)
+            for t in positions:
+                parts.append(self._windowed_components(adapter, ids, t, opts, probes, mask_vec))
+                bar.update(1)
+            bar.close()
+        out = []
+        for t, logprob, (M, S, I, timings) in zip(positions, target_logprobs, parts):
+            timings["total"] = sum(timings.values()) + setup / len(positions)
+            out.append(self._build(enc, t, opts, M, S, I, timings, logprob))
+        return out
+
+    def _windowed_components(self, adapter: ModelAdapter, ids: Tensor, t: int, opts: HetaOptions,
+                             probes: Tensor | None, mask_vec: Tensor | None):
+        """M, S, I ``[t]`` for target position t: one window, or the averages over windows (SPEC §4)."""
+        ctx = ids[:t]
+        target_id = int(ids[t])
+        timings: dict[str, float] = {}
         windows = self._windows(t, opts)
         d = adapter.hidden_size
-        M = S = I = None
         sums: dict[str, Tensor] = {}
         counts = torch.zeros(t, dtype=torch.float64)
         bar = _progress_bar(len(windows), "windows", self.progress and len(windows) > 1)
@@ -233,6 +255,7 @@ class Attributor:
             counts[start : start + w_len] += 1
             bar.update(1)
         bar.close()
+        M = S = I = None
         if "M" in sums:
             M = sums["M"] / counts
             M = M / M.sum()  # windows each sum to 1; re-normalise the average (SPEC §4)
@@ -240,21 +263,29 @@ class Attributor:
             S = sums["S"] / counts
         if "I" in sums:
             I = sums["I"] / counts
+        return M, S, I, timings
+
+    def _build(self, enc: _Encoded, t: int, opts: HetaOptions, M, S, I, timings: dict,
+               target_logprob: float) -> Attribution:
+        M, S, I = (None if v is None else v.detach().double().cpu() for v in (M, S, I))
         for name, val in (("M", M), ("S", S), ("I", I)):
             if val is not None and not torch.isfinite(val).all():
                 raise NumericalError(f"component {name} has non-finite values; check the model's weights and dtype")
         scores = reference.combine(M, S, I, opts.beta, opts.gamma, opts.normalize)
-        timings["total"] = time.perf_counter() - t_start
+
+        def floats(v):
+            return None if v is None else [float(x) for x in v.tolist()]
+
         return Attribution(
             tokens=[self._token_text(enc, i) for i in range(t)],
-            token_ids=[int(x) for x in ctx.tolist()],
+            token_ids=[int(x) for x in enc.ids[:t].tolist()],
             target_position=t,
-            target_id=target_id,
+            target_id=int(enc.ids[t]),
             target_token=self._token_text(enc, t),
-            scores=[float(x) for x in scores.tolist()],
-            M=None if M is None else [float(x) for x in M.tolist()],
-            S=None if S is None else [float(x) for x in S.tolist()],
-            I=None if I is None else [float(x) for x in I.tolist()],
+            scores=floats(scores),
+            M=floats(M),
+            S=floats(S),
+            I=floats(I),
             offsets=enc.offsets[:t] if enc.offsets is not None else None,
             text=enc.text,
             target_logprob=target_logprob,

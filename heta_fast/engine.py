@@ -28,32 +28,46 @@ class Components:
 
 
 def gate_fast(adapter: ModelAdapter, ids: Tensor, rollout: str, layers: int | None) -> Tensor:
-    """M from recorded queries/keys: attention is recomputed tile by tile, never stored as n×n maps."""
+    """M ``[t]`` for context ``ids [t]`` (prediction position t-1); see :func:`gate_fast_many`."""
+    return gate_fast_many(adapter, ids, [ids.numel() - 1], rollout, layers)[0]
+
+
+def gate_fast_many(adapter: ModelAdapter, ids: Tensor, predict_at: list[int], rollout: str,
+                   layers: int | None) -> list[Tensor]:
+    """M from recorded queries/keys, for one or several prediction positions of the same text.
+
+    Attention is recomputed tile by tile (never stored as n×n maps). Causal attention makes the recorded
+    q/k/v of a prefix identical to a run on that prefix alone, so one forward serves every target.
+    """
     from .rollout import LayerAttention, chain_rollout, flow_rollout
 
-    t = ids.numel()
-    X = adapter.embed(ids)
+    n = max(predict_at) + 1
+    X = adapter.embed(ids[:n])
     if rollout == "reference":
         reference.require_full_kv_heads(adapter)
+    first = reference._first_layer(adapter, layers)
     with torch.no_grad(), adapter.record(keep_qk=True, layer_inputs=rollout == "reference") as rec:
         adapter.forward(X)
-        first = reference._first_layer(adapter, layers)
-        layer_list = [
-            LayerAttention(q=r.query, k=r.key, scaling=r.scaling, sliding_window=r.sliding_window, softcap=r.softcap)
-            for r in (rec.layers[j] for j in range(adapter.num_layers))
-        ]
-        if rollout == "flow":
-            Phi = flow_rollout(layer_list, t - 1, last_k=layers)
-        else:
-            Phi = chain_rollout(layer_list, t - 1, last_k=layers)
-        contrib = torch.zeros(t, dtype=torch.float32, device=X.device)
+    layer_list = [
+        LayerAttention(q=r.query, k=r.key, scaling=r.scaling, sliding_window=r.sliding_window, softcap=r.softcap)
+        for r in (rec.layers[j] for j in range(adapter.num_layers))
+    ]
+    with torch.no_grad():
+        nus = {}
         for j in range(first, adapter.num_layers):
             if rollout == "flow":
-                nu = reference.value_norms(adapter, j, rec.layers[j].value)
+                nus[j] = reference.value_norms(adapter, j, rec.layers[j].value).float()
             else:
-                nu = reference.raw_value_norms(adapter, j, rec.layer_inputs[j])
-            contrib += (Phi[j].float() * nu.float()).sum(0)
-    return reference._normalise_gate(contrib)
+                nus[j] = reference.raw_value_norms(adapter, j, rec.layer_inputs[j]).float()
+        out = []
+        for p in predict_at:
+            roll = flow_rollout if rollout == "flow" else chain_rollout
+            Phi = roll(layer_list, p, last_k=layers)
+            contrib = torch.zeros(p + 1, dtype=torch.float32, device=X.device)
+            for j, nu in nus.items():
+                contrib += (Phi[j, :, : p + 1].float() * nu[:, : p + 1]).sum(0)
+            out.append(reference._normalise_gate(contrib))
+    return out
 
 
 def evaluate(
@@ -108,3 +122,45 @@ def evaluate(
             I = reference.information(adapter, ids, mask_vec)
         timings["kl"] = time.perf_counter() - t0
     return Components(M=M, S=S, I=I, timings=timings)
+
+
+def evaluate_many(
+    adapter: ModelAdapter,
+    ids: Tensor,
+    targets: list[int],
+    opts: HetaOptions,
+    *,
+    probes: list[Tensor | None],
+    mask_vec: Tensor | None,
+) -> list[Components]:
+    """Several targets of one text (positions ``targets``; context of t is 0 … t-1), sharing work.
+
+    The gate shares one recorded forward, the KL term one masked pass (each masked suffix yields the
+    hidden states of every later prediction position). S runs per target: its cost is the backwards.
+    Fast engine only; the reference engine loops over :func:`evaluate`.
+    """
+    predict_at = [t - 1 for t in targets]
+    per = [dict() for _ in targets]
+    timings = {}
+    if "M" in opts.components:
+        t0 = time.perf_counter()
+        for slot, M in zip(per, gate_fast_many(adapter, ids, predict_at, opts.rollout, opts.layers)):
+            slot["M"] = M
+        timings["gate"] = (time.perf_counter() - t0) / len(targets)
+    if "I" in opts.components:
+        from .kl import information_multi
+
+        t0 = time.perf_counter()
+        for slot, I in zip(per, information_multi(adapter, ids, predict_at, mask_vec, max_memory=opts.max_memory)):
+            slot["I"] = I
+        timings["kl"] = (time.perf_counter() - t0) / len(targets)
+    out = []
+    for slot, t, pr in zip(per, targets, probes):
+        own = dict(timings)
+        S = None
+        if "S" in opts.components:
+            comp = evaluate(adapter, ids[:t], int(ids[t]), opts.replace(components=("S",)), probes=pr,
+                            mask_vec=None)
+            S, own["hessian"] = comp.S, comp.timings["hessian"]
+        out.append(Components(M=slot.get("M"), S=S, I=slot.get("I"), timings=own))
+    return out

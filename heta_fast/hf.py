@@ -350,6 +350,7 @@ class ModelAdapter:
         X: Tensor,
         *,
         keep_last: bool = True,
+        keep: Tensor | None = None,
         replace_layer_input: tuple[int, Tensor] | None = None,
         past_key_values=None,
     ):
@@ -357,7 +358,7 @@ class ModelAdapter:
 
         ``replace_layer_input=(j, h)`` swaps the residual stream entering decoder layer j for ``h``
         (used for curvature with respect to the last k layers). Logits are computed at the last
-        position only when ``keep_last``.
+        position only when ``keep_last``, at the positions ``keep`` when given, else everywhere.
         """
         if X.ndim == 2:
             X = X[None]
@@ -378,7 +379,7 @@ class ModelAdapter:
         try:
             return self.model(
                 inputs_embeds=inputs,
-                logits_to_keep=1 if keep_last else 0,
+                logits_to_keep=keep if keep is not None else (1 if keep_last else 0),
                 **cache_kwargs(self.model, past_key_values),
             )
         finally:

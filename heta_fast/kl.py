@@ -59,45 +59,80 @@ def information_batched(
     progress: Callable[[int], None] | None = None,
 ) -> Tensor:
     """I ``[t]``: KL(π ‖ π^{(i)}) for every context position i, sharing clean prefixes."""
+    return information_multi(adapter, ids, [ids.numel() - 1], mask_vec, max_memory=max_memory, backend=backend,
+                             chunk_size=chunk_size, progress=progress)[0]
+
+
+def information_multi(
+    adapter: ModelAdapter,
+    ids: Tensor,
+    predict_at: list[int],
+    mask_vec: Tensor,
+    *,
+    max_memory: int = 2 * 1024**3,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Tensor]:
+    """I for several targets of one text in one masked pass.
+
+    Target k is predicted at position ``predict_at[k]`` = p (its context is 0 … p). Masking token i
+    changes every later position, so one masked suffix run yields the hidden states at every p ≥ i at
+    once: all targets share the same ≈ n²/2 rows instead of each redoing its own.
+
+    Args:
+        ids: token ids ``[n]`` with n > max(predict_at).
+        predict_at: prediction positions, one per target.
+    Returns:
+        one float32 tensor ``[p + 1]`` per target, in the order of ``predict_at``.
+    """
     from .ops import kl_from_hidden
 
     base = adapter.model.base_model
     weight, bias, softcap = adapter.lm_head()
-    X = adapter.embed(ids)
-    t, d = X.shape
+    n = max(predict_at) + 1
+    X = adapter.embed(ids[:n])
+    d = X.shape[1]
     scale = adapter.embed_scale
+    ps = torch.tensor(predict_at, device=X.device)
     with torch.no_grad():
         cache = _new_cache()
         out = base(inputs_embeds=(X * scale)[None], **cache_kwargs(base, cache))
-        h_clean = out.last_hidden_state[0, -1]
-        model_logits = adapter.last_logits(X)
+        h_clean = out.last_hidden_state[0, ps]  # [T, d]
         # The fused head must reproduce the model's own logits, or the KL would silently be wrong.
+        model_logits = adapter.last_logits(X)
         z = torch.nn.functional.linear(h_clean, weight, bias)
         if softcap:
             z = softcap * torch.tanh(z / softcap)
         if not torch.isfinite(model_logits).all():
             raise NumericalError("the model produced non-finite logits (NaN/Inf); check its weights and dtype")
-        if not torch.allclose(z.float(), model_logits.float(), rtol=1e-3, atol=1e-3 * model_logits.abs().max()):
+        z_last = z[predict_at.index(n - 1)]
+        if not torch.allclose(z_last.float(), model_logits.float(), rtol=1e-3,
+                              atol=1e-3 * float(model_logits.abs().max())):
             raise UnsupportedModelError(
                 "this model transforms its logits in a way heta_fast's fused LM head does not reproduce; "
                 "use engine='reference'"
             )
-        base_logp = torch.log_softmax(model_logits.to(torch.promote_types(model_logits.dtype, torch.float32)), -1)
-        chunk = chunk_size or mask_chunk_size(adapter, t, max_memory)
-        I = torch.empty(t, dtype=torch.float32, device=X.device)
-        for a in range(0, t, chunk):
-            b = min(a + chunk, t)
+        base_logp = torch.log_softmax(z.to(torch.promote_types(z.dtype, torch.float32)), -1)  # [T, V]
+        chunk = chunk_size or mask_chunk_size(adapter, n, max_memory)
+        I = [torch.empty(p + 1, dtype=torch.float32, device=X.device) for p in predict_at]
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
             n_masks = b - a
-            suffix = X[a:].expand(n_masks, t - a, d).clone()
+            suffix = X[a:].expand(n_masks, n - a, d).clone()
             rows = torch.arange(n_masks, device=X.device)
             suffix[rows, rows] = mask_vec.to(X.dtype)  # mask i = a + r sits at suffix row r
             past = None
             if a > 0:
                 past = cut_cache(cache, a)
                 past.batch_repeat_interleave(n_masks)
-            hidden = base(inputs_embeds=suffix * scale, **cache_kwargs(base, past))
-            hidden = hidden.last_hidden_state[:, -1]
-            I[a:b] = kl_from_hidden(hidden, weight, base_logp, bias=bias, softcap=softcap, backend=backend)
+            hidden = base(inputs_embeds=suffix * scale, **cache_kwargs(base, past)).last_hidden_state
+            for k, p in enumerate(predict_at):
+                if p < a:
+                    continue
+                hi = min(b, p + 1)  # masks i ≤ p belong to this target's context
+                I[k][a:hi] = kl_from_hidden(hidden[: hi - a, p - a], weight, base_logp[k], bias=bias,
+                                            softcap=softcap, backend=backend)
             if progress is not None:
                 progress(n_masks)
     return I
