@@ -31,6 +31,29 @@ def _progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
+class _StageBars:
+    """One progress bar per long stage (Hessian–vector products, masked KL rows), created on first use."""
+
+    LABELS = {"S": "Hessian-vector products", "I": "masked tokens (KL)"}
+
+    def __init__(self, enabled: bool, totals: dict):
+        self.enabled, self.totals, self.bars = enabled, totals, {}
+
+    def update(self, stage: str, n: int) -> None:
+        if not self.enabled:
+            return
+        if stage not in self.bars:
+            self.bars[stage] = _progress_bar(self.totals.get(stage) or 0, self.LABELS.get(stage, stage), True)
+        self.bars[stage].update(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for bar in self.bars.values():
+            bar.close()
+
+
 class Attributor:
     """HETA attributions for one causal LM.
 
@@ -244,7 +267,10 @@ class Attributor:
             w_ids = ctx[start : start + (opts.window or t)]
             w_len = w_ids.numel()
             w_probes = self._probes(probes, start, w_len, opts, d, t)
-            comp = evaluate(adapter, w_ids, target_id, opts, probes=w_probes, mask_vec=mask_vec)
+            with _StageBars(self.progress, totals={"S": w_len * opts.num_probes if opts.hessian == "exact" else None,
+                                                    "I": w_len}) as bars:
+                comp = evaluate(adapter, w_ids, target_id, opts, probes=w_probes, mask_vec=mask_vec,
+                                progress=bars.update)
             for k, v in comp.timings.items():
                 timings[k] = timings.get(k, 0.0) + v
             for name in ("M", "S", "I"):
