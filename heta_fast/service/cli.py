@@ -1,0 +1,77 @@
+"""``heta-fast serve`` (JSON service) and ``heta-fast demo`` (the same service plus the Gradio page)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..options import PRESETS
+
+
+class CharTokenizer:
+    """One token per character (ids 1..90, BOS 0), with offsets: the tokenizer for ``--tiny-model``.
+
+    Only for tests and offline smoke runs; it has the HF call signature heta_fast uses.
+    """
+
+    def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
+        ids = [1 + (ord(c) % 90) for c in text]
+        offsets = [(i, i + 1) for i in range(len(text))]
+        if add_special_tokens:
+            ids, offsets = [0] + ids, [(0, 0)] + offsets
+        out = {"input_ids": ids}
+        if return_offsets_mapping:
+            out["offset_mapping"] = offsets
+        return out
+
+    def decode(self, ids):
+        return "".join(chr(32 + (i % 90)) for i in ids)
+
+
+def load_attributor(model: str = "default", tiny_model: str | None = None, preset: str = "default"):
+    """The Attributor a server uses: ``model`` (default or a local HF folder) or a tiny random model."""
+    from ..api import Attributor
+    from ..options import options_from_preset
+
+    if tiny_model:
+        from ..testing import tiny_model as make_tiny
+
+        return Attributor(make_tiny(tiny_model), CharTokenizer(), options=options_from_preset(preset),
+                          name=f"tiny-{tiny_model}")
+    return Attributor.from_pretrained(model, preset=preset)
+
+
+def _add_common(p: argparse.ArgumentParser, default_port: int) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=default_port)
+    p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct) or a local HF folder")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="the server's default options")
+    p.add_argument("--max-tokens", type=int, default=1024, help="longest input a request may send")
+    p.add_argument("--max-queue", type=int, default=16, help="requests that may wait for the model (more: 503)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    # Tests and smoke runs: a tiny random-weight model with a character tokenizer, no model files needed.
+    p.add_argument("--tiny-model", metavar="ARCH", help=argparse.SUPPRESS)
+
+
+def add_parser(sub) -> None:
+    """Register ``serve`` and ``demo`` on the ``heta-fast`` sub-command parser."""
+    s = sub.add_parser("serve", help="JSON service: POST /attribute, GET /health (one model, one request at a time)")
+    _add_common(s, 8000)
+    s.set_defaults(func=lambda args: _run(args, demo=False))
+    d = sub.add_parser("demo", help="web demo (Gradio) at /demo, plus the JSON service on the same port")
+    _add_common(d, 7860)
+    d.set_defaults(func=lambda args: _run(args, demo=True))
+
+
+def _run(args, *, demo: bool) -> int:
+    import uvicorn
+
+    from .app import AttributionService, create_app
+
+    attributor = load_attributor(args.model, args.tiny_model, args.preset)
+    service = AttributionService(attributor, max_tokens=args.max_tokens, max_queue=args.max_queue)
+    app = create_app(service, demo=demo)
+    where = f"http://{args.host}:{args.port}"
+    print(f"heta-fast: serving {attributor.name} at {where}" + (f" (demo: {where}/demo/)" if demo else ""), flush=True)
+    # One worker process: the model is loaded once; requests are serialised by the service lock.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+    return 0

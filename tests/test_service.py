@@ -1,0 +1,267 @@
+"""The JSON service on a real uvicorn server on loopback, with a tiny model: results, errors, queueing."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+
+from heta_fast import Attribution, HetaOptions  # noqa: E402
+from heta_fast.result import SCHEMA_VERSION  # noqa: E402
+from heta_fast.service.app import AttributeOptions, AttributionService, FieldError, create_app  # noqa: E402
+from heta_fast.service.cli import load_attributor  # noqa: E402
+
+TIMEOUT = 30  # seconds per request: a tiny-model attribution takes well under one
+
+
+def _loopback_socket() -> socket.socket:
+    # Bound here and handed to uvicorn, so there is no race for a "free" port.
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+class ServerThread:
+    """A real uvicorn server for ``app`` in a daemon thread; ``stop()`` shuts it down."""
+
+    def __init__(self, app):
+        self.sock = _loopback_socket()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+        assert not self.thread.is_alive(), "server thread did not stop"
+
+
+def request(url, method="GET", body=None, raw: bytes | None = None, timeout=TIMEOUT):
+    """(status, parsed JSON body) of one HTTP request; 4xx/5xx are returned, not raised."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from a second thread, and on a shared 2-core machine OpenMP threads
+    # oversubscribed by other processes make one attribution take seconds instead of a fraction of one.
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def service():
+    return AttributionService(load_attributor(tiny_model="llama"), max_tokens=64, max_queue=16)
+
+
+@pytest.fixture(scope="module")
+def server(service):
+    srv = ServerThread(create_app(service)).start()
+    yield srv.url
+    srv.stop()
+
+
+def test_health(server):
+    status, body = request(server + "/health")
+    assert status == 200
+    assert body["status"] == "ok" and body["model"] == "tiny-llama"
+    assert body["schema_version"] == SCHEMA_VERSION and body["max_tokens"] == 64
+
+
+def test_attribute_returns_the_result_schema(server, service):
+    status, body = request(server + "/attribute", "POST", {"text": "hello world", "options": {"num_probes": 2}})
+    assert status == 200
+    assert body["schema_version"] == SCHEMA_VERSION
+    r = Attribution.from_dict(body)
+    assert r.target_position == 11 and r.target_token == "d" and len(r.scores) == 11
+    assert body["options"]["num_probes"] == 2 and body["seed"] == 0
+    assert set(body["timings"]) >= {"gate", "hessian", "kl", "total"}
+    # Same numbers as the library called directly.
+    direct = service.attributor.attribute("hello world", num_probes=2)
+    assert max(abs(a - b) for a, b in zip(r.scores, direct.scores, strict=True)) < 1e-9
+
+
+def test_targets_ids_presets_and_continuations(server):
+    status, body = request(server + "/attribute", "POST",
+                           {"ids": [0, 5, 9, 13, 40, 2], "target": -2, "options": {"components": ["M", "I"]}})
+    assert status == 200 and body["target"]["position"] == 4 and body["S"] is None and body["text"] is None
+    status, body = request(server + "/attribute", "POST",
+                           {"text": "abc", "target": "xy", "preset": "fast", "options": {"num_probes": 1}})
+    assert status == 200 and [t["target"]["token"] for t in body["targets"]] == ["x", "y"]
+    assert body["targets"][0]["options"]["hessian"] == "lowrank"  # from the preset
+    status, body = request(server + "/attribute", "POST", {"text": "abc", "generate": 2, "options": {"num_probes": 1}})
+    assert status == 200 and len(body["targets"]) == 2
+
+
+@pytest.mark.parametrize(
+    "body, field, words",
+    [
+        ({"text": ""}, "text", "empty"),
+        ({"text": "   "}, "text", "empty"),
+        ({}, "text", "exactly one"),
+        ({"text": "abc", "ids": [1, 2]}, "text", "exactly one"),
+        ({"ids": []}, "ids", "empty"),
+        ({"ids": [0, 3, 500]}, "ids", "vocabulary"),
+        ({"text": "abc", "options": {"bogus": 1}}, "options.bogus", "unknown option"),
+        ({"text": "abc", "options": {"num_probes": 0}}, "options.num_probes", ">= 1"),
+        ({"text": "abc", "options": {"num_probes": "many"}}, "options.num_probes", "integer"),
+        ({"text": "abc", "options": {"hessian": "full"}}, "options.hessian", "exact"),
+        ({"text": "abc", "options": {"mask": "token"}}, "options.mask", "mask_token_id"),
+        ({"text": "abc", "options": {"overlap": 1.5}}, "options.overlap", "overlap"),
+        ({"text": "abc", "options": {"components": ["X"]}}, "options.components", "M"),
+        ({"text": "abc", "target": 99}, "target", "out of range"),
+        ({"text": "abc", "target": 0}, "target", "no context"),
+        ({"text": "abc", "target": ""}, "target", "empty"),
+        ({"text": "abc", "target": [1]}, "target", ""),
+        ({"text": "abc", "generate": 0}, "generate", "greater than"),
+        ({"text": "abc", "generate": 2, "target": 1}, "generate", "either"),
+        ({"text": "abc", "preset": "huge"}, "preset", "unknown preset"),
+        ({"text": "abc", "colour": "red"}, "colour", "unknown field"),
+        ({"text": "x" * 100}, "text", "at most 64"),
+    ],
+)
+def test_bad_requests_get_4xx_naming_the_field(server, body, field, words):
+    status, resp = request(server + "/attribute", "POST", body)
+    assert 400 <= status < 500, resp
+    assert resp["error"].startswith(field), resp["error"]  # "options.components.0: ..." is fine
+    assert words in resp["error"]
+    assert ".".join(p for p in resp["detail"][0]["loc"] if p != "body").startswith(field)
+
+
+def test_too_long_input_is_413(server):
+    status, resp = request(server + "/attribute", "POST", {"text": "x" * 100})
+    assert status == 413 and "--max-tokens" in resp["error"]
+
+
+def test_malformed_json_is_422(server):
+    status, resp = request(server + "/attribute", "POST", raw=b"{not json")
+    assert status == 422 and resp["detail"]
+
+
+def test_options_schema_matches_heta_options():
+    # A new HetaOptions field must be added to the service's request schema too.
+    fields = {f for f in HetaOptions.__dataclass_fields__ if f != "extra"}
+    assert set(AttributeOptions.model_fields) == fields
+
+
+def test_concurrent_requests_are_serialised(server, service):
+    """Requests from 6 threads all succeed, give the sequential answer, and never overlap on the model."""
+    active = {"now": 0, "max": 0}
+    guard = threading.Lock()
+    real = service.attributor.attribute
+
+    def counting(*args, **kwargs):
+        with guard:
+            active["now"] += 1
+            active["max"] = max(active["max"], active["now"])
+        try:
+            time.sleep(0.02)  # widen the window in which an unserialised second request would overlap
+            return real(*args, **kwargs)
+        finally:
+            with guard:
+                active["now"] -= 1
+
+    texts = [f"abc{c}def" for c in "uvwxyz"]
+    expected = [real(t, num_probes=1).scores for t in texts]
+    service.attributor.attribute = counting
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(request, server + "/attribute", "POST", {"text": t, "options": {"num_probes": 1}})
+                       for t in texts]
+            results = [f.result(timeout=60) for f in futures]
+    finally:
+        del service.attributor.attribute  # back to the class method
+    assert [s for s, _ in results] == [200] * 6
+    for (_, body), exp in zip(results, expected, strict=True):
+        assert max(abs(a - b) for a, b in zip(body["scores"], exp, strict=True)) < 1e-9
+    assert active["max"] == 1
+
+
+def test_full_queue_gets_503(service):
+    app = create_app(AttributionService(service.attributor, max_queue=0))
+    srv = ServerThread(app).start()
+    try:
+        status, resp = request(srv.url + "/attribute", "POST", {"text": "abc"})
+        assert status == 503 and "waiting" in resp["error"]
+    finally:
+        srv.stop()
+
+
+def test_tokenize_endpoint(server):
+    status, body = request(server + "/tokenize", "POST", {"text": "ab"})
+    assert status == 200 and [t["token"] for t in body["tokens"][1:]] == ["a", "b"]
+
+
+def test_serve_command_starts_a_server_process():
+    """``heta-fast serve --tiny-model llama`` in a subprocess answers /health and /attribute, then stops."""
+    sock = _loopback_socket()
+    port = sock.getsockname()[1]
+    sock.close()  # the child binds it; a clash would show up as a start-up failure below
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "heta_fast.cli", "serve", "--tiny-model", "llama", "--port", str(port),
+         "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                status, body = request(url + "/health", timeout=2)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "server did not come up in 60 s"
+                time.sleep(0.2)
+        assert status == 200 and body["model"] == "tiny-llama"
+        status, body = request(url + "/attribute", "POST", {"text": "hello", "options": {"num_probes": 1}})
+        assert status == 200 and body["target"]["token"] == "o"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def test_context_over_the_memory_budget_is_413_naming_max_memory():
+    """A context whose Hessian–vector products do not fit ``max_memory`` is refused, not run out of memory."""
+    service = AttributionService(load_attributor(tiny_model="llama"), max_tokens=256)
+    ids = [1 + (i * 7) % 90 for i in range(150)]
+    with pytest.raises(FieldError) as info:
+        service.attribute(ids=ids, options={"max_memory": 2**20, "components": ["S"]})
+    err = info.value
+    assert err.field == "options.max_memory" and err.status == 413
+    assert "max_memory" in str(err) and "window" in str(err)
