@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import HetaError
+from .errors import HetaError, HetaInputError
 from .options import PRESETS
 
 
@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--top", type=int, default=8, help="rows of the top-k table")
     a.add_argument("--no-color", action="store_true")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
+    a.add_argument("--profile", action="store_true", help="print per-stage seconds and peak memory")
+    a.add_argument("--profile-trace", metavar="FILE", help="write a torch profiler trace (Chrome/Perfetto JSON)")
+    a.add_argument("--report", metavar="FILE", help="write a standalone HTML report (heatmaps of score, M, S, I)")
+    a.add_argument("--plot", metavar="FILE", help="write a PNG bar plot of the components")
     _add_feature_commands(sub)
     return parser
 
@@ -109,9 +113,30 @@ def main(argv: list[str] | None = None) -> int:
 def _attribute_command(args) -> int:
     from .api import Attributor
 
+    if not args.text.strip():  # fail before loading the model
+        raise HetaInputError("empty text: there is nothing to explain")
     attributor = Attributor.from_pretrained(args.model, preset=args.preset, progress=not args.quiet)
-    res = attributor.attribute(args.text, _target(args.target), generate=args.generate, **_overrides(args))
+    prof = None
+    if args.profile or args.profile_trace:
+        from .profiling import profile_attribution
+
+        prof = profile_attribution(attributor, args.text, _target(args.target), trace=args.profile_trace,
+                                   generate=args.generate, **_overrides(args))
+        res = prof.result
+    else:
+        res = attributor.attribute(args.text, _target(args.target), generate=args.generate, **_overrides(args))
     _print_result(res, args)
+    if prof is not None:
+        print(prof.summary())
+    if args.report or args.plot:
+        from .report import plot_scores, write_report
+
+        if args.report:
+            write_report(res, args.report)
+            print(f"wrote {args.report}")
+        if args.plot:
+            plot_scores(res, args.plot)
+            print(f"wrote {args.plot}")
     if args.json:
         res.to_json(args.json)
         print(f"wrote {args.json}")

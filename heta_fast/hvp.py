@@ -31,25 +31,30 @@ def _ffn_width(adapter: ModelAdapter) -> int:
     return int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * adapter.hidden_size)
 
 
-def bytes_per_direction(adapter: ModelAdapter, rows: int, kv_len: int) -> int:
+def bytes_per_direction(adapter: ModelAdapter, rows: int, kv_len: int, layers: int | None = None) -> int:
     """Rough activation bytes one direction of a batched second backward keeps alive.
 
-    Per layer and row: a few hidden-size vectors, the MLP width, one attention row per head.
+    Per differentiated layer (all, or the last ``layers``) and row: a few hidden-size vectors, the MLP
+    width, one attention row per head.
     """
     elem = torch.finfo(adapter.dtype).bits // 8
     per_row = 12 * adapter.hidden_size + 3 * _ffn_width(adapter) + 4 * adapter.num_heads * kv_len
-    return adapter.num_layers * rows * per_row * elem
+    return (layers or adapter.num_layers) * rows * per_row * elem
 
 
-def probe_batch_size(adapter: ModelAdapter, rows: int, kv_len: int, max_memory: int) -> int:
-    """Directions per batched backward within ``max_memory`` bytes (at least 1, else an error)."""
-    per_dir = bytes_per_direction(adapter, rows, kv_len)
+def probe_batch_size(adapter: ModelAdapter, rows: int, kv_len: int, max_memory: int,
+                     layers: int | None = None) -> int:
+    """Directions per batched backward within ``max_memory`` bytes (at least 1, else an error).
+
+    Called before any forward runs, so a context that cannot fit fails at once.
+    """
+    per_dir = bytes_per_direction(adapter, rows, kv_len, layers)
     fit = max_memory // max(per_dir, 1)
     if fit < 1:
         raise MemoryBudgetError(
             f"one Hessian–vector product over {rows} tokens needs about {per_dir / 2**20:.0f} MiB, more than "
-            f"max_memory={max_memory / 2**20:.0f} MiB; raise max_memory, use window= (e.g. 512), "
-            "layers= (curvature on the last layers only) or hessian='lowrank'"
+            f"max_memory={max_memory / 2**20:.0f} MiB; raise max_memory or shorten the context with window= "
+            "(e.g. window=512)" + ("" if layers else ", or differentiate only the last layers with layers= (e.g. 6)")
         )
     # Larger batches than ~32 were measured slower on CPU (cache pressure); they help on GPU.
     cap = 32 if adapter.device.type == "cpu" else 256
@@ -138,8 +143,10 @@ def sensitivity_batched(
         probes: Rademacher probes ``[t, m, d]`` (see :func:`heta_fast.reference.draw_probes`).
         max_memory: bytes of activations the batched backwards may hold (sets the batch size).
     """
+    t = ids.numel()
+    batch = probe_batch_size(adapter, t, t, max_memory, layers)  # fail before any forward if it cannot fit
     X, point, layer, cache = _clean_state(adapter, ids, layers)
-    t, d = point.shape
+    d = point.shape[1]
     if probes.ndim != 3 or probes.shape[0] != t or probes.shape[2] != d:
         raise HetaInputError(f"probes must have shape [t={t}, m, d={d}], got {tuple(probes.shape)}")
     probes = probes.to(point)
@@ -148,7 +155,6 @@ def sensitivity_batched(
 
     if hessian == "exact":
         S = torch.zeros(t, dtype=point.dtype, device=dev)
-        batch = probe_batch_size(adapter, t, t, max_memory)
         chunk = token_chunk(t, m, batch)
         for a in range(0, t, chunk):
             b = min(a + chunk, t)
@@ -173,7 +179,6 @@ def sensitivity_batched(
 
     # Randomized range finder (Halko et al.): Y = C Ω, Q = orth(Y), B = Qᵀ C Q, C ≈ Q B Qᵀ.
     op = CurvatureOperator(adapter, X, point, target_id, curvature, layer=layer)
-    batch = probe_batch_size(adapter, t, t, max_memory)
 
     def apply_all(directions: Tensor) -> Tensor:  # [N, t, d] -> [N, t, d]
         out = []

@@ -150,7 +150,7 @@ class Attribution:
                 f'style="background: rgba(0,128,0,{s:.3f}); color: {fg}">{html.escape(tok)}</span>'
             )
         rows = "".join(
-            f"<tr><td>{i}</td><td>{html.escape(tok)}</td><td>{v:.4g}</td></tr>" for i, tok, v in self.topk(10)
+            f"<tr><td>{i}</td><td>{html.escape(tok)}</td><td>{v:.4g}</td></tr>" for i, tok, v in self.topk(10, by=by)
         )
         body = (
             f'<div class="heta"><h2>{html.escape(title or "HETA attribution")}</h2>'
