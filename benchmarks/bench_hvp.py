@@ -18,14 +18,13 @@ import argparse
 import time
 
 import torch
+from bench_kl_pass import context_ids
+from utils import append_csv, machine, measure
 
 from heta_fast import reference
 from heta_fast.hf import ModelAdapter
 from heta_fast.hvp import sensitivity_batched
 from heta_fast.models import load_model
-
-from bench_kl_pass import context_ids
-from utils import append_csv, machine, measure
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -51,8 +50,10 @@ def main():
     ap.add_argument("--probes", type=int, default=10)
     ap.add_argument("--loop-sample", type=int, default=8)
     ap.add_argument("--skip-exact-above", type=int, default=10**9, help="skip the exact path above this t")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tok = load_model("default")
     for p in model.parameters():
         p.requires_grad_(False)

@@ -20,13 +20,12 @@ import argparse
 import time
 
 import torch
+from utils import append_csv, machine, measure
 
 from heta_fast import reference
 from heta_fast.hf import ModelAdapter
 from heta_fast.kl import information_batched, mask_chunk_size
 from heta_fast.models import load_model
-
-from utils import append_csv, machine, measure
 
 TEXT = (
     "The history of the river valley is long. Farmers settled along its banks thousands of years ago, "
@@ -59,8 +58,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--contexts", type=int, nargs="+", default=[32, 128, 512])
     ap.add_argument("--loop-sample", type=int, default=16, help="masks timed per loop when t is larger")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tok = load_model("default")
     adapter = ModelAdapter(model)
     print(f"# KL pass, default model (SmolLM2-135M-Instruct), float32 — {machine()}")

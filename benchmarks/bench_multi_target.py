@@ -16,13 +16,12 @@ import argparse
 import time
 
 import torch
+from utils import append_csv, machine
 
 from heta_fast import reference
 from heta_fast.engine import evaluate, evaluate_many
 from heta_fast.hf import ModelAdapter
 from heta_fast.options import HetaOptions
-
-from utils import append_csv, machine
 
 
 def load(name: str):
@@ -42,7 +41,10 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=24)
     ap.add_argument("--targets", type=int, default=8)
     ap.add_argument("--num-probes", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = load(args.model)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -65,7 +67,7 @@ def main():
 
     print(f"# {args.targets} targets after a {args.prompt_len}-token prompt, model={args.model}, "
           f"m={opts.num_probes} — {machine()}")
-    print(f"| stage | loop s | shared s | speed-up | max rel. diff |\n|---|---|---|---|---|")
+    print("| stage | loop s | shared s | speed-up | max rel. diff |\n|---|---|---|---|---|")
     rows = []
     for stage, comp in (("gate", "M"), ("hessian", "S"), ("kl", "I")):
         a = sum(c.timings[stage] for c in loop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import os
@@ -44,10 +45,8 @@ def load_avg() -> float:
 
 def reset_peak_rss() -> None:
     """Make VmHWM equal the current RSS ("5" to clear_refs), so a later peak is this section's own."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def peak_rss_mib() -> float:

@@ -247,7 +247,7 @@ class Attributor:
                 bar.update(1)
             bar.close()
         out = []
-        for t, logprob, (M, S, I, timings) in zip(positions, target_logprobs, parts):
+        for t, logprob, (M, S, I, timings) in zip(positions, target_logprobs, parts, strict=True):
             timings["total"] = sum(timings.values()) + setup / len(positions)
             out.append(self._build(enc, t, opts, M, S, I, timings, logprob))
         return out

@@ -144,18 +144,18 @@ def evaluate_many(
     timings = {}
     if "M" in opts.components:
         t0 = time.perf_counter()
-        for slot, M in zip(per, gate_fast_many(adapter, ids, predict_at, opts.rollout, opts.layers)):
+        for slot, M in zip(per, gate_fast_many(adapter, ids, predict_at, opts.rollout, opts.layers), strict=True):
             slot["M"] = M
         timings["gate"] = (time.perf_counter() - t0) / len(targets)
     if "I" in opts.components:
         from .kl import information_multi
 
         t0 = time.perf_counter()
-        for slot, I in zip(per, information_multi(adapter, ids, predict_at, mask_vec, max_memory=opts.max_memory)):
+        for slot, I in zip(per, information_multi(adapter, ids, predict_at, mask_vec, max_memory=opts.max_memory), strict=True):
             slot["I"] = I
         timings["kl"] = (time.perf_counter() - t0) / len(targets)
     out = []
-    for slot, t, pr in zip(per, targets, probes):
+    for slot, t, pr in zip(per, targets, probes, strict=True):
         own = dict(timings)
         S = None
         if "S" in opts.components:

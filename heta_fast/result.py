@@ -122,7 +122,7 @@ class Attribution:
     def heatmap(self, by: str = "scores", color: bool = True) -> str:
         """Context tokens on a green background whose intensity follows ``by``; then the target."""
         parts = []
-        for tok, s in zip(self.tokens, self._shades(by)):
+        for tok, s in zip(self.tokens, self._shades(by), strict=True):
             shown = tok.replace("\n", "⏎")
             if color:
                 # 256-colour greens from pale (194) to dark (22): darker = more influence.
@@ -138,7 +138,7 @@ class Attribution:
     def to_html(self, by: str = "scores", title: str | None = None, full_page: bool = True) -> str:
         """Tokens shaded green by ``by`` (darker = more influence), with a table of all components."""
         spans = []
-        for i, (tok, s) in enumerate(zip(self.tokens, self._shades(by))):
+        for i, (tok, s) in enumerate(zip(self.tokens, self._shades(by), strict=True)):
             tip = f"pos {i}: score={self.scores[i]:.4g}"
             for name in ("M", "S", "I"):
                 vals = getattr(self, name)

@@ -8,24 +8,7 @@ import torch
 
 from heta_fast import Attribution, AttributionSequence, Attributor, HetaInputError, NumericalError, cli
 from heta_fast.errors import UnsupportedModelError
-from heta_fast.testing import random_ids, tiny_model
-
-
-class CharTokenizer:
-    """A minimal character tokenizer with offsets (HF-compatible call signature) for offline tests."""
-
-    def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
-        ids = [1 + (ord(c) % 90) for c in text]
-        offsets = [(i, i + 1) for i in range(len(text))]
-        if add_special_tokens:
-            ids, offsets = [0] + ids, [(0, 0)] + offsets
-        out = {"input_ids": ids}
-        if return_offsets_mapping:
-            out["offset_mapping"] = offsets
-        return out
-
-    def decode(self, ids):
-        return "".join(chr(32 + (i % 90)) for i in ids)
+from heta_fast.testing import CharTokenizer, random_ids, tiny_model
 
 
 @pytest.fixture(scope="module")

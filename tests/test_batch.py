@@ -14,9 +14,8 @@ import torch
 
 from heta_fast import Attributor, HetaOptions, cli
 from heta_fast.batch import BatchError, errors_path, parts_dir, read_results, run_batch
-from heta_fast.batch.cli import CharTokenizer
 from heta_fast.batch.jobs import job_fingerprint, part_paths, run_shard, scan_input
-from heta_fast.testing import tiny_model
+from heta_fast.testing import CharTokenizer, tiny_model
 
 PY = sys.executable
 OPTS = HetaOptions(num_probes=2)

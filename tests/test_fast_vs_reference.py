@@ -6,7 +6,6 @@ value of the reference vector): M 1e-4, S 1e-4, I 1e-5.
 """
 
 import pytest
-import torch
 
 from heta_fast import Attributor, reference
 from heta_fast.engine import gate_fast

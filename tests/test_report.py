@@ -11,6 +11,7 @@ import torch
 from heta_fast import Attribution, AttributionSequence
 from heta_fast.profiling import profile_attribution, track
 from heta_fast.report import plot_scores, report_html, write_report
+from heta_fast.testing import CharTokenizer
 
 pytest.importorskip("matplotlib")
 
@@ -69,19 +70,6 @@ def test_report_skips_missing_components_and_handles_sequences():
 
 
 # ---------------------------------------------------------------------------------------- profiling
-class CharTokenizer:
-    def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
-        ids = [1 + (ord(c) % 90) for c in text]
-        offsets = [(i, i + 1) for i in range(len(text))]
-        if add_special_tokens:
-            ids, offsets = [0] + ids, [(0, 0)] + offsets
-        out = {"input_ids": ids}
-        if return_offsets_mapping:
-            out["offset_mapping"] = offsets
-        return out
-
-    def decode(self, ids):
-        return "".join(chr(32 + (i % 90)) for i in ids)
 
 
 @pytest.fixture(scope="module")

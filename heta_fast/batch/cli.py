@@ -13,6 +13,7 @@ import sys
 
 from ..errors import HetaError
 from ..options import PRESETS, HetaOptions
+from ..testing import CharTokenizer
 
 # Option flags exactly as ``heta-fast attribute`` spells them (dest = the HetaOptions field).
 _OPTION_FLAGS: list[tuple[str, dict]] = [
@@ -94,21 +95,6 @@ def _overrides(args) -> dict:
     return out
 
 
-class CharTokenizer:
-    """Character tokenizer with offsets for ``--tiny-model`` (the same mapping as the API tests use)."""
-
-    def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
-        ids = [1 + (ord(c) % 90) for c in text]
-        offsets = [(i, i + 1) for i in range(len(text))]
-        if add_special_tokens:
-            ids, offsets = [0] + ids, [(0, 0)] + offsets
-        out = {"input_ids": ids}
-        if return_offsets_mapping:
-            out["offset_mapping"] = offsets
-        return out
-
-    def decode(self, ids):
-        return "".join(chr(32 + (i % 90)) for i in ids)
 
 
 def make_factory(args):

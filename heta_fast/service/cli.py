@@ -5,26 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..options import PRESETS
-
-
-class CharTokenizer:
-    """One token per character (ids 1..90, BOS 0), with offsets: the tokenizer for ``--tiny-model``.
-
-    Only for tests and offline smoke runs; it has the HF call signature heta_fast uses.
-    """
-
-    def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
-        ids = [1 + (ord(c) % 90) for c in text]
-        offsets = [(i, i + 1) for i in range(len(text))]
-        if add_special_tokens:
-            ids, offsets = [0] + ids, [(0, 0)] + offsets
-        out = {"input_ids": ids}
-        if return_offsets_mapping:
-            out["offset_mapping"] = offsets
-        return out
-
-    def decode(self, ids):
-        return "".join(chr(32 + (i % 90)) for i in ids)
+from ..testing import CharTokenizer
 
 
 def load_attributor(model: str = "default", tiny_model: str | None = None, preset: str = "default"):
