@@ -62,6 +62,10 @@ class Attributor:
         tokenizer: its tokenizer; optional when you pass token ids.
         options: default :class:`HetaOptions` (``attribute`` may override any of them).
         progress: show progress bars for long work.
+
+    The model is put in eval mode, its parameters stop requiring gradients (HETA differentiates with
+    respect to the inputs only), and its attention implementation becomes heta_fast's recording one
+    (numerically the model's own attention; it keeps working for ordinary use).
     """
 
     def __init__(self, model, tokenizer=None, *, options: HetaOptions | None = None, progress: bool = False,
