@@ -1,0 +1,72 @@
+"""``heta-fast eval …``: evaluation sub-commands (registered by ``heta_fast.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    """Register ``eval`` (with ``curated``) on the top-level sub-parsers."""
+    ev = subparsers.add_parser("eval", help="evaluate attribution methods (faithfulness, DSA, F1, stability)")
+    evsub = ev.add_subparsers(dest="eval_command", required=True)
+    c = evsub.add_parser(
+        "curated", help="every method on the curated distractor/support QA set",
+        description="Explain the first token of each gold answer (teacher-forced after the question and "
+                    "'\\nAnswer:') with every method; per-example metrics go to OUT/results.jsonl (a rerun "
+                    "skips finished examples), the summary to OUT/summary.{md,csv} and OUT/plots/.",
+    )
+    c.add_argument("--data", help="the released JSON or a JSONL of examples (default: ../shared/data/"
+                   "curated_qa_100.json beside the checkout)")
+    c.add_argument("--out", default="heta_eval", help="output folder (default: ./heta_eval)")
+    c.add_argument("--limit", type=int, help="only the first N examples")
+    c.add_argument("--methods", nargs="+", default=["all"], help="method names (space or comma separated) or 'all'")
+    c.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct) or a local HF folder")
+    c.add_argument("--hessian", choices=["exact", "lowrank"], default="lowrank")
+    c.add_argument("--rank", type=int, default=16)
+    c.add_argument("--num-probes", type=int, default=4)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--sink-token-id", type=int, help="sink for the heta_sink* methods (default: <|endoftext|>/BOS)")
+    c.add_argument("--stability", type=int, default=0, metavar="N",
+                   help="also measure stability (noise on X, another seed) on the first N examples")
+    c.add_argument("--noise-sigma", type=float, default=0.01, help="noise std relative to the RMS of X")
+    c.add_argument("--no-plots", action="store_true")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--rescore", action="store_true",
+                   help="recompute the metrics of finished examples from their stored scores, then report")
+    c.add_argument("--list-methods", action="store_true", help="print the methods and exit")
+    c.set_defaults(func=curated_command)
+
+
+def curated_command(args: argparse.Namespace) -> int:
+    from ..errors import HetaInputError
+    from .curated import METHODS, RunSettings, parse_methods, run_curated, summarize, write_report
+    from .data import default_data_path, load_examples
+
+    if args.list_methods:
+        for name, what in METHODS.items():
+            print(f"{name:<22} {what}")
+        return 0
+    methods = parse_methods(args.methods)
+    data = Path(args.data) if args.data else default_data_path()
+    if not data.exists():
+        raise HetaInputError(f"data file {data} not found; pass --data PATH")
+    examples = load_examples(data)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise HetaInputError(f"--limit must be >= 1, got {args.limit}")
+        examples = examples[: args.limit]
+    settings = RunSettings(model=args.model, hessian=args.hessian, rank=args.rank, num_probes=args.num_probes,
+                           seed=args.seed, sink_token_id=args.sink_token_id, noise_sigma=args.noise_sigma,
+                           stability_examples=args.stability)
+    if args.rescore:
+        from .curated import rescore
+
+        rescore(examples, args.out, settings, progress=not args.quiet)
+    records = run_curated(examples, args.out, methods, settings, progress=not args.quiet)
+    rows = summarize(records, methods)
+    paths = write_report(rows, args.out, plots=not args.no_plots,
+                         title=f"Curated set: {len(records)} examples, model {args.model}")
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
+    print("wrote " + ", ".join(str(p) for p in paths[:3]) + (f" and {len(paths) - 3} plots" if len(paths) > 3 else ""))
+    return 0

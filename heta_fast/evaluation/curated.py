@@ -1,0 +1,443 @@
+"""Curated-set runner: every method on every example, metrics per example, resumable, then a report.
+
+Per example: prompt = ``text + "\\nAnswer:"``, target = the first token of ``" " + answer`` teacher-forced
+after it (SPEC §5), context = the prompt tokens. Each method gives one non-negative score per context
+token; every metric of :mod:`.metrics` is computed on it. One JSON line per example (and per rerun that
+adds methods) goes to ``results.jsonl``; a rerun skips (example, method) pairs already there with the
+same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .. import reference
+from ..errors import HetaInputError
+from . import metrics as mt
+from .baselines import BASELINES, baseline_scores, perturbed_embeddings
+from .data import Example
+from .sinks import attribute_with_sink, default_sink_id
+
+# HETA variants. Each is (run, recipe): the run says which attribute() call provides the components
+# (runs are shared, so all ablations cost one run), the recipe how to combine them.
+HETA_METHODS = {
+    "heta": ("base", dict(comps="MSI", normalize="none"), "paper formula M(βS+γI), normalize='none', mask zero"),
+    "heta_sum": ("base", dict(comps="MSI", normalize="sum"), "normalize='sum' (S, I divided by their sums)"),
+    "heta_M": ("base", dict(comps="M"), "ablation: M only"),
+    "heta_S": ("base", dict(comps="S"), "ablation: S only"),
+    "heta_I": ("base", dict(comps="I"), "ablation: I only"),
+    "heta_MS": ("base", dict(comps="MS"), "ablation: M·S"),
+    "heta_MI": ("base", dict(comps="MI"), "ablation: M·I"),
+    "heta_mask_mean": ("mean", dict(comps="MSI", normalize="none"), "paper formula, mask='mean' for I"),
+    "heta_sink": ("sink", dict(comps="MSI", normalize="none"), "paper formula, sink token prepended and dropped"),
+    "heta_sink_sum": ("sink", dict(comps="MSI", normalize="sum"), "normalize='sum', sink token"),
+    "heta_sink_M": ("sink", dict(comps="M"), "ablation: M only, sink token"),
+}
+METHODS = {**BASELINES, **{k: v[2] for k, v in HETA_METHODS.items()}}
+# Methods whose scores change with the seed (stability across seeds is measured only for these).
+SEEDED = {m for m, (_, r, _) in HETA_METHODS.items() if "S" in r["comps"]} | {"random"}
+
+
+@dataclass
+class RunSettings:
+    """Everything that changes the numbers; stored with each record so a rerun never mixes settings."""
+
+    model: str = "default"
+    hessian: str = "lowrank"
+    rank: int = 16
+    num_probes: int = 4
+    seed: int = 0
+    beta: float = 0.5
+    gamma: float = 0.5
+    sink_token_id: int | None = None  # None = default_sink_id(tokenizer)
+    soft_samples: int = 2
+    ig_steps: int = 16
+    noise_sigma: float = 0.01  # relative to the RMS of X
+    stability_examples: int = 0  # stability (noise and seed) on the first N examples only
+    extra: dict = field(default_factory=dict)
+
+    def heta_options(self, seed: int | None = None) -> dict:
+        return dict(hessian=self.hessian, rank=self.rank, num_probes=self.num_probes,
+                    seed=self.seed if seed is None else seed, beta=self.beta, gamma=self.gamma)
+
+    def key(self) -> dict:
+        d = asdict(self)
+        d.pop("stability_examples")  # more stability examples do not change the other numbers
+        return d
+
+
+def parse_methods(spec) -> list[str]:
+    """``"all"``, a list, or comma-separated names; unknown names are an error listing the choices."""
+    if spec is None or spec == "all" or spec == ["all"]:
+        return list(METHODS)
+    names = spec.split(",") if isinstance(spec, str) else [n for s in spec for n in s.split(",")]
+    names = [n.strip() for n in names if n.strip()]
+    bad = [n for n in names if n not in METHODS]
+    if bad:
+        raise HetaInputError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class Encoded:
+    ids: list[int]  # context (prompt) ids
+    offsets: list[tuple[int, int]]
+    text: str  # the prompt
+    target_id: int
+
+
+def encode(tokenizer, ex: Example) -> Encoded:
+    """Prompt tokens with offsets, and the first token of the gold answer (with its leading space)."""
+    prompt = ex.prompt()
+    enc = tokenizer(prompt, return_offsets_mapping=True)
+    ans = tokenizer(" " + ex.answer, add_special_tokens=False)["input_ids"]
+    if not ans:
+        raise HetaInputError(f"example {ex.id}: the answer tokenises to nothing")
+    return Encoded(ids=list(enc["input_ids"]), offsets=[tuple(o) for o in enc["offset_mapping"]], text=prompt,
+                   target_id=int(ans[0]))
+
+
+def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, seed=None):
+    """The attribute() calls the requested HETA variants need: components per run, seconds per run.
+
+    ``"base"``: M, S, I (mask zero); ``"mean"``: the base M and S with I recomputed with ``mask="mean"``;
+    ``"sink"``: all three with a sink token prepended (:func:`attribute_with_sink`).
+    """
+    full = enc.ids + [enc.target_id]
+    t = len(enc.ids)
+    opts = settings.heta_options(seed)
+    out: dict[str, dict] = {}
+    secs: dict[str, float] = {}
+
+    def comps(r):
+        return {k: torch.tensor(getattr(r, k), dtype=torch.float64) for k in "MSI" if getattr(r, k) is not None}
+
+    if runs & {"base", "mean"}:
+        t0 = time.perf_counter()
+        out["base"] = comps(attributor.attribute(full, target=t, **opts))
+        secs["base"] = time.perf_counter() - t0
+    if "mean" in runs:
+        t0 = time.perf_counter()
+        r = attributor.attribute(full, target=t, components=("I",), mask="mean", **opts)
+        out["mean"] = {**out["base"], "I": torch.tensor(r.I, dtype=torch.float64)}
+        secs["mean"] = secs["base"] + time.perf_counter() - t0  # a standalone run would need M and S too
+    if "sink" in runs:
+        t0 = time.perf_counter()
+        sink = settings.sink_token_id if settings.sink_token_id is not None else default_sink_id(attributor.tokenizer)
+        r = attribute_with_sink(attributor, full, target=t, sink_token_id=sink, **opts)
+        out["sink"] = comps(r) | {"sink_gate_mass": r.options["sink_gate_mass"]}
+        secs["sink"] = time.perf_counter() - t0
+    return out, secs
+
+
+def _combine(c: dict, recipe: dict, settings: RunSettings) -> Tensor:
+    pick = {k: (c[k] if k in recipe["comps"] else None) for k in "MSI"}
+    return reference.combine(pick["M"], pick["S"], pick["I"], settings.beta, settings.gamma,
+                             recipe.get("normalize", "none"))
+
+
+def method_scores(attributor, enc: Encoded, methods: list[str], settings: RunSettings, *,
+                  seed: int | None = None) -> tuple[dict[str, Tensor], dict[str, float], dict]:
+    """Scores of every method for one encoded example; also seconds per method and extra facts."""
+    adapter = attributor.adapter
+    ids = torch.tensor(enc.ids, dtype=torch.long, device=adapter.device)
+    scores: dict[str, Tensor] = {}
+    seconds: dict[str, float] = {}
+    for m in methods:
+        if m in BASELINES:
+            t0 = time.perf_counter()
+            scores[m] = baseline_scores(m, adapter, ids, enc.target_id, seed=settings.seed if seed is None else seed,
+                                        ig_steps=settings.ig_steps).double().cpu()
+            seconds[m] = time.perf_counter() - t0
+    runs_needed = {HETA_METHODS[m][0] for m in methods if m in HETA_METHODS}
+    extra = {}
+    if runs_needed:
+        comps, secs = _heta_runs(attributor, enc, runs_needed, settings, seed)
+        if "sink" in comps:
+            extra["sink_gate_mass"] = comps["sink"].pop("sink_gate_mass")
+        for m in methods:
+            if m in HETA_METHODS:
+                run, recipe, _ = HETA_METHODS[m]
+                scores[m] = _combine(comps[run], recipe, settings)
+                seconds[m] = secs[run]  # the shared run's cost (ablations are free once it is done)
+    return scores, seconds, extra
+
+
+def example_metrics(logprob_fn, X: Tensor, enc: Encoded, ex: Example, a: Tensor, settings: RunSettings) -> dict:
+    """All per-example metrics of one attribution ``a`` over the context."""
+    offs = [(s, e) for s, e in enc.offsets]
+    support = mt.token_span_mask(offs, enc.text, [ex.support])
+    distractor = mt.token_span_mask(offs, enc.text, [ex.distractor])
+    question = mt.token_span_mask(offs, enc.text, [(max(ex.support[1], ex.distractor[1]), len(enc.text))])
+    out = {
+        **mt.soft_erasure(logprob_fn, X, a, seed=settings.seed, samples=settings.soft_samples),
+        **mt.aopc(logprob_fn, X, enc.target_id, a),
+        "dsa": mt.dsa(a, support, distractor),
+        "support_share": mt.mass_share(a, support),
+        "distractor_share": mt.mass_share(a, distractor),
+        "question_share": mt.mass_share(a, question & ~support & ~distractor),
+        "first_token_share": float(a[0] / a.sum()) if a.sum() > 0 else 0.0,
+    }
+    gold = mt.token_span_mask(offs, enc.text, ex.gold) if ex.gold else None
+    out["f1"] = mt.f1_alignment(a, gold) if gold is not None and gold.any() else float("nan")
+    return out
+
+
+def stability(attributor, enc: Encoded, methods: list[str], scores: dict[str, Tensor], settings: RunSettings) -> dict:
+    """Spearman ρ of each method's scores with (a) Gaussian noise on X, (b) another seed (seeded methods)."""
+    adapter = attributor.adapter
+    full = torch.tensor(enc.ids + [enc.target_id], dtype=torch.long, device=adapter.device)
+    noise = mt.embedding_noise(adapter.embed(full), relative_sigma=settings.noise_sigma, seed=settings.seed + 1)
+    sink = settings.sink_token_id if settings.sink_token_id is not None else default_sink_id(attributor.tokenizer)
+    out = {m: {} for m in methods}
+    plain = [m for m in methods if not (m in HETA_METHODS and HETA_METHODS[m][0] == "sink")]
+    sinky = [m for m in methods if m not in plain]
+    with perturbed_embeddings(adapter, full, noise):
+        noisy, _, _ = method_scores(attributor, enc, plain, settings)
+    if sinky:
+        # The sink sequence is [sink] + ids: the same noise on the real tokens, none on the sink row.
+        sink_full = torch.cat([full.new_tensor([sink]), full])
+        sink_noise = torch.cat([torch.zeros_like(noise[:1]), noise])
+        with perturbed_embeddings(adapter, sink_full, sink_noise):
+            noisy.update(method_scores(attributor, enc, sinky, settings)[0])
+    for m in methods:
+        out[m]["stability_noise"] = mt.spearman(scores[m], noisy[m])
+    seeded = [m for m in methods if m in SEEDED]
+    if seeded:
+        other, _, _ = method_scores(attributor, enc, seeded, settings, seed=settings.seed + 1)
+        for m in seeded:
+            out[m]["stability_seed"] = mt.spearman(scores[m], other[m])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ runner
+def _load_done(path: Path, key: dict) -> dict[str, dict]:
+    """Finished (example id -> method -> record) with matching settings; other lines are left alone."""
+    done: dict[str, dict] = {}
+    if not path.exists():
+        return done
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise HetaInputError(f"{path}:{lineno}: corrupt results line; delete it to recompute") from None
+        if rec.get("settings") != key:
+            continue
+        entry = done.setdefault(rec["id"], {})
+        for m, val in rec["methods"].items():
+            if "stability_noise" in val or m not in entry:
+                entry[m] = val
+    return done
+
+
+def run_curated(examples: list[Example], out_dir: str | Path, methods: list[str], settings: RunSettings, *,
+                attributor=None, progress: bool = True) -> list[dict]:
+    """Evaluate ``methods`` on ``examples``; append per-example records to ``out_dir/results.jsonl``.
+
+    Returns the merged records (finished earlier and now) of these examples, in order.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.jsonl"
+    key = settings.key()
+    done = _load_done(path, key)
+    if attributor is None:
+        from ..api import Attributor
+
+        attributor = Attributor.from_pretrained(settings.model)
+    logprob_fn = mt.model_logprob_fn(attributor.adapter)
+    bar = tqdm(examples, desc="curated", disable=not progress)
+    for i, ex in enumerate(bar):
+        want_stab = i < settings.stability_examples
+        have = done.get(ex.id, {})
+        todo = [m for m in methods if m not in have or (want_stab and "stability_noise" not in have[m])]
+        if not todo:
+            continue
+        bar.set_postfix_str(ex.id)
+        enc = encode(attributor.tokenizer, ex)
+        X = attributor.adapter.embed(torch.tensor(enc.ids, device=attributor.adapter.device)).detach()
+        # Only stability missing: reuse the stored scores and metrics instead of recomputing them.
+        reuse = all(m in have for m in todo)
+        if reuse:
+            scores = {m: torch.tensor(have[m]["scores"], dtype=torch.float64) for m in todo}
+            extra = {}
+        else:
+            scores, seconds, extra = method_scores(attributor, enc, todo, settings)
+        stab = stability(attributor, enc, todo, scores, settings) if want_stab else {}
+        rec = {"id": ex.id, "settings": key, "n_tokens": len(enc.ids), "target_id": enc.target_id,
+               "target_token": attributor.tokenizer.decode([enc.target_id]), **extra, "methods": {}}
+        for m in todo:
+            base = have[m] if reuse else {
+                **example_metrics(logprob_fn, X, enc, ex, scores[m], settings),
+                "seconds": seconds[m],
+                "scores": [float(v) for v in scores[m].tolist()],
+            }
+            rec["methods"][m] = {**base, **stab.get(m, {})}
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        done.setdefault(ex.id, {}).update(rec["methods"])
+    bar.close()
+    return [{"id": ex.id, "methods": done[ex.id]} for ex in examples if ex.id in done]
+
+
+def rescore(examples: list[Example], out_dir: str | Path, settings: RunSettings, *, attributor=None,
+            progress: bool = True) -> None:
+    """Recompute every per-example metric from the stored scores (after a metric changed); keeps the
+    stability values and timings, rewrites ``results.jsonl`` with one merged line per example."""
+    from tqdm.auto import tqdm
+
+    path = Path(out_dir) / "results.jsonl"
+    done = _load_done(path, settings.key())
+    if attributor is None:
+        from ..api import Attributor
+
+        attributor = Attributor.from_pretrained(settings.model)
+    logprob_fn = mt.model_logprob_fn(attributor.adapter)
+    top: dict[str, dict] = {}  # per-example facts besides the methods (sink gate mass, target token)
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            top.setdefault(rec["id"], {}).update({k: v for k, v in rec.items() if k not in ("methods", "settings")})
+    lines = []
+    for ex in tqdm([e for e in examples if e.id in done], desc="rescore", disable=not progress):
+        enc = encode(attributor.tokenizer, ex)
+        X = attributor.adapter.embed(torch.tensor(enc.ids, device=attributor.adapter.device)).detach()
+        methods = {}
+        for m, old in done[ex.id].items():
+            a = torch.tensor(old["scores"], dtype=torch.float64)
+            keep = {k: v for k, v in old.items() if k.startswith("stability") or k in ("seconds", "scores")}
+            methods[m] = {**example_metrics(logprob_fn, X, enc, ex, a, settings), **keep}
+        lines.append(json.dumps({**top.get(ex.id, {}), "id": ex.id, "settings": settings.key(), "methods": methods}))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------------------------------------ report
+METRIC_COLUMNS = [
+    ("soft_nc", "Soft-NC ↑"), ("soft_ns", "Soft-NS ↑"), ("comprehensiveness", "Comp AOPC ↑"),
+    ("sufficiency", "Suff AOPC ↓"), ("comprehensiveness_logp", "Comp AOPC log p ↑"),
+    ("sufficiency_logp", "Suff AOPC log p ↓"), ("dsa", "DSA ↑"), ("f1", "F1 ↑"), ("support_share", "support"),
+    ("distractor_share", "distractor"), ("question_share", "question+cue"), ("first_token_share", "1st token"),
+    ("stability_noise", "ρ noise ↑"), ("stability_seed", "ρ seed ↑"), ("seconds", "s/example"),
+]
+
+
+def _mean_sem(vals: list[float]) -> tuple[float, float, int]:
+    vals = [v for v in vals if v is not None and not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    n = len(vals)
+    mean = sum(vals) / n
+    sem = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1) / n) if n > 1 else float("nan")
+    return mean, sem, n
+
+
+def summarize(records: list[dict], methods: list[str]) -> list[dict]:
+    """One row per method: mean, standard error and count of every metric over the examples."""
+    rows = []
+    for m in methods:
+        per = [r["methods"][m] for r in records if m in r["methods"]]
+        if not per:
+            continue
+        row = {"method": m, "n": len(per)}
+        for col, _ in METRIC_COLUMNS:
+            mean, sem, n = _mean_sem([p.get(col) for p in per])
+            row[col], row[col + "_sem"], row[col + "_n"] = mean, sem, n
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: float, sem: float | None = None) -> str:
+    if v is None or math.isnan(v):
+        return "–"
+    return f"{v:.3f}" if sem is None or math.isnan(sem) else f"{v:.3f} ± {sem:.3f}"
+
+
+def write_report(rows: list[dict], out_dir: str | Path, *, plots: bool = True, title: str = "") -> list[Path]:
+    """``summary.csv``, ``summary.md`` and (matplotlib installed) ``plots/*.png``; returns the paths."""
+    import csv
+
+    out = Path(out_dir)
+    written = []
+    with (out / "summary.csv").open("w", newline="", encoding="utf-8") as f:
+        cols = ["method", "n"] + [c + s for c, _ in METRIC_COLUMNS for s in ("", "_sem", "_n")]
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c]) for c in cols})
+    written.append(out / "summary.csv")
+    lines = [f"# {title}" if title else "", "",
+             "| method | n | " + " | ".join(h for _, h in METRIC_COLUMNS) + " |",
+             "|---|---|" + "---|" * len(METRIC_COLUMNS)]
+    for r in rows:
+        cells = []
+        for c, _ in METRIC_COLUMNS:
+            sem = None if c in ("seconds", "support_share", "distractor_share", "question_share", "first_token_share") else r[c + "_sem"]
+            cell = _fmt(r[c], sem)
+            if c.startswith("stability") and r[c + "_n"]:
+                cell += f" (n={r[c + '_n']})"
+            cells.append(cell)
+        lines.append(f"| {r['method']} | {r['n']} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean ± standard error over examples. " + "; ".join(f"{k}: {METHODS[k]}" for k in
+              [r["method"] for r in rows])]
+    (out / "summary.md").write_text("\n".join(lines).lstrip() + "\n", encoding="utf-8")
+    written.append(out / "summary.md")
+    if plots:
+        written += _plots(rows, out / "plots")
+    return written
+
+
+def _plots(rows: list[dict], plot_dir: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # optional: requirements/evaluation.txt installs it
+        return []
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    faith = [("soft_nc", "Soft-NC"), ("soft_ns", "Soft-NS"), ("comprehensiveness", "Comp"),
+             ("sufficiency", "Suff (↓)"), ("dsa", "DSA"), ("f1", "F1")]
+    shares = [("distractor_share", "distractor"), ("support_share", "support"), ("question_share", "question+cue")]
+    for r in rows:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+        vals = [r[c] for c, _ in faith]
+        errs = [0 if math.isnan(r[c + "_sem"]) else r[c + "_sem"] for c, _ in faith]
+        ax1.bar([n for _, n in faith], vals, yerr=errs, color="tab:green")
+        ax1.axhline(0, color="k", lw=0.5)
+        ax1.set_title(f"{r['method']}: metrics (n={r['n']})")
+        ax1.tick_params(axis="x", labelrotation=30)
+        ax2.bar([n for _, n in shares], [r[c] for c, _ in shares], color=["tab:red", "tab:blue", "tab:gray"])
+        ax2.set_ylim(0, 1)
+        ax2.set_title(f"attribution share (1st token {r['first_token_share']:.2f})")
+        fig.tight_layout()
+        p = plot_dir / f"{r['method']}.png"
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        written.append(p)
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), sharex=True)
+    names = [r["method"] for r in rows]
+    for ax, (c, n) in zip(axes.flat, faith, strict=True):
+        ax.bar(names, [r[c] for r in rows], yerr=[0 if math.isnan(r[c + "_sem"]) else r[c + "_sem"] for r in rows],
+               color=["tab:orange" if x.startswith("heta") else "tab:gray" for x in names])
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_title(n)
+        ax.tick_params(axis="x", labelrotation=75, labelsize=7)
+    fig.tight_layout()
+    p = plot_dir / "summary.png"
+    fig.savefig(p, dpi=90)
+    plt.close(fig)
+    return written + [p]

@@ -1,0 +1,156 @@
+"""Curated attribution examples: loading, validation, and segments as character spans.
+
+Accepted inputs:
+
+- the released JSON (``{"examples": [...]}``, or a bare list) with ``input_text``, ``answer``,
+  ``narrative_segment`` (distractor), ``sciq_support_segment`` (support) and
+  ``important_word_indices_in_sciq_support`` / ``important_words``;
+- JSONL, one example per line, with ``text`` (or ``input_text``), ``answer`` and labelled segments, either
+  as substrings (``support`` / ``distractor``, or the released names) or as character spans
+  (``support_span`` / ``distractor_span``: ``[start, end)``); gold words optionally as ``important_spans``
+  (character spans), ``important_word_indices`` (whitespace-split words of the support segment) or
+  ``important_words`` (matched as whole words inside the support segment only).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import HetaInputError
+
+_WORD = re.compile(r"\S+")
+# Punctuation glued to a word ("plant,") is not part of the gold word.
+_STRIP = "\"'.,;:!?()[]{}"
+
+
+@dataclass
+class Example:
+    """One curated example; every span is ``[start, end)`` in ``text``."""
+
+    id: str
+    text: str
+    answer: str
+    support: tuple[int, int]
+    distractor: tuple[int, int]
+    gold: list[tuple[int, int]] = field(default_factory=list)
+
+    def prompt(self) -> str:
+        """The question followed by the answer cue; the gold answer's first token is the target."""
+        return self.text + "\nAnswer:"
+
+
+def _find_unique(text: str, segment: str, what: str) -> tuple[int, int]:
+    start = text.find(segment)
+    if start < 0:
+        raise HetaInputError(f"the {what} segment is not a substring of the text")
+    if text.find(segment, start + 1) >= 0:
+        raise HetaInputError(f"the {what} segment occurs more than once in the text; give {what}_span instead")
+    return start, start + len(segment)
+
+
+def _word_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Whitespace-separated words of ``text[start:end]`` as spans, outer punctuation trimmed."""
+    spans = []
+    for m in _WORD.finditer(text, start, end):
+        s, e = m.start(), m.end()
+        while s < e and text[s] in _STRIP:
+            s += 1
+        while e > s and text[e - 1] in _STRIP:
+            e -= 1
+        spans.append((s, e) if e > s else (m.start(), m.end()))
+    return spans
+
+
+def _span(value, text: str, what: str) -> tuple[int, int]:
+    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+        raise HetaInputError(f"{what}_span must be [start, end] integers, got {value!r}")
+    s, e = value
+    if not 0 <= s < e <= len(text):
+        raise HetaInputError(f"{what}_span {value!r} is outside the text (length {len(text)})")
+    return s, e
+
+
+def parse_example(obj: dict, index: int) -> Example:
+    """Validate one raw example (``index`` only labels the default id)."""
+    if not isinstance(obj, dict):
+        raise HetaInputError(f"expected an object, got {type(obj).__name__}")
+    text = obj.get("text", obj.get("input_text"))
+    answer = obj.get("answer")
+    if not isinstance(text, str) or not text.strip():
+        raise HetaInputError("missing or empty 'text' (or 'input_text')")
+    if not isinstance(answer, str) or not answer.strip():
+        raise HetaInputError("missing or empty 'answer'")
+    spans = {}
+    for what, names in (("support", ("support", "support_segment", "sciq_support_segment")),
+                        ("distractor", ("distractor", "distractor_segment", "narrative_segment"))):
+        if f"{what}_span" in obj:
+            spans[what] = _span(obj[f"{what}_span"], text, what)
+            continue
+        seg = next((obj[n] for n in names if isinstance(obj.get(n), str)), None)
+        if seg is None:
+            raise HetaInputError(f"missing the {what} segment: give '{what}' (a substring) or '{what}_span'")
+        spans[what] = _find_unique(text, seg, what)
+    (a, b), (c, d) = spans["support"], spans["distractor"]
+    if max(a, c) < min(b, d):
+        raise HetaInputError("the support and distractor segments overlap")
+    s0, s1 = spans["support"]
+    words = _word_spans(text, s0, s1)
+    gold: list[tuple[int, int]] = []
+    if "important_spans" in obj:
+        gold = [_span(v, text, "important") for v in obj["important_spans"]]
+    elif "important_word_indices" in obj or "important_word_indices_in_sciq_support" in obj:
+        idx = obj.get("important_word_indices", obj.get("important_word_indices_in_sciq_support"))
+        if not isinstance(idx, list) or any(not isinstance(i, int) or not 0 <= i < len(words) for i in idx):
+            raise HetaInputError(f"important word indices {idx!r} do not index the {len(words)} support words")
+        gold = [words[i] for i in idx]
+    elif "important_words" in obj:
+        wanted = {w.lower().strip(_STRIP) for w in obj["important_words"]}
+        gold = [(s, e) for s, e in words if text[s:e].lower() in wanted]
+    return Example(id=str(obj.get("id", f"example_{index:05d}")), text=text, answer=answer.strip(),
+                   support=spans["support"], distractor=spans["distractor"], gold=gold)
+
+
+def load_examples(path: str | Path) -> list[Example]:
+    """Load the released JSON or a JSONL file; errors name the example (JSON) or line number (JSONL)."""
+    path = Path(path)
+    if not path.exists():
+        raise HetaInputError(f"data file {path} does not exist")
+    raw = path.read_text(encoding="utf-8")
+    examples: list[Example] = []
+    if path.suffix == ".jsonl":
+        for lineno, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                examples.append(parse_example(json.loads(line), len(examples)))
+            except json.JSONDecodeError as e:
+                raise HetaInputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            except HetaInputError as e:
+                raise HetaInputError(f"{path}:{lineno}: {e}") from None
+    else:
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise HetaInputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        items = data.get("examples") if isinstance(data, dict) else data
+        if not isinstance(items, list):
+            raise HetaInputError(f"{path}: expected a list of examples or an object with 'examples'")
+        for i, obj in enumerate(items):
+            try:
+                examples.append(parse_example(obj, i))
+            except HetaInputError as e:
+                raise HetaInputError(f"{path}: example {i}: {e}") from None
+    if not examples:
+        raise HetaInputError(f"{path}: no examples")
+    ids = [ex.id for ex in examples]
+    if len(set(ids)) != len(ids):
+        raise HetaInputError(f"{path}: duplicate example ids (resuming needs unique ids)")
+    return examples
+
+
+def default_data_path() -> Path:
+    """``../shared/data/curated_qa_100.json`` beside the checkout that holds this package."""
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "curated_qa_100.json"
