@@ -84,13 +84,22 @@ def attributor():
 
 
 def test_track_sees_torch_allocations():
-    with track() as w:
-        x = torch.ones(64 * 2**20 // 4)  # 64 MiB that tracemalloc would not see
-        x += 1
-    del x
-    if w.peak_rss_bytes is None:
+    # In a fresh process: inside a long test session the allocator may hand back pages that are already
+    # resident, and the peak would (correctly) not move.
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\nfrom heta_fast.profiling import track\n"
+        "with track() as w:\n    x = torch.ones(64 * 2**20 // 4)\n    x += 1\n"
+        "print(w.peak_rss_bytes is not None, w.wall_s > 0, w.peak_delta_bytes if w.peak_rss_bytes else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    has_proc, timed, delta = out.stdout.split()
+    if has_proc != "True":
         pytest.skip("no /proc/self/status on this platform")
-    assert w.wall_s > 0 and w.peak_delta_bytes > 48 * 2**20
+    assert timed == "True" and int(delta) > 48 * 2**20  # 64 MiB that tracemalloc would not see
 
 
 def test_profile_attribution_stages_memory_and_trace(attributor, tmp_path):
