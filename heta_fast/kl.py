@@ -95,6 +95,7 @@ def information_multi(
     d = X.shape[1]
     scale = adapter.embed_scale
     ps = torch.tensor(predict_at, device=X.device)
+    chunk = chunk_size or mask_chunk_size(adapter, n, max_memory)  # fails before any forward if it cannot fit
     with torch.no_grad():
         cache = _new_cache()
         out = base(inputs_embeds=(X * scale)[None], **cache_kwargs(base, cache))
@@ -114,7 +115,6 @@ def information_multi(
                 "use engine='reference'"
             )
         base_logp = torch.log_softmax(z.to(torch.promote_types(z.dtype, torch.float32)), -1)  # [T, V]
-        chunk = chunk_size or mask_chunk_size(adapter, n, max_memory)
         I = [torch.empty(p + 1, dtype=torch.float32, device=X.device) for p in predict_at]
         for a in range(0, n, chunk):
             b = min(a + chunk, n)

@@ -186,3 +186,12 @@ def test_default_model_integration(tmp_path):
                    "--json", str(tmp_path / "o.json"), "--html", str(tmp_path / "o.html")])
     assert rc == 0 and os.path.getsize(tmp_path / "o.html") > 0
     assert json.loads((tmp_path / "o.json").read_text())["target"]["token"] == " Paris"
+
+
+def test_context_too_long_for_memory_budget_names_the_option(attributor):
+    from heta_fast import MemoryBudgetError
+
+    with pytest.raises(MemoryBudgetError, match="window="):
+        attributor.attribute(random_ids(400), components=["I"], max_memory=1 << 20)
+    with pytest.raises(MemoryBudgetError, match="max_memory"):
+        attributor.attribute(random_ids(400), components=["S"], num_probes=1, max_memory=1 << 20)
