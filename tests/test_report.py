@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from heta_fast import Attribution, AttributionSequence
-from heta_fast.profiling import profile_attribution, track
+from heta_fast.profiling import profile_attribution
 from heta_fast.report import plot_scores, report_html, write_report
 from heta_fast.testing import CharTokenizer
 
