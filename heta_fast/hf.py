@@ -179,6 +179,17 @@ def cache_kwargs(module: nn.Module, cache) -> dict:
     return {name: cache, "use_cache": True}
 
 
+def new_full_cache():
+    """An empty KV cache that keeps every layer in full, so it can later be cut at any position.
+
+    Built without the model config on purpose: a config-built cache evicts old positions on sliding-window
+    layers; the model still applies its sliding-window masks from the positions.
+    """
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
 def cut_cache(cache, length: int):
     """A copy of a KV cache holding only the first ``length`` positions (the clean prefix of a suffix run).
 
@@ -282,6 +293,12 @@ class ModelAdapter:
     @property
     def dtype(self) -> torch.dtype:
         return self.embedding.weight.dtype
+
+    @property
+    def ffn_width(self) -> int:
+        """MLP hidden width (for memory estimates); 4·d when the config does not name it."""
+        cfg = self.config
+        return int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * self.hidden_size)
 
     @property
     def vocab_size(self) -> int:

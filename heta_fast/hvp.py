@@ -22,13 +22,8 @@ import torch
 from torch import Tensor
 
 from .errors import HetaInputError, MemoryBudgetError
-from .hf import ModelAdapter, cut_cache
+from .hf import ModelAdapter, cut_cache, new_full_cache
 from .reference import _first_layer, draw_range_finder
-
-
-def _ffn_width(adapter: ModelAdapter) -> int:
-    cfg = adapter.config
-    return int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * adapter.hidden_size)
 
 
 def bytes_per_direction(adapter: ModelAdapter, rows: int, kv_len: int, layers: int | None = None) -> int:
@@ -38,7 +33,7 @@ def bytes_per_direction(adapter: ModelAdapter, rows: int, kv_len: int, layers: i
     width, one attention row per head.
     """
     elem = torch.finfo(adapter.dtype).bits // 8
-    per_row = 12 * adapter.hidden_size + 3 * _ffn_width(adapter) + 4 * adapter.num_heads * kv_len
+    per_row = 12 * adapter.hidden_size + 3 * adapter.ffn_width + 4 * adapter.num_heads * kv_len
     return (layers or adapter.num_layers) * rows * per_row * elem
 
 
@@ -102,11 +97,9 @@ class CurvatureOperator:
 
 def _clean_state(adapter: ModelAdapter, ids: Tensor, layers: int | None):
     """X, the differentiated point (X or the residual at L−k), its layer index, and the clean KV cache."""
-    from transformers import DynamicCache
-
     X = adapter.embed(ids).detach()
     layer = None if layers is None else _first_layer(adapter, layers)
-    cache = DynamicCache()  # no config: every layer kept in full, so it can be cut anywhere
+    cache = new_full_cache()
     with torch.no_grad(), adapter.record(layer_inputs=layer is not None) as rec:
         adapter.forward(X, past_key_values=cache)
     point = X if layer is None else rec.layer_inputs[layer].detach()

@@ -15,15 +15,7 @@ import torch
 from torch import Tensor
 
 from .errors import MemoryBudgetError, NumericalError, UnsupportedModelError
-from .hf import ModelAdapter, cache_kwargs, cut_cache
-
-
-def _new_cache():
-    # A cache without a config keeps every layer in full (no sliding-window eviction), so it can be cut
-    # at any position; the model still applies its sliding-window masks from the positions.
-    from transformers import DynamicCache
-
-    return DynamicCache()
+from .hf import ModelAdapter, cache_kwargs, cut_cache, new_full_cache
 
 
 def mask_chunk_size(adapter: ModelAdapter, t: int, max_memory: int) -> int:
@@ -33,12 +25,10 @@ def mask_chunk_size(adapter: ModelAdapter, t: int, max_memory: int) -> int:
     t²/2 · (1 + chunk/t); chunks of t/16 keep that within 7 % of the t²/2 floor while each forward still
     carries (b − a)·(t − a) rows, enough for efficient matrix products.
     """
-    cfg = adapter.config
-    ffn = int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * adapter.hidden_size)
     elem = torch.finfo(adapter.dtype).bits // 8
     kv = 2 * adapter.num_layers * adapter.num_kv_heads * adapter.head_dim
     # One mask row: its suffix (≤ t tokens) through one layer at a time, plus its copy of the prefix cache.
-    per_row = t * (8 * adapter.hidden_size + 2 * ffn + 2 * adapter.num_heads * t + kv) * elem
+    per_row = t * (8 * adapter.hidden_size + 2 * adapter.ffn_width + 2 * adapter.num_heads * t + kv) * elem
     fit = max_memory // max(per_row, 1)
     if fit < 1:
         raise MemoryBudgetError(
@@ -97,7 +87,7 @@ def information_multi(
     ps = torch.tensor(predict_at, device=X.device)
     chunk = chunk_size or mask_chunk_size(adapter, n, max_memory)  # fails before any forward if it cannot fit
     with torch.no_grad():
-        cache = _new_cache()
+        cache = new_full_cache()
         out = base(inputs_embeds=(X * scale)[None], **cache_kwargs(base, cache))
         h_clean = out.last_hidden_state[0, ps]  # [T, d]
         # The fused head must reproduce the model's own logits, or the KL would silently be wrong.
