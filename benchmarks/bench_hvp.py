@@ -1,6 +1,7 @@
 """The Hessian term S on the default model: batched paths vs the published one-by-one loop (issue 4).
 
     python benchmarks/bench_hvp.py [--contexts 32 64 128] [--probes 10] [--loop-sample 8]
+    python benchmarks/bench_hvp.py --device cuda --model llama-3.2-1b --contexts 512   # GPU, random weights
 
 Providers, side by side in one run on the same text and the same seeded probes:
   * ``loop``: the published algorithm: one full forward + double backward per (token, probe).
@@ -18,13 +19,11 @@ import argparse
 import time
 
 import torch
-from bench_kl_pass import context_ids
-from utils import append_csv, machine, measure
+from utils import MODEL_CHOICES, append_csv, bench_model, machine, measure
 
 from heta_fast import reference
 from heta_fast.hf import ModelAdapter
 from heta_fast.hvp import sensitivity_batched
-from heta_fast.models import load_model
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -51,19 +50,24 @@ def main():
     ap.add_argument("--loop-sample", type=int, default=8)
     ap.add_argument("--skip-exact-above", type=int, default=10**9, help="skip the exact path above this t")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--model", default="default", choices=MODEL_CHOICES,
+                    help="the default model, or a random-weight model of a real shape (no checkpoint needed)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--max-memory-gib", type=float, default=None,
+                    help="memory budget of the batched paths (default: the library's)")
+    ap.add_argument("--no-csv", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok = load_model("default")
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model, context_ids, label = bench_model(args.model, args.device)
     adapter = ModelAdapter(model)
+    budget = {} if args.max_memory_gib is None else {"max_memory": int(args.max_memory_gib * 2**30)}
     m = args.probes
-    print(f"# S on the default model (SmolLM2-135M-Instruct), float32, m={m} — {machine()}")
+    print(f"# S on the {label}, float32, m={m}, {args.device} — {machine()}")
     print(f"{'t':>4} {'provider':<13} {'seconds':>9} {'vs loop':>8} {'peak MiB':>9} {'spearman':>9}  note")
     rows = []
     for t in args.contexts:
-        ids = context_ids(tok, t + 1)
+        ids = context_ids(t + 1).to(args.device)
         ctx, target = ids[:t], int(ids[t])
         probes = reference.draw_probes(t, m, adapter.hidden_size, seed=0).float()
         step = max(1, (t * m) // args.loop_sample)
@@ -73,20 +77,21 @@ def main():
         res = {"loop": (loop_s, peak, None, f"timed on {len(pairs)} of {t * m} HVPs, scaled")}
         exact = None
         if t <= args.skip_exact_above:
-            secs, peak, exact = measure(lambda: sensitivity_batched(adapter, ctx, target, probes=probes))
+            secs, peak, exact = measure(lambda: sensitivity_batched(adapter, ctx, target, probes=probes, **budget))
             res["exact"] = (secs, peak, 1.0, "")  # equality with the loop is a test (test_fast_vs_reference)
         for name, kw in (("lowrank-16", dict(hessian="lowrank", rank=16)),
                          ("lowrank-64", dict(hessian="lowrank", rank=64)),
                          ("gauss-newton", dict(curvature="gauss_newton"))):
-            secs, peak, S = measure(lambda kw=kw: sensitivity_batched(adapter, ctx, target, probes=probes, **kw))
+            secs, peak, S = measure(lambda kw=kw: sensitivity_batched(adapter, ctx, target, probes=probes, **kw, **budget))
             res[name] = (secs, peak, spearman(S, exact) if exact is not None else float("nan"), "")
         for name, (secs, peak, rho, note) in res.items():
             rho_s = "" if rho is None else f"{rho:.3f}"
             print(f"{t:>4} {name:<13} {secs:>9.2f} {loop_s / secs:>7.1f}x {peak:>9.0f} {rho_s:>9}  {note}")
-            rows.append({"t": t, "m": m, "provider": name, "seconds": f"{secs:.3f}",
+            rows.append({"model": args.model, "device": args.device, "t": t, "m": m, "provider": name, "seconds": f"{secs:.3f}",
                          "speedup_vs_loop": f"{loop_s / secs:.2f}", "peak_extra_mib": f"{peak:.0f}",
                          "spearman_vs_exact": rho_s, "note": note})
-    print(f"rows appended to {append_csv('hvp', rows)}")
+    if not args.no_csv:
+        print(f"rows appended to {append_csv('hvp', rows)}")
 
 
 if __name__ == "__main__":

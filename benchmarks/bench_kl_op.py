@@ -28,7 +28,7 @@ import torch.utils.benchmark as tbench
 import heta_fast
 from heta_fast import _ext, kl_reference, ops
 
-RESULTS = Path(__file__).resolve().parent / "results" / "kl_op.csv"
+RESULTS = Path(os.environ.get("HETA_BENCH_RESULTS", Path(__file__).resolve().parent / "results")) / "kl_op.csv"
 FIELDS = [
     "op", "provider", "x_name", "x", "d", "V", "block_size", "p50", "p20", "p80", "unit",
     "peak_extra_mb", "transient_mb", "max_abs_err", "device_name", "nproc", "torch", "heta_fast",

@@ -1,6 +1,7 @@
 """The KL term I on the default model: one batched pass vs the published per-token loop (issue 3).
 
     python benchmarks/bench_kl_pass.py [--contexts 32 128 512] [--loop-sample 16]
+    python benchmarks/bench_kl_pass.py --device cuda --model llama-3.2-1b   # GPU, random weights
 
 Providers, measured side by side in one run on the same text:
   * ``loop``: the published algorithm: for each context token, mask it, run a full forward with
@@ -20,12 +21,11 @@ import argparse
 import time
 
 import torch
-from utils import append_csv, machine, measure
+from utils import MODEL_CHOICES, append_csv, bench_model, machine, measure
 
 from heta_fast import reference
 from heta_fast.hf import ModelAdapter
 from heta_fast.kl import information_batched, mask_chunk_size
-from heta_fast.models import load_model
 
 TEXT = (
     "The history of the river valley is long. Farmers settled along its banks thousands of years ago, "
@@ -59,18 +59,23 @@ def main():
     ap.add_argument("--contexts", type=int, nargs="+", default=[32, 128, 512])
     ap.add_argument("--loop-sample", type=int, default=16, help="masks timed per loop when t is larger")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--model", default="default", choices=MODEL_CHOICES,
+                    help="the default model, or a random-weight model of a real shape (no checkpoint needed)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-csv", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok = load_model("default")
+    model, ids_of_length, label = bench_model(args.model, args.device)
     adapter = ModelAdapter(model)
-    print(f"# KL pass, default model (SmolLM2-135M-Instruct), float32 — {machine()}")
+    dev = args.device
+    print(f"# KL pass, {label}, float32, {dev} — {machine()}")
     header = f"{'t':>5} {'provider':<15} {'seconds':>9} {'vs loop':>8} {'peak MiB':>9} {'/floor':>7}  note"
     print(header)
     rows = []
     for t in args.contexts:
-        ids = context_ids(tok, t)
-        mask_vec = torch.zeros(adapter.hidden_size)
+        ids = ids_of_length(t).to(dev)
+        mask_vec = torch.zeros(adapter.hidden_size, device=dev)
         # Floor: body forward at length t (no LM head), scaled to t(t+1)/2 rows, plus head+KL on t rows.
         base = model.base_model
         with torch.no_grad():
@@ -78,7 +83,7 @@ def main():
             base(inputs_embeds=X)
             f_body, _, _ = measure(lambda: base(inputs_embeds=X), repeats=3)
         w = model.get_output_embeddings().weight
-        head, _, _ = measure(lambda: torch.log_softmax(torch.randn(t, adapter.hidden_size) @ w.T, -1), repeats=3)
+        head, _, _ = measure(lambda: torch.log_softmax(torch.randn(t, adapter.hidden_size, device=dev) @ w.T, -1), repeats=3)
         floor = f_body * (t + 1) / 2 + head
         sample = list(range(t)) if t <= args.loop_sample else torch.linspace(0, t - 1, args.loop_sample).long().tolist()
         scale = t / len(sample)
@@ -95,12 +100,13 @@ def main():
         for name, (secs, peak, _, note) in results.items():
             ratio = loop_s / secs
             print(f"{t:>5} {name:<15} {secs:>9.2f} {ratio:>7.2f}x {peak:>9.0f} {secs / floor:>7.2f}  {note}")
-            rows.append({"t": t, "provider": name, "seconds": f"{secs:.3f}", "speedup_vs_loop": f"{ratio:.2f}",
+            rows.append({"model": args.model, "device": dev, "t": t, "provider": name, "seconds": f"{secs:.3f}", "speedup_vs_loop": f"{ratio:.2f}",
                          "peak_extra_mib": f"{peak:.0f}", "over_floor": f"{secs / floor:.2f}", "note": note})
         print(f"{t:>5} {'floor':<15} {floor:>9.2f}   (max rel. difference one-pass vs loop: {err:.1e})")
-        rows.append({"t": t, "provider": "floor", "seconds": f"{floor:.3f}", "speedup_vs_loop": "",
+        rows.append({"model": args.model, "device": dev, "t": t, "provider": "floor", "seconds": f"{floor:.3f}", "speedup_vs_loop": "",
                      "peak_extra_mib": "", "over_floor": "1.00", "note": f"rel_err={err:.1e}"})
-    print(f"rows appended to {append_csv('kl_pass', rows)}")
+    if not args.no_csv:
+        print(f"rows appended to {append_csv('kl_pass', rows)}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ except ImportError:  # plain checkout, not pip-installed
 from heta_fast._triton import triton_available  # noqa: E402
 from heta_fast.rollout import LayerAttention, flow_rollout, flow_rollout_ref  # noqa: E402
 
-CSV_PATH = REPO_ROOT / "benchmarks" / "results" / "rollout.csv"
+CSV_PATH = Path(os.environ.get("HETA_BENCH_RESULTS", REPO_ROOT / "benchmarks" / "results")) / "rollout.csv"
 CSV_FIELDS = [
     "op", "provider", "mode", "x_name", "x", "p50", "p20", "p80", "unit",
     "device_name", "torch", "triton", "heta_fast", "git_sha", "timestamp", "config",

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# HETA_BENCH_RESULTS redirects the CSVs (e.g. to $OUT on a lent GPU machine, merged back afterwards).
+RESULTS_DIR = Path(os.environ.get("HETA_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 
 
 def machine() -> str:
@@ -64,16 +65,59 @@ def rss_mib() -> float:
 
 
 def measure(fn, repeats: int = 1):
-    """(best seconds over ``repeats``, peak extra resident MiB over the calls, last result)."""
+    """(best seconds over ``repeats``, peak extra memory MiB over the calls, last result).
+
+    Peak memory is resident (host) memory on the CPU and allocated GPU memory when CUDA is in use; GPU
+    work is synchronised before each clock read.
+    """
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     best = float("inf")
-    reset_peak_rss()
-    base = rss_mib()
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        reset_peak_rss()
+        base = rss_mib()
     out = None
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = fn()
+        if cuda:
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
+    if cuda:
+        return best, (torch.cuda.max_memory_allocated() - base) / 2**20, out
     return best, peak_rss_mib() - base, out
+
+
+MODEL_CHOICES = ["default", "smollm2-135m", "qwen2.5-0.5b", "llama-3.2-1b"]
+
+
+def bench_model(name: str, device: str):
+    """(model, context_ids(t) -> ids [t], label) for the default model or a random-weight real shape."""
+    from heta_fast.models import load_model, random_model
+
+    if name == "default":
+        model, tok = load_model("default", device=device)
+
+        def ids_fn(t):
+            from bench_kl_pass import context_ids
+
+            return context_ids(tok, t)
+
+        label = "default model (SmolLM2-135M-Instruct)"
+    else:
+        model = random_model(name, device=device)
+        vocab = model.config.vocab_size
+
+        def ids_fn(t):
+            return torch.randint(0, vocab, (t,), generator=torch.Generator().manual_seed(t))
+
+        label = f"random-weight {name} shape"
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, ids_fn, label
 
 
 def append_csv(name: str, rows: list[dict]) -> Path:
@@ -83,10 +127,23 @@ def append_csv(name: str, rows: list[dict]) -> Path:
     stamp = {"machine": machine(), "git_sha": git_sha(), "timestamp": dt.datetime.now().isoformat(timespec="seconds"),
              "load_avg": f"{load_avg():.1f}"}
     rows = [{**r, **stamp} for r in rows]
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    fields = list(rows[0])
+    old: list[dict] = []
+    if path.exists():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            old_fields = list(reader.fieldnames or [])
+            if old_fields == fields:
+                old = None  # same columns: plain append
+            else:  # new columns (e.g. model, device): rewrite with the union, old rows left blank there
+                old = list(reader)
+                fields = [c for c in fields if c not in old_fields] + old_fields
+    if old is None:
+        with path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=fields).writerows(rows)
+        return path
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        w.writeheader()
+        w.writerows(old + rows)
     return path

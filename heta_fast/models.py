@@ -84,6 +84,38 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.
     return model, tok
 
 
+# Real model shapes with random weights, for benchmarks on machines without the checkpoints (the GPU
+# device has no network). Configs copied from the public config.json files; weights are never used.
+REAL_SHAPES = {
+    "smollm2-135m": ("llama", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                   num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
+                                   max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5)),
+    "qwen2.5-0.5b": ("qwen2", dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                   num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
+                                   max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6)),
+    "llama-3.2-1b": ("llama", dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                   num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True,
+                                   max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5)),
+}
+
+
+def random_model(shape: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0):
+    """A random-weight model with the shape of a real one (:data:`REAL_SHAPES`), for benchmarks only.
+
+    Weights use HF's own initialiser (std 0.02), so timings match the real model's; the numbers mean nothing.
+    """
+    import transformers as tf
+
+    if shape not in REAL_SHAPES:
+        raise HetaInputError(f"unknown model shape {shape!r}; choose one of {', '.join(REAL_SHAPES)}")
+    arch, kw = REAL_SHAPES[shape]
+    cfg = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config}[arch](**kw)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = tf.AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    return model.eval()
+
+
 TINY_ARCHS = ("llama", "qwen2", "mistral", "gemma", "gemma2", "phi3", "gpt2")
 
 
