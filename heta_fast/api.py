@@ -15,6 +15,7 @@ from .errors import HetaInputError, NumericalError
 from .hf import ModelAdapter
 from .options import HetaOptions, options_from_preset
 from .result import Attribution, AttributionSequence
+from .sinks import resolve_sink
 
 
 @dataclass
@@ -159,17 +160,20 @@ class Attributor:
                 a string = a continuation appended to the input and explained token by token
                 (teacher-forced).
             generate: greedily generate this many tokens after the input and explain each one.
-            probes: Rademacher probes ``[t, m, d]`` to use instead of seeded ones (single target only).
+            probes: Rademacher probes ``[t, m, d]`` to use instead of seeded ones (single target only; with a
+                sink token the sink's own row is zero and ``t`` counts the real context tokens only).
             preset: start from a named preset (``"paper"``, ``"paper-large"``, ``"fast"``) instead of the
                 Attributor's options.
             **overrides: any :class:`HetaOptions` field (beta, gamma, num_probes, seed, rollout, hessian,
                 rank, curvature, layers, mask, mask_token_id, normalize, components, window, overlap,
-                engine, max_memory).
+                sink_token, engine, max_memory).
 
         Returns:
             :class:`Attribution` for one target, :class:`AttributionSequence` for a continuation.
         """
         opts = options_from_preset(preset, **overrides) if preset else self.options.replace(**overrides)
+        if opts.sink_token is not None:  # record the id actually used, not "auto"
+            opts = opts.replace(sink_token=resolve_sink(opts.sink_token, self.tokenizer, self.adapter.vocab_size))
         if generate is not None and target is not None:
             raise HetaInputError("give either target= or generate=, not both")
         if generate is not None:
@@ -222,14 +226,16 @@ class Attributor:
                              probes: Tensor | None) -> list[Attribution]:
         adapter = self._adapter_for(opts)
         ids = enc.ids
+        # With a sink token every run sees [sink] + tokens; `lead` shifts positions into that sequence.
+        lead = ids.new_tensor([] if opts.sink_token is None else [opts.sink_token])
         t_start = time.perf_counter()
         mask_vec = None
         if "I" in opts.components:
             mask_vec = reference.mask_vector(adapter, ids, opts.mask, opts.mask_token_id).detach()
         # One forward gives every target's log-probability (logits only at the positions asked for).
         with torch.no_grad():
-            X = adapter.embed(ids[: max(positions)])
-            rows = torch.tensor([t - 1 for t in positions], device=ids.device)
+            X = adapter.embed(torch.cat([lead, ids[: max(positions)]]))
+            rows = torch.tensor([t - 1 + lead.numel() for t in positions], device=ids.device)
             logits = adapter.forward(X, keep=rows).logits[0]
         if not torch.isfinite(logits).all():
             raise NumericalError("the model produced non-finite logits (NaN/Inf); check its weights and dtype")
@@ -239,10 +245,10 @@ class Attributor:
 
         shared = len(positions) > 1 and opts.engine == "fast" and (opts.window is None or max(positions) <= opts.window)
         if shared:  # several targets of one text: gate and KL share their forwards (engine.evaluate_many)
-            d = adapter.hidden_size
-            comps = evaluate_many(adapter, ids, positions, opts, mask_vec=mask_vec,
-                                  probes=[self._probes(None, 0, t, opts, d, t) for t in positions])
-            parts = [(c.M, c.S, c.I, dict(c.timings)) for c in comps]
+            d, k = adapter.hidden_size, lead.numel()
+            comps = evaluate_many(adapter, torch.cat([lead, ids]), [t + k for t in positions], opts, mask_vec=mask_vec,
+                                  probes=[self._probes(None, 0, t, opts, d, t, sink=k > 0) for t in positions])
+            parts = [(*_drop_lead(c.M, c.S, c.I, k), dict(c.timings)) for c in comps]
         else:
             parts = []
             bar = _progress_bar(len(positions), "targets", self.progress and len(positions) > 1)
@@ -251,15 +257,21 @@ class Attributor:
                 bar.update(1)
             bar.close()
         out = []
-        for t, logprob, (M, S, I, timings) in zip(positions, target_logprobs, parts, strict=True):
+        for t, logprob, (M, S, I, sink_mass, timings) in zip(positions, target_logprobs, parts, strict=True):
             timings["total"] = sum(timings.values()) + setup / len(positions)
-            out.append(self._build(enc, t, opts, M, S, I, timings, logprob))
+            out.append(self._build(enc, t, opts, M, S, I, timings, logprob, sink_mass))
         return out
 
     def _windowed_components(self, adapter: ModelAdapter, ids: Tensor, t: int, opts: HetaOptions,
                              probes: Tensor | None, mask_vec: Tensor | None):
-        """M, S, I ``[t]`` for target position t: one window, or the averages over windows (SPEC §4)."""
+        """M, S, I ``[t]`` for target position t: one window, or the averages over windows (SPEC §4).
+
+        With a sink token, each window is run as [sink] + its tokens and the sink is dropped from it.
+        Returns ``(M, S, I, sink gate mass averaged over windows or None, timings)``.
+        """
         ctx = ids[:t]
+        lead = ids.new_tensor([] if opts.sink_token is None else [opts.sink_token])
+        sink_masses: list[float] = []
         target_id = int(ids[t])
         timings: dict[str, float] = {}
         windows = self._windows(t, opts)
@@ -270,15 +282,18 @@ class Attributor:
         for start in windows:
             w_ids = ctx[start : start + (opts.window or t)]
             w_len = w_ids.numel()
-            w_probes = self._probes(probes, start, w_len, opts, d, t)
-            with _StageBars(self.progress, totals={"S": w_len * opts.num_probes if opts.hessian == "exact" else None,
-                                                    "I": w_len}) as bars:
-                comp = evaluate(adapter, w_ids, target_id, opts, probes=w_probes, mask_vec=mask_vec,
-                                progress=bars.update)
+            w_probes = self._probes(probes, start, w_len, opts, d, t, sink=lead.numel() > 0)
+            n_run = w_len + lead.numel()
+            with _StageBars(self.progress, totals={"S": n_run * opts.num_probes if opts.hessian == "exact" else None,
+                                                    "I": n_run}) as bars:
+                comp = evaluate(adapter, torch.cat([lead, w_ids]), target_id, opts, probes=w_probes,
+                                mask_vec=mask_vec, progress=bars.update)
             for k, v in comp.timings.items():
                 timings[k] = timings.get(k, 0.0) + v
-            for name in ("M", "S", "I"):
-                val = getattr(comp, name)
+            *window_comps, sink_mass = _drop_lead(comp.M, comp.S, comp.I, lead.numel())
+            if sink_mass is not None:
+                sink_masses.append(sink_mass)
+            for name, val in zip(("M", "S", "I"), window_comps, strict=True):
                 if val is not None:
                     acc = sums.setdefault(name, torch.zeros(t, dtype=torch.float64))
                     acc[start : start + w_len] += val.detach().double().cpu()
@@ -293,10 +308,11 @@ class Attributor:
             S = sums["S"] / counts
         if "I" in sums:
             I = sums["I"] / counts
-        return M, S, I, timings
+        sink_mass = sum(sink_masses) / len(sink_masses) if sink_masses else None
+        return M, S, I, sink_mass, timings
 
     def _build(self, enc: _Encoded, t: int, opts: HetaOptions, M, S, I, timings: dict,
-               target_logprob: float) -> Attribution:
+               target_logprob: float, sink_gate_mass: float | None = None) -> Attribution:
         M, S, I = (None if v is None else v.detach().double().cpu() for v in (M, S, I))
         for name, val in (("M", M), ("S", S), ("I", I)):
             if val is not None and not torch.isfinite(val).all():
@@ -322,6 +338,7 @@ class Attributor:
             options=opts.to_dict(),
             timings=timings,
             model=self.name,
+            sink_gate_mass=sink_gate_mass,
         )
 
     @staticmethod
@@ -336,9 +353,21 @@ class Attributor:
             starts.append(t - W)
         return starts
 
-    def _probes(self, probes: Tensor | None, start: int, w_len: int, opts: HetaOptions, d: int, t: int):
+    def _probes(self, probes: Tensor | None, start: int, w_len: int, opts: HetaOptions, d: int, t: int,
+                sink: bool = False):
+        """The probes of window [start, start + w_len), with a zero row in front for a sink token.
+
+        A zero probe leaves the sink's S at 0 (it is dropped anyway) and the real tokens' probes are those
+        of the run without a sink, so S of a token does not depend on whether a sink is used.
+        """
         if "S" not in opts.components:
             return None
+        window = self._context_probes(probes, start, w_len, opts, d, t)
+        if sink:
+            window = torch.cat([window.new_zeros((1, *window.shape[1:])), window])
+        return window
+
+    def _context_probes(self, probes: Tensor | None, start: int, w_len: int, opts: HetaOptions, d: int, t: int):
         if probes is None:
             # Drawn for the whole context in (i, k) order, so a token's probes do not depend on windowing.
             full = reference.draw_probes(t, opts.num_probes, d, opts.seed)
@@ -347,6 +376,22 @@ class Attributor:
             if opts.layers is None and (full.ndim != 3 or full.shape[0] != t or full.shape[2] != d):
                 raise HetaInputError(f"probes must have shape [t={t}, m, d={d}], got {tuple(full.shape)}")
         return full[start : start + w_len]
+
+
+def _drop_lead(M: Tensor | None, S: Tensor | None, I: Tensor | None, k: int):
+    """Drop the first k positions (the sink) of a window's components: ``(M, S, I, sink gate mass)``.
+
+    M is re-normalised over the remaining tokens (uniform if none of them gets gate mass, as in SPEC §1).
+    """
+    if k == 0:
+        return M, S, I, None
+    mass = None
+    if M is not None:
+        mass = float(M[:k].sum())
+        M = M[k:]
+        total = M.sum()
+        M = M / total if total > 0 else torch.full_like(M, 1.0 / M.numel())
+    return M, None if S is None else S[k:], None if I is None else I[k:], mass
 
 
 def attribute(model, tokenizer, text_or_ids, target=None, **kw):

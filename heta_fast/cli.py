@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .errors import HetaError, HetaInputError
-from .options import PRESETS
+from .options import PRESETS, sink_token_arg
 
 
 def _target(value: str | None):
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--gamma", type=float)
     a.add_argument("--window", type=int)
     a.add_argument("--overlap", type=float)
+    a.add_argument("--sink-token", type=sink_token_arg, metavar="auto|ID",
+                   help="prepend an attention-sink token (auto: <|endoftext|>/BOS) and drop it from the result")
     a.add_argument("--components", help="subset of M,S,I, e.g. 'M,I'")
     a.add_argument("--engine", choices=["fast", "reference"])
     a.add_argument("--json", metavar="FILE", help="write the result as JSON")
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _overrides(args) -> dict:
     names = ["num_probes", "seed", "rollout", "hessian", "rank", "curvature", "layers", "mask", "mask_token_id",
-             "normalize", "beta", "gamma", "window", "overlap", "engine"]
+             "normalize", "beta", "gamma", "window", "overlap", "sink_token", "engine"]
     out = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     if args.components:
         out["components"] = tuple(c.strip() for c in args.components.split(",") if c.strip())

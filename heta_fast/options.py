@@ -28,6 +28,8 @@ class HetaOptions:
         components: which of M, S, I to compute; missing ones are reported as None and the score uses
             what is there (M alone, or the S/I mix with M = 1).
         window, overlap: long-input windowing (SPEC §4); None = one window of the whole context.
+        sink_token: ``None`` (off), ``"auto"`` (the tokenizer's <|endoftext|>/BOS) or a token id: prepended
+            to every window as an attention sink and dropped from M, S and I (:mod:`heta_fast.sinks`).
         engine: ``"fast"`` (batched kernels) or ``"reference"`` (plain float64 loops, the oracle).
         max_memory: bytes the batched passes may use for intermediates (chunk sizes follow from it).
     """
@@ -47,6 +49,7 @@ class HetaOptions:
     components: tuple[str, ...] = COMPONENTS
     window: int | None = None
     overlap: float = 0.5
+    sink_token: int | Literal["auto"] | None = None
     engine: Literal["fast", "reference"] = "fast"
     max_memory: int = 2 * 1024**3
     extra: dict = field(default_factory=dict, compare=False)
@@ -79,6 +82,9 @@ class HetaOptions:
             raise HetaInputError(f"window must be >= 1 token, got {self.window}")
         if not 0.0 <= self.overlap < 1.0:
             raise HetaInputError(f"overlap must be in [0, 1), got {self.overlap}")
+        sink = self.sink_token
+        if sink is not None and sink != "auto" and (isinstance(sink, bool) or not isinstance(sink, int) or sink < 0):
+            raise HetaInputError(f"sink_token must be None, 'auto' or a token id >= 0, got {sink!r}")
         if self.max_memory < 1 << 20:
             raise HetaInputError(f"max_memory={self.max_memory} bytes is too small; give at least 1 MiB")
 
@@ -98,6 +104,9 @@ PRESETS: dict[str, dict] = {
     "paper": {"normalize": "none", "beta": 0.5, "gamma": 0.5},
     "paper-large": {"window": 512, "overlap": 0.5, "hessian": "lowrank", "rank": 64, "layers": 6},
     "fast": {"hessian": "lowrank", "rank": 16, "num_probes": 4},
+    # Long inputs on a CPU: the exact KL term costs about W/2 forwards of W tokens per window, so windows
+    # of 256 (half those of paper-large) halve its total; curvature on the last 6 layers as in the paper.
+    "long": {"window": 256, "overlap": 0.5, "hessian": "lowrank", "rank": 32, "layers": 6},
 }
 
 
@@ -105,3 +114,15 @@ def options_from_preset(preset: str = "default", **overrides) -> HetaOptions:
     if preset not in PRESETS:
         raise HetaInputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     return HetaOptions(**{**PRESETS[preset], **overrides})
+
+
+def sink_token_arg(value: str) -> int | str:
+    """Command-line form of ``sink_token``: ``auto`` or a token id (argparse ``type=``)."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"--sink-token takes 'auto' or a token id, got {value!r}") from None

@@ -6,7 +6,7 @@ import html
 import json
 from dataclasses import dataclass, field
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: sink_gate_mass
 
 
 def _floats(x) -> list[float] | None:
@@ -28,6 +28,8 @@ class Attribution:
         scores: ``M * (beta*S + gamma*I)`` per context token.
         options: every option used (``HetaOptions.to_dict()``), including the seed.
         timings: seconds per stage.
+        sink_gate_mass: with a sink token (option ``sink_token``), the gate mass the sink took before it
+            was dropped and M re-normalised over the real tokens (averaged over windows); else None.
     """
 
     tokens: list[str]
@@ -45,6 +47,7 @@ class Attribution:
     options: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     model: str | None = None
+    sink_gate_mass: float | None = None
 
     @property
     def seed(self) -> int | None:
@@ -79,6 +82,7 @@ class Attribution:
             "options": self.options,
             "seed": self.seed,
             "timings": self.timings,
+            "sink_gate_mass": self.sink_gate_mass,
         }
 
     def to_json(self, path: str | None = None, **kw) -> str:
@@ -107,6 +111,7 @@ class Attribution:
             options=d.get("options", {}),
             timings=d.get("timings", {}),
             model=d.get("model"),
+            sink_gate_mass=d.get("sink_gate_mass"),
         )
 
     # --------------------------------------------------------------------------------- views

@@ -28,6 +28,12 @@ class CharTokenizer:
     use text without any tokenizer files.
     """
 
+    bos_token_id = 0
+    eos_token_id = None
+
+    def get_vocab(self) -> dict[str, int]:
+        return {"<s>": 0}
+
     def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
         ids = [1 + (ord(c) % 90) for c in text]
         offsets = [(i, i + 1) for i in range(len(text))]

@@ -8,7 +8,7 @@ import torch
 
 from heta_fast import Attribution, AttributionSequence, Attributor, HetaInputError, NumericalError, cli
 from heta_fast.errors import UnsupportedModelError
-from heta_fast.testing import CharTokenizer, random_ids, tiny_model
+from heta_fast.testing import CharTokenizer, random_ids, rel_err, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +195,71 @@ def test_context_too_long_for_memory_budget_names_the_option(attributor):
         attributor.attribute(random_ids(400), components=["I"], max_memory=1 << 20)
     with pytest.raises(MemoryBudgetError, match="max_memory"):
         attributor.attribute(random_ids(400), components=["S"], num_probes=1, max_memory=1 << 20)
+
+
+# ------------------------------------------------------------------------------------------ sink token
+def _manual_sink(attributor, ids, pos, sink, **opts):
+    """The sink option by hand: run [sink] + ids with a zero probe for the sink row, drop position 0."""
+    t, m = pos, opts.get("num_probes", 10)
+    from heta_fast import reference
+
+    probes = reference.draw_probes(t, m, attributor.adapter.hidden_size, opts.get("seed", 0)).float()
+    probes = torch.cat([torch.zeros(1, m, probes.shape[2]), probes])
+    raw = attributor.attribute([sink] + list(ids), target=pos + 1, probes=probes, **opts)
+    M = torch.tensor(raw.M[1:], dtype=torch.float64)
+    return raw, M / M.sum()
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_sink_token_is_prepended_and_dropped_exactly(engine):
+    attr = Attributor(tiny_model("llama"))
+    ids = [3, 17, 42, 8, 60, 5, 11]
+    opts = dict(num_probes=2, seed=1, engine=engine)
+    r = attr.attribute(ids, target=5, sink_token=7, **opts)
+    raw, M = _manual_sink(attr, ids[:6], 5, 7, **opts)
+    assert r.token_ids == ids[:5] and r.target_position == 5 and r.target_id == 5
+    assert r.options["sink_token"] == 7 and r.sink_gate_mass == pytest.approx(raw.M[0])
+    assert r.target_logprob == pytest.approx(raw.target_logprob)
+    # M is re-normalised in the engine's dtype (float32 on the fast engine).
+    assert torch.allclose(torch.tensor(r.M, dtype=torch.float64), M, rtol=1e-6, atol=1e-9)
+    assert torch.allclose(torch.tensor(r.S + r.I), torch.tensor(raw.S[1:] + raw.I[1:]), rtol=1e-9, atol=0)
+    expect = M * (0.5 * torch.tensor(raw.S[1:]) + 0.5 * torch.tensor(raw.I[1:]))
+    assert torch.allclose(torch.tensor(r.scores, dtype=torch.float64), expect.double(), rtol=1e-6)
+    # The sink changes the model's run: M differs from the run without it.
+    plain = attr.attribute(ids, target=5, **opts)
+    assert max(abs(a - b) for a, b in zip(plain.M, r.M)) > 1e-4
+    # S of a token uses the probes of the sink-free run (the sink row is zero), so S is exactly 0 there.
+    assert raw.S[0] == 0
+
+
+def test_sink_token_with_several_targets_and_windows():
+    attr = Attributor(tiny_model("qwen2"), CharTokenizer())
+    text, cont = "abcdefghij", "klm"
+    seq = attr.attribute(text, cont, sink_token="auto", num_probes=2)  # shared multi-target path
+    for a in seq:
+        one = attr.attribute(text + cont, target=a.target_position, sink_token="auto", num_probes=2)
+        assert a.options["sink_token"] == 0  # CharTokenizer's <s>
+        assert a.sink_gate_mass == pytest.approx(one.sink_gate_mass, rel=1e-5)
+        for name in ("M", "S", "I", "scores"):  # float32 engines: relative to the largest value
+            assert rel_err(getattr(a, name), getattr(one, name)) < 1e-4, name
+    # Windows: each window is run as [sink] + its tokens; one window as long as the context equals no windowing.
+    full = attr.attribute(text, sink_token=0, num_probes=2)
+    win = attr.attribute(text, sink_token=0, num_probes=2, window=full.target_position)
+    assert win.scores == pytest.approx(full.scores, rel=1e-6)
+    w = attr.attribute(text, sink_token=0, num_probes=2, window=5, overlap=0.5)
+    assert abs(sum(w.M) - 1) < 1e-9 and 0 < w.sink_gate_mass < 1
+
+
+def test_sink_token_errors_and_json():
+    attr = Attributor(tiny_model("llama"))
+    with pytest.raises(HetaInputError, match="tokenizer"):
+        attr.attribute([1, 2, 3], sink_token="auto")
+    with pytest.raises(HetaInputError, match="vocabulary"):
+        attr.attribute([1, 2, 3], sink_token=10_000)
+    for bad in (-1, "bos", 1.5, True):
+        with pytest.raises(HetaInputError, match="sink_token"):
+            attr.attribute([1, 2, 3], sink_token=bad)
+    r = attr.attribute([1, 2, 3, 4], sink_token=5, num_probes=1)
+    back = Attribution.from_dict(json.loads(r.to_json()))
+    assert back.sink_gate_mass == r.sink_gate_mass and back.options["sink_token"] == 5
+    assert attr.attribute([1, 2, 3, 4], num_probes=1).sink_gate_mass is None

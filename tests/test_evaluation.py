@@ -14,7 +14,6 @@ from heta_fast.evaluation import baselines as bl
 from heta_fast.evaluation import metrics as mt
 from heta_fast.evaluation.curated import RunSettings, parse_methods, run_curated, summarize, write_report
 from heta_fast.evaluation.data import load_examples, parse_example
-from heta_fast.evaluation.sinks import attribute_with_sink
 from heta_fast.hf import ModelAdapter
 from heta_fast.testing import tiny_model
 
@@ -229,24 +228,6 @@ def test_perturbed_embeddings_is_scoped(tiny):
     assert torch.equal(ad.embed(ids), clean)
     with pytest.raises(HetaInputError):
         bl.baseline_scores("nope", ad, ids, 1)
-
-
-# ---------------------------------------------------------------------------------------------- sinks
-def test_attribute_with_sink_drops_the_sink_exactly():
-    attr = Attributor(tiny_model("llama"))
-    ids = [3, 17, 42, 8, 60, 5]
-    opts = dict(num_probes=2, seed=1)
-    r = attribute_with_sink(attr, ids, target=5, sink_token_id=7, **opts)
-    raw = attr.attribute([7] + ids, target=6, **opts)
-    assert r.token_ids == ids[:5] and r.target_position == 5 and r.target_id == 5
-    assert r.options["sink_gate_mass"] == pytest.approx(raw.M[0])
-    M = torch.tensor(raw.M[1:]) / sum(raw.M[1:])
-    assert torch.allclose(torch.tensor(r.M, dtype=torch.float64), M.double())
-    assert torch.allclose(torch.tensor(r.S + r.I), torch.tensor(raw.S[1:] + raw.I[1:]))
-    expect = M * (0.5 * torch.tensor(raw.S[1:]) + 0.5 * torch.tensor(raw.I[1:]))
-    assert torch.allclose(torch.tensor(r.scores, dtype=torch.float64), expect.double(), rtol=1e-5)
-    with pytest.raises(HetaInputError):
-        attribute_with_sink(attr, ids, target=9, sink_token_id=7)
 
 
 # ----------------------------------------------------------------------------------------- data + runner

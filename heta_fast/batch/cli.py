@@ -12,7 +12,7 @@ import dataclasses
 import sys
 
 from ..errors import HetaError
-from ..options import PRESETS, HetaOptions
+from ..options import PRESETS, HetaOptions, sink_token_arg
 from ..testing import CharTokenizer
 
 # Option flags exactly as ``heta-fast attribute`` spells them (dest = the HetaOptions field).
@@ -31,6 +31,7 @@ _OPTION_FLAGS: list[tuple[str, dict]] = [
     ("--gamma", {"type": float}),
     ("--window", {"type": int}),
     ("--overlap", {"type": float}),
+    ("--sink-token", {"type": sink_token_arg, "metavar": "auto|ID", "help": "prepend an attention-sink token, drop it"}),
     ("--components", {"help": "subset of M,S,I, e.g. 'M,I'"}),
     ("--engine", {"choices": ["fast", "reference"]}),
     ("--max-memory", {"type": int, "help": "bytes for batched intermediates (does not change results)"}),

@@ -20,10 +20,10 @@ from torch import Tensor
 
 from .. import reference
 from ..errors import HetaInputError
+from ..sinks import default_sink_id
 from . import metrics as mt
 from .baselines import BASELINES, baseline_scores, perturbed_embeddings
 from .data import Example
-from .sinks import attribute_with_sink, default_sink_id
 
 # HETA variants. Each is (run, recipe): the run says which attribute() call provides the components
 # (runs are shared, so all ablations cost one run), the recipe how to combine them.
@@ -108,7 +108,7 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
     """The attribute() calls the requested HETA variants need: components per run, seconds per run.
 
     ``"base"``: M, S, I (mask zero); ``"mean"``: the base M and S with I recomputed with ``mask="mean"``;
-    ``"sink"``: all three with a sink token prepended (:func:`attribute_with_sink`).
+    ``"sink"``: all three with a sink token prepended and dropped (option ``sink_token``).
     """
     full = enc.ids + [enc.target_id]
     t = len(enc.ids)
@@ -131,8 +131,8 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
     if "sink" in runs:
         t0 = time.perf_counter()
         sink = settings.sink_token_id if settings.sink_token_id is not None else default_sink_id(attributor.tokenizer)
-        r = attribute_with_sink(attributor, full, target=t, sink_token_id=sink, **opts)
-        out["sink"] = comps(r) | {"sink_gate_mass": r.options["sink_gate_mass"]}
+        r = attributor.attribute(full, target=t, sink_token=sink, **opts)
+        out["sink"] = comps(r) | {"sink_gate_mass": r.sink_gate_mass}
         secs["sink"] = time.perf_counter() - t0
     return out, secs
 

@@ -76,6 +76,7 @@ class AttributeOptions(BaseModel):
     components: list[Literal["M", "S", "I"]] = None
     window: int | None = None
     overlap: float = None
+    sink_token: int | Literal["auto"] | None = None
     engine: Literal["fast", "reference"] = None
     max_memory: int = None
 
