@@ -30,10 +30,7 @@ FALLBACK = (
 
 def long_text(tokenizer, n_tokens: int) -> str:
     """Passages of the curated set (or the fallback) joined until they hold n_tokens + 1 tokens."""
-    if DATA.exists():
-        pieces = [ex["input_text"] for ex in json.loads(DATA.read_text())["examples"]]
-    else:
-        pieces = [FALLBACK]
+    pieces = [ex["input_text"] for ex in json.loads(DATA.read_text())["examples"]] if DATA.exists() else [FALLBACK]
     text, k = "", 0
     while len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= n_tokens:
         text += pieces[k % len(pieces)] + "\n"

@@ -135,10 +135,10 @@ class Attributor:
             return self.tokenizer.decode([tid])
         return f"<{tid}>"
 
-    def _generate(self, ids: Tensor, n_new: int) -> list[int]:
-        """Greedy continuation of ``ids`` by ``n_new`` tokens (the targets HETA then explains)."""
+    def _generate(self, ids: Tensor, n_new: int, sink: int | None = None) -> list[int]:
+        """Greedy continuation of ``ids`` (after the sink token, if any) by ``n_new`` tokens."""
         new: list[int] = []
-        seq = ids
+        seq = ids if sink is None else torch.cat([ids.new_tensor([sink]), ids])
         with torch.no_grad():
             for _ in range(n_new):
                 logits = self.adapter.last_logits(self.adapter.embed(seq))
@@ -172,15 +172,18 @@ class Attributor:
             :class:`Attribution` for one target, :class:`AttributionSequence` for a continuation.
         """
         opts = options_from_preset(preset, **overrides) if preset else self.options.replace(**overrides)
-        if opts.sink_token is not None:  # record the id actually used, not "auto"
-            opts = opts.replace(sink_token=resolve_sink(opts.sink_token, self.tokenizer, self.adapter.vocab_size))
         if generate is not None and target is not None:
             raise HetaInputError("give either target= or generate=, not both")
+        base = self._encode(text_or_ids)
+        # Record the sink actually used (an id, or None), not "auto".
+        opts = opts.replace(sink_token=resolve_sink(opts.sink_token, self.tokenizer, self.adapter.vocab_size,
+                                                    int(base.ids[0])))
         if generate is not None:
             if generate < 1:
                 raise HetaInputError(f"generate must be >= 1, got {generate}")
-            enc = self._encode(text_or_ids)
-            new_ids = self._generate(enc.ids, generate)
+            enc = base
+            # Generated with the same sink the explanation runs with, so the targets are the model's own.
+            new_ids = self._generate(enc.ids, generate, sink=opts.sink_token)
             cont = self.tokenizer.decode(new_ids) if self.tokenizer is not None else None
             if cont is not None and enc.text is not None:
                 retok = self.tokenizer(cont, add_special_tokens=False)["input_ids"]
@@ -197,7 +200,7 @@ class Attributor:
             enc = self._encode(text_or_ids, target)
             positions = list(range(enc.prompt_len, enc.ids.numel()))
         else:
-            enc = self._encode(text_or_ids)
+            enc = base
             n = enc.ids.numel()
             if n < 2:
                 raise HetaInputError("the input has a single token: there is no context to attribute to")

@@ -24,12 +24,13 @@ class HetaOptions:
         curvature: ``"hessian"`` or ``"gauss_newton"`` (J^T (diag pi - pi pi^T) J, PSD).
         layers: restrict rollout sum and curvature to the last k layers (None = all).
         mask: ``"zero"``, ``"mean"`` or ``"token"`` (uses ``mask_token_id``) for the KL term (SPEC §3).
-        normalize: ``"none"`` (paper formula) or ``"sum"`` (S and I divided by their sums first).
+        normalize: ``"sum"`` (default: S and I divided by their sums first) or ``"none"`` (the paper's formula).
         components: which of M, S, I to compute; missing ones are reported as None and the score uses
             what is there (M alone, or the S/I mix with M = 1).
         window, overlap: long-input windowing (SPEC §4); None = one window of the whole context.
-        sink_token: ``None`` (off), ``"auto"`` (the tokenizer's <|endoftext|>/BOS) or a token id: prepended
-            to every window as an attention sink and dropped from M, S and I (:mod:`heta_fast.sinks`).
+        sink_token: ``"auto"`` (default: the tokenizer's <|endoftext|>/BOS, unless the input already starts
+            with it or there is no tokenizer), a token id, or ``None`` (off): prepended to every window as an
+            attention sink and dropped from M, S and I (:mod:`heta_fast.sinks`).
         engine: ``"fast"`` (batched kernels) or ``"reference"`` (plain float64 loops, the oracle).
         max_memory: bytes the batched passes may use for intermediates (chunk sizes follow from it).
     """
@@ -45,11 +46,11 @@ class HetaOptions:
     layers: int | None = None
     mask: Literal["zero", "mean", "token"] = "zero"
     mask_token_id: int | None = None
-    normalize: Literal["none", "sum"] = "none"
+    normalize: Literal["none", "sum"] = "sum"
     components: tuple[str, ...] = COMPONENTS
     window: int | None = None
     overlap: float = 0.5
-    sink_token: int | Literal["auto"] | None = None
+    sink_token: int | Literal["auto"] | None = "auto"
     engine: Literal["fast", "reference"] = "fast"
     max_memory: int = 2 * 1024**3
     extra: dict = field(default_factory=dict, compare=False)
@@ -101,8 +102,10 @@ class HetaOptions:
 # The paper's large-model recipe (SPEC §4): windows of 512 with 50 % overlap, rank 64, last 6 layers.
 PRESETS: dict[str, dict] = {
     "default": {},
-    "paper": {"normalize": "none", "beta": 0.5, "gamma": 0.5},
-    "paper-large": {"window": 512, "overlap": 0.5, "hessian": "lowrank", "rank": 64, "layers": 6},
+    # The paper's formula: raw S and I, no sink token.
+    "paper": {"normalize": "none", "sink_token": None, "beta": 0.5, "gamma": 0.5},
+    "paper-large": {"normalize": "none", "sink_token": None, "window": 512, "overlap": 0.5, "hessian": "lowrank",
+                    "rank": 64, "layers": 6},
     "fast": {"hessian": "lowrank", "rank": 16, "num_probes": 4},
     # Long inputs on a CPU: the exact KL term costs about W/2 forwards of W tokens per window, so windows
     # of 256 (half those of paper-large) halve its total; curvature on the last 6 layers as in the paper.

@@ -32,11 +32,25 @@ def default_sink_id(tokenizer) -> int:
     raise HetaInputError("the tokenizer has no BOS/EOS/<|endoftext|> token: pass the sink's token id")
 
 
-def resolve_sink(sink_token, tokenizer, vocab_size: int) -> int | None:
-    """The sink's token id for the option ``sink_token`` (None, ``"auto"`` or an id)."""
+def resolve_sink(sink_token, tokenizer, vocab_size: int, first_id: int) -> int | None:
+    """The sink's token id for the option ``sink_token``, or None for no sink.
+
+    An id is used as given. ``"auto"`` (the default) means the tokenizer's sink token
+    (:func:`default_sink_id`), except when there is nothing to add: no tokenizer (token-id input), a tokenizer
+    without such a token, or an input that already begins with it (a tokenizer that adds BOS: the model's
+    sink is then already in place, as a visible context token). The result's options record the outcome.
+    """
     if sink_token is None:
         return None
-    sink = default_sink_id(tokenizer) if sink_token == "auto" else int(sink_token)
+    if sink_token == "auto":
+        if tokenizer is None:
+            return None
+        try:
+            sink = default_sink_id(tokenizer)
+        except HetaInputError:
+            return None
+        return None if sink == first_id else sink
+    sink = int(sink_token)
     if not 0 <= sink < vocab_size:
         raise HetaInputError(f"sink_token {sink} is outside the model vocabulary (size {vocab_size})")
     return sink

@@ -24,8 +24,15 @@ def test_text_default_target_is_last_token(attributor):
     assert len(r.tokens) == len(r.scores) == len(r.M) == len(r.S) == len(r.I) == n - 1
     assert r.tokens[1:] == list("hello worl") and r.offsets[1] == (0, 1)
     assert abs(sum(r.M) - 1) < 1e-5
-    expected = [m * (0.5 * s + 0.5 * i) for m, s, i in zip(r.M, r.S, r.I)]
+    # Default preset: normalize="sum"; CharTokenizer adds BOS, so "auto" adds no sink token.
+    assert r.options["normalize"] == "sum" and r.options["sink_token"] is None and r.sink_gate_mass is None
+    sS, sI = sum(r.S), sum(r.I)
+    expected = [m * (0.5 * s / sS + 0.5 * i / sI) for m, s, i in zip(r.M, r.S, r.I)]
     assert max(abs(a - b) for a, b in zip(r.scores, expected)) < 1e-9
+    paper = attributor.attribute("hello world", num_probes=2, preset="paper")
+    assert paper.options["normalize"] == "none" and paper.M == r.M and paper.S == r.S
+    expected = [m * (0.5 * s + 0.5 * i) for m, s, i in zip(paper.M, paper.S, paper.I)]
+    assert max(abs(a - b) for a, b in zip(paper.scores, expected)) < 1e-9
     assert set(r.timings) >= {"gate", "hessian", "kl", "total"}
 
 
@@ -73,7 +80,7 @@ def test_components_subset(attributor):
     r = attributor.attribute("abcdef", components=["M", "I"])
     assert r.S is None and r.M is not None and r.I is not None and "hessian" not in r.timings
     r = attributor.attribute("abcdef", components=["S"], num_probes=1)
-    assert r.M is None and r.I is None and r.scores == pytest.approx([0.5 * s for s in r.S])
+    assert r.M is None and r.I is None and r.scores == pytest.approx([0.5 * s / sum(r.S) for s in r.S])
 
 
 def test_same_seed_same_result_and_probes_passed_in(attributor):
@@ -214,7 +221,7 @@ def _manual_sink(attributor, ids, pos, sink, **opts):
 def test_sink_token_is_prepended_and_dropped_exactly(engine):
     attr = Attributor(tiny_model("llama"))
     ids = [3, 17, 42, 8, 60, 5, 11]
-    opts = dict(num_probes=2, seed=1, engine=engine)
+    opts = dict(num_probes=2, seed=1, engine=engine, normalize="none")
     r = attr.attribute(ids, target=5, sink_token=7, **opts)
     raw, M = _manual_sink(attr, ids[:6], 5, 7, **opts)
     assert r.token_ids == ids[:5] and r.target_position == 5 and r.target_id == 5
@@ -235,10 +242,10 @@ def test_sink_token_is_prepended_and_dropped_exactly(engine):
 def test_sink_token_with_several_targets_and_windows():
     attr = Attributor(tiny_model("qwen2"), CharTokenizer())
     text, cont = "abcdefghij", "klm"
-    seq = attr.attribute(text, cont, sink_token="auto", num_probes=2)  # shared multi-target path
+    seq = attr.attribute(text, cont, sink_token=0, num_probes=2)  # shared multi-target path
     for a in seq:
-        one = attr.attribute(text + cont, target=a.target_position, sink_token="auto", num_probes=2)
-        assert a.options["sink_token"] == 0  # CharTokenizer's <s>
+        one = attr.attribute(text + cont, target=a.target_position, sink_token=0, num_probes=2)
+        assert a.options["sink_token"] == 0
         assert a.sink_gate_mass == pytest.approx(one.sink_gate_mass, rel=1e-5)
         for name in ("M", "S", "I", "scores"):  # float32 engines: relative to the largest value
             assert rel_err(getattr(a, name), getattr(one, name)) < 1e-4, name
@@ -252,8 +259,9 @@ def test_sink_token_with_several_targets_and_windows():
 
 def test_sink_token_errors_and_json():
     attr = Attributor(tiny_model("llama"))
-    with pytest.raises(HetaInputError, match="tokenizer"):
-        attr.attribute([1, 2, 3], sink_token="auto")
+    # "auto" (the default) adds nothing it cannot name: no tokenizer here, so no sink, and the result says so.
+    r = attr.attribute([1, 2, 3], sink_token="auto", num_probes=1)
+    assert r.options["sink_token"] is None and r.sink_gate_mass is None
     with pytest.raises(HetaInputError, match="vocabulary"):
         attr.attribute([1, 2, 3], sink_token=10_000)
     for bad in (-1, "bos", 1.5, True):
@@ -263,3 +271,29 @@ def test_sink_token_errors_and_json():
     back = Attribution.from_dict(json.loads(r.to_json()))
     assert back.sink_gate_mass == r.sink_gate_mass and back.options["sink_token"] == 5
     assert attr.attribute([1, 2, 3, 4], num_probes=1).sink_gate_mass is None
+
+
+class NoBosTokenizer(CharTokenizer):
+    """Like SmolLM2's tokenizer: adds no BOS to text, but has an <|endoftext|> token (id 89)."""
+
+    def get_vocab(self):
+        return {"<|endoftext|>": 89}
+
+    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+        return super().__call__(text, add_special_tokens=False, return_offsets_mapping=return_offsets_mapping)
+
+
+def test_default_adds_a_sink_only_where_the_tokenizer_did_not():
+    attr = Attributor(tiny_model("llama"), NoBosTokenizer())
+    r = attr.attribute("hello world", num_probes=1)
+    assert r.options["sink_token"] == 89 and 0 < r.sink_gate_mass < 1
+    assert r.tokens == list("hello worl") and r.offsets[0] == (0, 1)  # the sink is not in the result
+    same = attr.attribute("hello world", num_probes=1, sink_token=89)
+    assert same.scores == r.scores
+    # Generation runs with the same sink as the explanation.
+    gen = attr.attribute("hello", generate=2, num_probes=1)
+    manual = Attributor(tiny_model("llama"))._generate(torch.tensor([89] + [1 + ord(c) % 90 for c in "hello"]), 2)
+    assert [a.target_id for a in gen] == manual
+    # An input that already starts with the sink token gets no second one.
+    ids = [89, 5, 6, 7]
+    assert attr.attribute(ids, num_probes=1).options["sink_token"] is None

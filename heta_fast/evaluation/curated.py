@@ -64,8 +64,9 @@ class RunSettings:
     extra: dict = field(default_factory=dict)
 
     def heta_options(self, seed: int | None = None) -> dict:
+        # Components only (the recipes combine them); no sink unless a run asks for one.
         return dict(hessian=self.hessian, rank=self.rank, num_probes=self.num_probes,
-                    seed=self.seed if seed is None else seed, beta=self.beta, gamma=self.gamma)
+                    seed=self.seed if seed is None else seed, beta=self.beta, gamma=self.gamma, sink_token=None)
 
     def key(self) -> dict:
         d = asdict(self)
@@ -131,7 +132,7 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
     if "sink" in runs:
         t0 = time.perf_counter()
         sink = settings.sink_token_id if settings.sink_token_id is not None else default_sink_id(attributor.tokenizer)
-        r = attributor.attribute(full, target=t, sink_token=sink, **opts)
+        r = attributor.attribute(full, target=t, **{**opts, "sink_token": sink})
         out["sink"] = comps(r) | {"sink_gate_mass": r.sink_gate_mass}
         secs["sink"] = time.perf_counter() - t0
     return out, secs
