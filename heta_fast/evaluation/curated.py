@@ -37,7 +37,7 @@ HETA_METHODS = {
     "heta_MI": ("base", dict(comps="MI"), "ablation: M·I"),
     "heta_mask_mean": ("mean", dict(comps="MSI", normalize="none"), "paper formula, mask='mean' for I"),
     "heta_sink": ("sink", dict(comps="MSI", normalize="none"), "paper formula, sink token prepended and dropped"),
-    "heta_sink_sum": ("sink", dict(comps="MSI", normalize="sum"), "normalize='sum', sink token"),
+    "heta_sink_sum": ("sink", dict(comps="MSI", normalize="sum"), "normalize='sum', sink token (the library default)"),
     "heta_sink_M": ("sink", dict(comps="M"), "ablation: M only, sink token"),
 }
 METHODS = {**BASELINES, **{k: v[2] for k, v in HETA_METHODS.items()}}
