@@ -95,6 +95,9 @@ def _print_result(res, args) -> None:
     for r in items:
         print(r.heatmap(by=args.by, color=not args.no_color))
         print(f"target {r.target_token!r} at position {r.target_position} (log p = {r.target_logprob:.3f})")
+        if r.sink_gate_mass is not None:
+            print(f"attention sink (token id {r.options['sink_token']}) prepended: it took {r.sink_gate_mass:.2f} of the "
+                  "gate, dropped from the result (M re-normalised over the context)")
         print(f"{'pos':>4}  {'token':<16} {'score':>10} {'M':>8} {'S':>10} {'I':>10}")
         for i, tok, v in r.topk(args.top):
             cols = [f"{getattr(r, c)[i]:.4g}" if getattr(r, c) is not None else "-" for c in ("M", "S", "I")]

@@ -297,3 +297,12 @@ def test_default_adds_a_sink_only_where_the_tokenizer_did_not():
     # An input that already starts with the sink token gets no second one.
     ids = [89, 5, 6, 7]
     assert attr.attribute(ids, num_probes=1).options["sink_token"] is None
+
+
+def test_cli_output_reports_the_sink(capsys):
+    import argparse
+
+    r = Attributor(tiny_model("llama"), NoBosTokenizer()).attribute("hello", num_probes=1)
+    cli._print_result(r, argparse.Namespace(by="scores", no_color=True, top=3))
+    out = capsys.readouterr().out
+    assert f"attention sink (token id 89) prepended: it took {r.sink_gate_mass:.2f} of the gate" in out
