@@ -93,7 +93,7 @@ class Attributor:
         return cls(model, tok, options=options_from_preset(preset, **options), progress=progress, name=name)
 
     # ------------------------------------------------------------------------------------ encoding
-    def _encode(self, text_or_ids, continuation: str | None = None) -> _Encoded:
+    def _encode(self, text_or_ids) -> _Encoded:
         if isinstance(text_or_ids, str):
             if not text_or_ids.strip():
                 raise HetaInputError("empty text: there is nothing to explain")
@@ -107,23 +107,27 @@ class Attributor:
             ids = torch.as_tensor(text_or_ids).reshape(-1).tolist() if not isinstance(text_or_ids, list) \
                 else list(text_or_ids)
             offsets, text = None, None
-        prompt_len = len(ids)
-        if continuation is not None:
-            if self.tokenizer is None:
-                raise HetaInputError("a continuation string needs a tokenizer")
-            if not continuation:
-                raise HetaInputError("empty continuation: there is no target to explain")
-            cenc = self.tokenizer(continuation, add_special_tokens=False, return_offsets_mapping=True)
-            ids += list(cenc["input_ids"])
-            if offsets is not None:
-                base = len(text)
-                offsets += [(s + base, e + base) for s, e in cenc["offset_mapping"]]
-                text = text + continuation
         if not ids:
             raise HetaInputError("empty input: there are no tokens to explain")
         t = torch.tensor(ids, dtype=torch.long, device=self.adapter.device)
         self.adapter.check_ids(t)
-        return _Encoded(ids=t, offsets=offsets, text=text, prompt_len=prompt_len)
+        return _Encoded(ids=t, offsets=offsets, text=text, prompt_len=len(ids))
+
+    def _with_continuation(self, prompt: _Encoded, continuation: str) -> _Encoded:
+        """The encoded prompt followed by the tokens of a continuation string (appended, not re-tokenised)."""
+        if self.tokenizer is None:
+            raise HetaInputError("a continuation string needs a tokenizer")
+        if not continuation:
+            raise HetaInputError("empty continuation: there is no target to explain")
+        cenc = self.tokenizer(continuation, add_special_tokens=False, return_offsets_mapping=True)
+        ids = torch.cat([prompt.ids, prompt.ids.new_tensor(list(cenc["input_ids"]))])
+        self.adapter.check_ids(ids)
+        offsets, text = prompt.offsets, prompt.text
+        if offsets is not None:
+            base = len(text)
+            offsets = offsets + [(s + base, e + base) for s, e in cenc["offset_mapping"]]
+            text = text + continuation
+        return _Encoded(ids=ids, offsets=offsets, text=text, prompt_len=prompt.prompt_len)
 
     def _token_text(self, enc: _Encoded, i: int) -> str:
         if enc.offsets is not None and enc.text is not None:
@@ -188,7 +192,7 @@ class Attributor:
             if cont is not None and enc.text is not None:
                 retok = self.tokenizer(cont, add_special_tokens=False)["input_ids"]
                 if list(retok) == new_ids:
-                    enc = self._encode(text_or_ids, cont)
+                    enc = self._with_continuation(base, cont)
                 else:  # the decoded text would re-tokenise differently: keep the generated ids exactly
                     enc = _Encoded(ids=torch.cat([enc.ids, enc.ids.new_tensor(new_ids)]), offsets=None,
                                    text=None, prompt_len=enc.prompt_len)
@@ -197,7 +201,7 @@ class Attributor:
                                prompt_len=enc.prompt_len)
             positions = list(range(enc.prompt_len, enc.ids.numel()))
         elif isinstance(target, str):
-            enc = self._encode(text_or_ids, target)
+            enc = self._with_continuation(base, target)
             positions = list(range(enc.prompt_len, enc.ids.numel()))
         else:
             enc = base
@@ -256,7 +260,7 @@ class Attributor:
             parts = []
             bar = _progress_bar(len(positions), "targets", self.progress and len(positions) > 1)
             for t in positions:
-                parts.append(self._windowed_components(adapter, ids, t, opts, probes, mask_vec))
+                parts.append(self._windowed_components(adapter, ids, t, opts, probes, mask_vec, lead))
                 bar.update(1)
             bar.close()
         out = []
@@ -266,14 +270,14 @@ class Attributor:
         return out
 
     def _windowed_components(self, adapter: ModelAdapter, ids: Tensor, t: int, opts: HetaOptions,
-                             probes: Tensor | None, mask_vec: Tensor | None):
+                             probes: Tensor | None, mask_vec: Tensor | None, lead: Tensor):
         """M, S, I ``[t]`` for target position t: one window, or the averages over windows (SPEC §4).
 
-        With a sink token, each window is run as [sink] + its tokens and the sink is dropped from it.
+        ``lead`` is the sink token (empty without one): each window is run as lead + its tokens and the
+        lead is dropped from it again.
         Returns ``(M, S, I, sink gate mass averaged over windows or None, timings)``.
         """
         ctx = ids[:t]
-        lead = ids.new_tensor([] if opts.sink_token is None else [opts.sink_token])
         sink_masses: list[float] = []
         target_id = int(ids[t])
         timings: dict[str, float] = {}

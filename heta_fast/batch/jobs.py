@@ -136,8 +136,6 @@ def _check_override(name: str, value) -> None:
         raise HetaInputError(f"option {name!r} must be a number, got {value!r}")
     if name == "components" and not (isinstance(value, list) and all(isinstance(c, str) for c in value)):
         raise HetaInputError(f'option \'components\' must be a list like ["M", "I"], got {value!r}')
-    if name == "sink_token" and not (value is None or value == "auto" or (_is_int(value) and value >= 0)):
-        raise HetaInputError(f"option 'sink_token' must be null, \"auto\" or a token id, got {value!r}")
     if name in ("rollout", "hessian", "curvature", "mask", "normalize", "engine") and not isinstance(value, str):
         raise HetaInputError(f"option {name!r} must be a string, got {value!r}")
 

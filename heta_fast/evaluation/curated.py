@@ -68,6 +68,10 @@ class RunSettings:
         return dict(hessian=self.hessian, rank=self.rank, num_probes=self.num_probes,
                     seed=self.seed if seed is None else seed, beta=self.beta, gamma=self.gamma, sink_token=None)
 
+    def sink_id(self, tokenizer) -> int:
+        """The sink token of the ``heta_sink*`` runs: ``sink_token_id``, else the tokenizer's default."""
+        return self.sink_token_id if self.sink_token_id is not None else default_sink_id(tokenizer)
+
     def key(self) -> dict:
         d = asdict(self)
         d.pop("stability_examples")  # more stability examples do not change the other numbers
@@ -131,7 +135,7 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
         secs["mean"] = secs["base"] + time.perf_counter() - t0  # a standalone run would need M and S too
     if "sink" in runs:
         t0 = time.perf_counter()
-        sink = settings.sink_token_id if settings.sink_token_id is not None else default_sink_id(attributor.tokenizer)
+        sink = settings.sink_id(attributor.tokenizer)
         r = attributor.attribute(full, target=t, **{**opts, "sink_token": sink})
         out["sink"] = comps(r) | {"sink_gate_mass": r.sink_gate_mass}
         secs["sink"] = time.perf_counter() - t0
@@ -196,7 +200,7 @@ def stability(attributor, enc: Encoded, methods: list[str], scores: dict[str, Te
     adapter = attributor.adapter
     full = torch.tensor(enc.ids + [enc.target_id], dtype=torch.long, device=adapter.device)
     noise = mt.embedding_noise(adapter.embed(full), relative_sigma=settings.noise_sigma, seed=settings.seed + 1)
-    sink = settings.sink_token_id if settings.sink_token_id is not None else default_sink_id(attributor.tokenizer)
+    sink = settings.sink_id(attributor.tokenizer)
     out = {m: {} for m in methods}
     plain = [m for m in methods if not (m in HETA_METHODS and HETA_METHODS[m][0] == "sink")]
     sinky = [m for m in methods if m not in plain]
