@@ -254,7 +254,8 @@ class Attributor:
         if shared:  # several targets of one text: gate and KL share their forwards (engine.evaluate_many)
             d, k = adapter.hidden_size, lead.numel()
             comps = evaluate_many(adapter, torch.cat([lead, ids]), [t + k for t in positions], opts, mask_vec=mask_vec,
-                                  probes=[self._probes(None, 0, t, opts, d, t, sink=k > 0) for t in positions])
+                                  probes=[_window_probes(self._context_probes(None, opts, d, t), 0, t, k > 0)
+                                          for t in positions])
             parts = [(*_drop_lead(c.M, c.S, c.I, k), dict(c.timings)) for c in comps]
         else:
             parts = []
@@ -285,11 +286,12 @@ class Attributor:
         d = adapter.hidden_size
         sums: dict[str, Tensor] = {}
         counts = torch.zeros(t, dtype=torch.float64)
+        full_probes = self._context_probes(probes, opts, d, t)  # drawn once, sliced per window
         bar = _progress_bar(len(windows), "windows", self.progress and len(windows) > 1)
         for start in windows:
             w_ids = ctx[start : start + (opts.window or t)]
             w_len = w_ids.numel()
-            w_probes = self._probes(probes, start, w_len, opts, d, t, sink=lead.numel() > 0)
+            w_probes = _window_probes(full_probes, start, w_len, sink=lead.numel() > 0)
             n_run = w_len + lead.numel()
             with _StageBars(self.progress, totals={"S": n_run * opts.num_probes if opts.hessian == "exact" else None,
                                                     "I": n_run}) as bars:
@@ -360,29 +362,31 @@ class Attributor:
             starts.append(t - W)
         return starts
 
-    def _probes(self, probes: Tensor | None, start: int, w_len: int, opts: HetaOptions, d: int, t: int,
-                sink: bool = False):
-        """The probes of window [start, start + w_len), with a zero row in front for a sink token.
-
-        A zero probe leaves the sink's S at 0 (it is dropped anyway) and the real tokens' probes are those
-        of the run without a sink, so S of a token does not depend on whether a sink is used.
-        """
+    def _context_probes(self, probes: Tensor | None, opts: HetaOptions, d: int, t: int) -> Tensor | None:
+        """The probes of the whole context ``[t, m, d]``: the given ones (checked) or seeded ones; None without S."""
         if "S" not in opts.components:
             return None
-        window = self._context_probes(probes, start, w_len, opts, d, t)
-        if sink:
-            window = torch.cat([window.new_zeros((1, *window.shape[1:])), window])
-        return window
-
-    def _context_probes(self, probes: Tensor | None, start: int, w_len: int, opts: HetaOptions, d: int, t: int):
         if probes is None:
             # Drawn for the whole context in (i, k) order, so a token's probes do not depend on windowing.
-            full = reference.draw_probes(t, opts.num_probes, d, opts.seed)
-        else:
-            full = torch.as_tensor(probes)
-            if opts.layers is None and (full.ndim != 3 or full.shape[0] != t or full.shape[2] != d):
-                raise HetaInputError(f"probes must have shape [t={t}, m, d={d}], got {tuple(full.shape)}")
-        return full[start : start + w_len]
+            return reference.draw_probes(t, opts.num_probes, d, opts.seed)
+        full = torch.as_tensor(probes)
+        if opts.layers is None and (full.ndim != 3 or full.shape[0] != t or full.shape[2] != d):
+            raise HetaInputError(f"probes must have shape [t={t}, m, d={d}], got {tuple(full.shape)}")
+        return full
+
+
+def _window_probes(full: Tensor | None, start: int, w_len: int, sink: bool) -> Tensor | None:
+    """Rows [start, start + w_len) of the context's probes, with a zero row in front for a sink token.
+
+    A zero probe leaves the sink's S at 0 (it is dropped anyway) and the real tokens' probes are those
+    of the run without a sink, so S of a token does not depend on whether a sink is used.
+    """
+    if full is None:
+        return None
+    window = full[start : start + w_len]
+    if sink:
+        window = torch.cat([window.new_zeros((1, *window.shape[1:])), window])
+    return window
 
 
 def _drop_lead(M: Tensor | None, S: Tensor | None, I: Tensor | None, k: int):
