@@ -22,15 +22,9 @@ import torch
 from utils import MODEL_CHOICES, append_csv, bench_model, machine, measure
 
 from heta_fast import reference
+from heta_fast.evaluation.metrics import spearman
 from heta_fast.hf import ModelAdapter
 from heta_fast.hvp import sensitivity_batched
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra = a.double().argsort().argsort().double()
-    rb = b.double().argsort().argsort().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra @ rb) / (ra.norm() * rb.norm()))
 
 
 def loop_sample(adapter, ids, target, probes, pairs):
@@ -87,7 +81,7 @@ def main():
             if name not in args.providers:
                 continue
             secs, peak, S = measure(lambda kw=kw: sensitivity_batched(adapter, ctx, target, probes=probes, **kw, **budget))
-            res[name] = (secs, peak, spearman(S, exact) if exact is not None else float("nan"), "")
+            res[name] = (secs, peak, spearman(S.cpu(), exact.cpu()) if exact is not None else float("nan"), "")
         for name, (secs, peak, rho, note) in res.items():
             rho_s = "" if rho is None else f"{rho:.3f}"
             print(f"{t:>4} {name:<13} {secs:>9.2f} {loop_s / secs:>7.1f}x {peak:>9.0f} {rho_s:>9}  {note}")
