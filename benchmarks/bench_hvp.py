@@ -22,6 +22,7 @@ import torch
 from utils import MODEL_CHOICES, append_csv, bench_model, machine, measure
 
 from heta_fast import reference
+from heta_fast.cpu_allocator import malloc_tuning_status, tune_malloc_for_tensors
 from heta_fast.evaluation.metrics import spearman
 from heta_fast.hf import ModelAdapter
 from heta_fast.hvp import sensitivity_batched
@@ -55,11 +56,12 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    tune_malloc_for_tensors()  # as an Attributor does; the loop and the batched paths share the process
     model, context_ids, label = bench_model(args.model, args.device)
     adapter = ModelAdapter(model)
     budget = {} if args.max_memory_gib is None else {"max_memory": int(args.max_memory_gib * 2**30)}
     m = args.probes
-    print(f"# S on the {label}, float32, m={m}, {args.device} — {machine()}")
+    print(f"# S on the {label}, float32, m={m}, {args.device} — {machine()}; malloc tuning: {malloc_tuning_status()}")
     print(f"{'t':>4} {'provider':<13} {'seconds':>9} {'vs loop':>8} {'peak MiB':>9} {'spearman':>9}  note")
     rows = []
     for t in args.contexts:
@@ -87,7 +89,8 @@ def main():
             print(f"{t:>4} {name:<13} {secs:>9.2f} {loop_s / secs:>7.1f}x {peak:>9.0f} {rho_s:>9}  {note}")
             rows.append({"model": args.model, "device": args.device, "t": t, "m": m, "provider": name, "seconds": f"{secs:.3f}",
                          "speedup_vs_loop": f"{loop_s / secs:.2f}", "peak_extra_mib": f"{peak:.0f}",
-                         "spearman_vs_exact": rho_s, "note": note})
+                         "spearman_vs_exact": rho_s, "note": note,
+                         "malloc_tuning": malloc_tuning_status()})
     if not args.no_csv:
         print(f"rows appended to {append_csv('hvp', rows)}")
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from heta_fast.cpu_allocator import release_free_memory
+
 # HETA_BENCH_RESULTS redirects the CSVs (e.g. to $OUT on a lent GPU machine, merged back afterwards).
 RESULTS_DIR = Path(os.environ.get("HETA_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 
@@ -45,7 +47,12 @@ def load_avg() -> float:
 
 
 def reset_peak_rss() -> None:
-    """Make VmHWM equal the current RSS ("5" to clear_refs), so a later peak is this section's own."""
+    """Make VmHWM equal the current RSS ("5" to clear_refs), so a later peak is this section's own.
+
+    Free heap memory kept by heta_fast's malloc tuning is given back first, so the baseline does not
+    include memory an earlier section freed (which this section could then reuse unseen).
+    """
+    release_free_memory()
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
 

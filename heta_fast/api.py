@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from . import reference
+from .cpu_allocator import tune_malloc_for_tensors
 from .engine import evaluate, evaluate_many
 from .errors import HetaInputError, NumericalError
 from .hf import ModelAdapter
@@ -80,6 +81,8 @@ class Attributor:
         self.progress = progress
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
         self.adapter = ModelAdapter(model)
+        if self.adapter.device.type == "cpu":
+            tune_malloc_for_tensors()
         self._reference_adapter: ModelAdapter | None = None
 
     @classmethod

@@ -10,7 +10,9 @@ def report() -> dict:
     import torch
 
     from . import __version__, _ext, _triton
+    from .cpu_allocator import malloc_tuning_status, tune_malloc_for_tensors
 
+    tune_malloc_for_tensors()
     info = {
         "heta_fast": __version__,
         "python": platform.python_version(),
@@ -27,6 +29,7 @@ def report() -> dict:
         "triton_usable": _triton.triton_available(),
         "triton_interpret": _triton.interpret_mode(),
         "triton_unavailable_reason": _triton.triton_unavailable_reason(),
+        "cpu_malloc_tuning": malloc_tuning_status(),  # what an Attributor on the CPU gets
     }
     try:
         import transformers
@@ -34,7 +37,7 @@ def report() -> dict:
         info["transformers"] = transformers.__version__
     except ImportError:
         info["transformers"] = None
-    env = {k: v for k, v in os.environ.items() if k.startswith("HETA_FAST_") or k in ("TRITON_INTERPRET", "MAX_JOBS")}
+    env = {k: v for k, v in os.environ.items() if k.startswith(("HETA_FAST_", "MALLOC_")) or k in ("TRITON_INTERPRET", "MAX_JOBS")}
     info["env"] = env
     return info
 

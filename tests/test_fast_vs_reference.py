@@ -56,11 +56,13 @@ def test_gate_reference_rollout(pair):
     [{}, {"curvature": "gauss_newton"}, {"layers": 1}, {"hessian": "lowrank", "rank": 12}],
     ids=["exact", "gauss_newton", "last_layer", "lowrank12"],
 )
-def test_sensitivity(pair, kw):
+# 1 MiB: a few directions per second backward; 1 GiB: batches of 32, which the CPU runs in slices of 8.
+@pytest.mark.parametrize("max_memory", [1 << 20, 1 << 30], ids=["small_batches", "sliced_batches"])
+def test_sensitivity(pair, kw, max_memory):
     _, fast, ref = pair
     ids = random_ids(T)
     probes = reference.draw_probes(T, 3, fast.hidden_size, seed=3)
-    S = sensitivity_batched(fast, ids, 7, probes=probes.float(), max_memory=1 << 20, **kw)
+    S = sensitivity_batched(fast, ids, 7, probes=probes.float(), max_memory=max_memory, **kw)
     S_ref = reference.sensitivity(ref, ids, 7, probes=probes, **kw)
     # lowrank: a QR of nearly rank-deficient Y amplifies float32 noise; 1e-3 there.
     assert rel_err(S, S_ref) < (1e-3 if "rank" in kw else 1e-4)
