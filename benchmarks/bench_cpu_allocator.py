@@ -44,7 +44,7 @@ def run_child(t: int, provider: str, tuned: bool, threads: int) -> dict:
     env = dict(os.environ, HETA_FAST_MALLOC_TUNING="1" if tuned else "0")
     cmd = [sys.executable, __file__, "--child", "--t", str(t), "--provider", provider, "--threads", str(threads)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return json.loads(next(line for line in reversed(out.splitlines()) if line.startswith("{")))
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention_core import attention_core
 from .errors import HetaInputError, UnsupportedModelError
 
 ATTN_IMPL = "heta_eager"
@@ -55,6 +56,20 @@ class Recorder:
 
 def _active_recorder() -> Recorder | None:
     return getattr(_state, "recorder", None)
+
+
+@contextlib.contextmanager
+def plain_attention():
+    """Within this block attention is the plain eager composition (matmul, mask, softmax, matmul)
+    differentiated by autograd, never :mod:`heta_fast.attention_core`: the reference engine runs under it,
+    so the fast core's hand-written derivatives are checked against autograd rather than against themselves.
+    """
+    before = getattr(_state, "plain", False)
+    _state.plain = True
+    try:
+        yield
+    finally:
+        _state.plain = before
 
 
 def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
@@ -96,7 +111,9 @@ def heta_attention(
     """Causal attention that records what HETA needs.
 
     Whenever a graph is being built (the Hessian term) or the probabilities are requested, the math is
-    plain eager (matmul, softmax, matmul): fused SDPA/flash kernels have no second derivatives. Otherwise
+    eager (matmul, softmax, matmul; fused SDPA/flash kernels have no second derivatives): the attention
+    core of :mod:`heta_fast.attention_core`, with its hand-written double backward, or, under soft-capping,
+    additive masks or :func:`plain_attention`, the plain composition. Otherwise
     (gate recording, masked KL passes) it is torch's SDPA, which never forms the n×n score matrix when the
     mask is purely causal, so long inputs stay O(n) in memory.
     """
@@ -127,7 +144,13 @@ def heta_attention(
             out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask.to(query.dtype) if mask.dtype != torch.bool
                                                  else mask, scale=scaling)
         out = out.transpose(1, 2).contiguous()
-    else:
+    elif (softcap is None and not getattr(_state, "plain", False)
+          and (mask is None or (mask.dtype == torch.bool and mask.shape[1] == 1))):
+        # Graph or probabilities needed: the core with a hand-written double backward (attention_core.py).
+        allowed = _causal_bool_mask(q_len, k_len, query.device) if mask is None else mask
+        out, probs = attention_core(query, key, value, allowed, scaling)
+        out = out.transpose(1, 2).contiguous()
+    else:  # soft-capping, additive masks or plain_attention(): eager math, differentiated by autograd
         scores = torch.matmul(query, _repeat_kv(key, n_rep).transpose(-1, -2)) * scaling
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap

@@ -4,7 +4,7 @@ Two ideas make the exact path fast:
 
 * **One graph, many probes.** The first-order graph ∇g is built once (one forward, one backward with
   ``create_graph``) and a whole batch of probe directions goes through the second backward at once
-  (``autograd.grad(..., is_grads_batched=True)``); no probe repeats the forward.
+  (``torch.func.vmap`` over ``autograd.grad``); no probe repeats the forward.
 * **Causal suffixes.** S_i needs only row i of H·P_i r. Token i influences positions ≥ i alone, so that row
   depends only on the suffix i … p with the clean keys/values of positions < i held fixed. Tokens are taken
   in chunks [a, b): the clean KV cache is cut at a, the graph is built on the suffix a … p only, and the
@@ -52,15 +52,31 @@ def probe_batch_size(adapter: ModelAdapter, rows: int, kv_len: int, max_memory: 
             "(e.g. window=512)" + ("" if layers else ", or differentiate only the last layers with layers= (e.g. 6)")
         )
     # Directions per first-order graph: enough to amortise rebuilding it (exact path), capped on the CPU,
-    # where the second backwards then run in slices of CPU_SLICE anyway.
-    cap = 32 if adapter.device.type == "cpu" else 256
+    # where the second backwards then run in slices of cpu_slice() directions anyway.
+    cap = 64 if adapter.device.type == "cpu" else 256
     return max(1, min(cap, fit))
 
 
-# Directions per batched second backward on the CPU. Per direction, 4–8 were fastest on the default model
-# at t = 128 (0.38–0.41 s, against 0.40–0.73 s at 32): the [B, t, ffn] temporaries of the second-order
-# graph stay in cache. On a GPU the whole batch goes at once.
-CPU_SLICE = 8
+# Rows (directions × suffix rows) per batched second backward on the CPU. On the default model the
+# per-direction cost was lowest around 1,024 rows: 8 directions at 128 rows (0.34 s each, against 0.37 at
+# 32), 64 at 16 rows (48 ms, against 62 at 8): the [B, s, ffn] temporaries stay in cache while the fixed
+# cost per backward op is shared. On a GPU the whole batch goes at once.
+CPU_SLICE_ROWS = 1024
+CPU_SLICE_MAX = 64
+
+
+def cpu_slice(rows: int) -> int:
+    """Directions per batched second backward on the CPU for a suffix of ``rows`` positions."""
+    return max(1, min(CPU_SLICE_MAX, CPU_SLICE_ROWS // max(rows, 1)))
+
+
+def batched_vjp(output: Tensor, inputs: Tensor, cotangents: Tensor) -> Tensor:
+    """``[B, ...]``: the VJP of ``output`` w.r.t. ``inputs`` for each of B cotangents, the graph kept.
+
+    ``torch.func.vmap`` rather than ``autograd.grad(is_grads_batched=True)``: the latter uses the legacy
+    vmap, which runs batched matmuls with more than three dimensions (attention) one direction at a time.
+    """
+    return torch.func.vmap(lambda c: torch.autograd.grad(output, inputs, c, retain_graph=True)[0])(cotangents)
 
 
 class CurvatureOperator:
@@ -92,20 +108,18 @@ class CurvatureOperator:
             raise HetaInputError(f"unknown curvature {curvature!r}")
 
     def __call__(self, V: Tensor) -> Tensor:
-        step = CPU_SLICE if V.device.type == "cpu" else V.shape[0]
+        step = cpu_slice(V.shape[1]) if V.device.type == "cpu" else V.shape[0]
         if V.shape[0] <= step:
             return self._apply(V)
         return torch.cat([self._apply(V[lo : lo + step]) for lo in range(0, V.shape[0], step)])
 
     def _apply(self, V: Tensor) -> Tensor:
         if self.curvature == "hessian":
-            (HV,) = torch.autograd.grad(self.grad, self.x, V, retain_graph=True, is_grads_batched=True)
-            return HV
+            return batched_vjp(self.grad, self.x, V)
         # Gauss–Newton: J V (double-vjp trick), then (diag π − ππᵀ) and Jᵀ, all batched.
-        (JV,) = torch.autograd.grad(self.jt, self.u0, V, retain_graph=True, is_grads_batched=True)
+        JV = batched_vjp(self.jt, self.u0, V)
         W = self.pi * JV - self.pi * (JV @ self.pi)[:, None]
-        (GV,) = torch.autograd.grad(self.z, self.x, W, retain_graph=True, is_grads_batched=True)
-        return GV
+        return batched_vjp(self.z, self.x, W)
 
 
 def _clean_state(adapter: ModelAdapter, ids: Tensor, layers: int | None):

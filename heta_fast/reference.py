@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .errors import HetaInputError, UnsupportedModelError
-from .hf import ModelAdapter
+from .hf import ModelAdapter, plain_attention
 
 
 # ----------------------------------------------------------------------------------------------- §1 gate
@@ -73,7 +73,7 @@ def gate(adapter: ModelAdapter, ids: Tensor, *, rollout: str = "flow", layers: i
     t = ids.numel()
     p = t - 1
     X = adapter.embed(ids)
-    with torch.no_grad(), adapter.record(keep_probs=True, layer_inputs=rollout == "reference") as rec:
+    with torch.no_grad(), plain_attention(), adapter.record(keep_probs=True, layer_inputs=rollout == "reference") as rec:
         adapter.forward(X)
     L, H = adapter.num_layers, adapter.num_heads
     first = _first_layer(adapter, layers)
@@ -131,9 +131,10 @@ class CurvatureProblem:
             self.point = rec.layer_inputs[self.start].detach()
 
     def logits(self, point: Tensor) -> Tensor:
-        if self.start is None:
-            return self.adapter.last_logits(point)
-        return self.adapter.last_logits(self.X, replace_layer_input=(self.start, point))
+        with plain_attention():
+            if self.start is None:
+                return self.adapter.last_logits(point)
+            return self.adapter.last_logits(self.X, replace_layer_input=(self.start, point))
 
     def g(self, point: Tensor) -> Tensor:
         return torch.log_softmax(self.logits(point), dim=-1)[self.target_id]

@@ -11,8 +11,8 @@ __all__ = ["TINY_ARCHS", "tiny_model", "rel_err", "random_ids", "CharTokenizer"]
 
 def rel_err(a, b, floor: float = 1e-12) -> float:
     """``max|a - b| / max|b|``: the error relative to the scale of the reference vector ``b``."""
-    a = torch.as_tensor(a, dtype=torch.float64)
-    b = torch.as_tensor(b, dtype=torch.float64)
+    a = torch.as_tensor(a, dtype=torch.float64).detach()
+    b = torch.as_tensor(b, dtype=torch.float64).detach()
     return float((a - b).abs().max() / b.abs().max().clamp_min(floor))
 
 

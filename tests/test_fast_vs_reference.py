@@ -7,7 +7,7 @@ value of the reference vector): M 1e-4, S 1e-4, I 1e-5.
 
 import pytest
 
-from heta_fast import Attributor, reference
+from heta_fast import Attributor, hvp, reference
 from heta_fast.engine import gate_fast
 from heta_fast.hf import ModelAdapter
 from heta_fast.hvp import sensitivity_batched
@@ -56,10 +56,15 @@ def test_gate_reference_rollout(pair):
     [{}, {"curvature": "gauss_newton"}, {"layers": 1}, {"hessian": "lowrank", "rank": 12}],
     ids=["exact", "gauss_newton", "last_layer", "lowrank12"],
 )
-# 1 MiB: a few directions per second backward; 1 GiB: batches of 32, which the CPU runs in slices of 8.
-@pytest.mark.parametrize("max_memory", [1 << 20, 1 << 30], ids=["small_batches", "sliced_batches"])
-def test_sensitivity(pair, kw, max_memory):
+# 1 MiB: a few directions per second backward; 1 GiB: one batch per graph; sliced: that batch run by the
+# CPU in slices of 2 directions (CPU_SLICE_ROWS lowered to 2·T rows).
+@pytest.mark.parametrize("max_memory,slice_rows", [(1 << 20, None), (1 << 30, None), (1 << 30, 2 * T)],
+                         ids=["small_batches", "one_batch", "sliced_batches"])
+def test_sensitivity(pair, kw, max_memory, slice_rows, monkeypatch):
     _, fast, ref = pair
+    if slice_rows is not None:
+        monkeypatch.setattr(hvp, "CPU_SLICE_ROWS", slice_rows)
+        assert hvp.cpu_slice(T) == 2
     ids = random_ids(T)
     probes = reference.draw_probes(T, 3, fast.hidden_size, seed=3)
     S = sensitivity_batched(fast, ids, 7, probes=probes.float(), max_memory=max_memory, **kw)
