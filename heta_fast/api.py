@@ -14,7 +14,7 @@ from .cpu_allocator import tune_malloc_for_tensors
 from .engine import evaluate, evaluate_many
 from .errors import HetaInputError, NumericalError
 from .hf import ModelAdapter
-from .options import HetaOptions, options_from_preset
+from .options import HetaOptions, options_from_preset, resolve_layers
 from .result import Attribution, AttributionSequence
 from .sinks import resolve_sink
 
@@ -182,9 +182,10 @@ class Attributor:
         if generate is not None and target is not None:
             raise HetaInputError("give either target= or generate=, not both")
         base = self._encode(text_or_ids)
-        # Record the sink actually used (an id, or None), not "auto".
+        # Record the sink and the layers actually used (an id or None, a number or None), not "auto".
         opts = opts.replace(sink_token=resolve_sink(opts.sink_token, self.tokenizer, self.adapter.vocab_size,
-                                                    int(base.ids[0])))
+                                                    int(base.ids[0])),
+                            layers=resolve_layers(opts.layers, self.adapter.num_layers))
         if generate is not None:
             if generate < 1:
                 raise HetaInputError(f"generate must be >= 1, got {generate}")

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .errors import HetaError, HetaInputError
-from .options import PRESETS, sink_token_arg
+from .options import PRESETS, cli_layers, layers_arg, sink_token_arg
 
 
 def _target(value: str | None):
@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--hessian", choices=["exact", "lowrank"])
     a.add_argument("--rank", type=int)
     a.add_argument("--curvature", choices=["hessian", "gauss_newton"])
-    a.add_argument("--layers", type=int, help="curvature and rollout over the last K layers only")
+    a.add_argument("--layers", type=layers_arg, metavar="K|auto|all",
+                   help="curvature and rollout over the last K layers (auto, the default: the last 6; all: every "
+                        "layer, curvature with respect to the embedding rows)")
     a.add_argument("--mask", choices=["zero", "mean", "token"])
     a.add_argument("--mask-token-id", type=int)
     a.add_argument("--normalize", choices=["none", "sum"])
@@ -83,6 +85,8 @@ def _overrides(args) -> dict:
     names = ["num_probes", "seed", "rollout", "hessian", "rank", "curvature", "layers", "mask", "mask_token_id",
              "normalize", "beta", "gamma", "window", "overlap", "sink_token", "engine"]
     out = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if "layers" in out:
+        out["layers"] = cli_layers(out["layers"])
     if args.components:
         out["components"] = tuple(c.strip() for c in args.components.split(",") if c.strip())
     return out

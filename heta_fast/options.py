@@ -22,7 +22,10 @@ class HetaOptions:
         rollout: ``"flow"`` (default, target-conditioned) or ``"reference"`` (official per-head chain).
         hessian: ``"exact"`` (all t*m block HVPs) or ``"lowrank"`` (randomized range finder of ``rank``).
         curvature: ``"hessian"`` or ``"gauss_newton"`` (J^T (diag pi - pi pi^T) J, PSD).
-        layers: restrict rollout sum and curvature to the last k layers (None = all).
+        layers: restrict rollout sum and curvature to the last k layers; ``None`` = all (curvature with
+            respect to the embedding rows X); ``"auto"`` (default) = the paper's recipe, the last
+            :data:`AUTO_LAYERS` layers, or all of them on a model with no more layers than that (README,
+            *Default preset*, says why).
         mask: ``"zero"``, ``"mean"`` or ``"token"`` (uses ``mask_token_id``) for the KL term (SPEC §3).
         normalize: ``"sum"`` (default: S and I divided by their sums first) or ``"none"`` (the paper's formula).
         components: which of M, S, I to compute; missing ones are reported as None and the score uses
@@ -43,7 +46,7 @@ class HetaOptions:
     hessian: Literal["exact", "lowrank"] = "exact"
     rank: int = 64
     curvature: Literal["hessian", "gauss_newton"] = "hessian"
-    layers: int | None = None
+    layers: int | Literal["auto"] | None = "auto"
     mask: Literal["zero", "mean", "token"] = "zero"
     mask_token_id: int | None = None
     normalize: Literal["none", "sum"] = "sum"
@@ -75,8 +78,9 @@ class HetaOptions:
             raise HetaInputError(f"num_probes must be >= 1, got {self.num_probes}")
         if self.hessian == "lowrank" and self.rank < 1:
             raise HetaInputError(f"rank must be >= 1 for hessian='lowrank', got {self.rank}")
-        if self.layers is not None and self.layers < 1:
-            raise HetaInputError(f"layers must be a positive number of final layers, got {self.layers}")
+        lay = self.layers
+        if lay is not None and lay != "auto" and (isinstance(lay, bool) or not isinstance(lay, int) or lay < 1):
+            raise HetaInputError(f"layers must be None, 'auto' or a positive number of final layers, got {lay!r}")
         if self.mask == "token" and self.mask_token_id is None:
             raise HetaInputError("mask='token' needs mask_token_id (e.g. the tokenizer's pad/unk/eos id)")
         if self.window is not None and self.window < 1:
@@ -99,11 +103,23 @@ class HetaOptions:
         return d
 
 
+# layers="auto": curvature (and rollout) over the last 6 layers, as in the paper's large-model recipe.
+AUTO_LAYERS = 6
+
+
+def resolve_layers(layers: int | str | None, num_layers: int) -> int | None:
+    """The ``layers`` option as run: ``"auto"`` becomes :data:`AUTO_LAYERS`, or None (all layers, curvature
+    with respect to X) on a model with no more layers than that; other values are returned as given."""
+    if layers == "auto":
+        return AUTO_LAYERS if num_layers > AUTO_LAYERS else None
+    return layers
+
+
 # The paper's large-model recipe (SPEC §4): windows of 512 with 50 % overlap, rank 64, last 6 layers.
 PRESETS: dict[str, dict] = {
     "default": {},
-    # The paper's formula: raw S and I, no sink token.
-    "paper": {"normalize": "none", "sink_token": None, "beta": 0.5, "gamma": 0.5},
+    # The paper's formula: raw S and I, curvature with respect to the embedding rows, no sink token.
+    "paper": {"normalize": "none", "sink_token": None, "layers": None, "beta": 0.5, "gamma": 0.5},
     "paper-large": {"normalize": "none", "sink_token": None, "window": 512, "overlap": 0.5, "hessian": "lowrank",
                     "rank": 64, "layers": 6},
     "fast": {"hessian": "lowrank", "rank": 16, "num_probes": 4},
@@ -117,6 +133,24 @@ def options_from_preset(preset: str = "default", **overrides) -> HetaOptions:
     if preset not in PRESETS:
         raise HetaInputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     return HetaOptions(**{**PRESETS[preset], **overrides})
+
+
+def layers_arg(value: str) -> int | str:
+    """Command-line form of ``layers``: a number of final layers, ``auto``, or ``all`` (the option's None;
+    :func:`cli_layers` turns it into None after argparse, which cannot tell None from "not given")."""
+    if value in ("auto", "all"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"--layers takes a number of final layers, 'auto' or 'all', got {value!r}") from None
+
+
+def cli_layers(value: int | str) -> int | str | None:
+    """``layers`` from :func:`layers_arg`'s value: ``"all"`` is None."""
+    return None if value == "all" else value
 
 
 def sink_token_arg(value: str) -> int | str:

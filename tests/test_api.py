@@ -306,3 +306,34 @@ def test_cli_output_reports_the_sink(capsys):
     cli._print_result(r, argparse.Namespace(by="scores", no_color=True, top=3))
     out = capsys.readouterr().out
     assert f"attention sink (token id 89) prepended: it took {r.sink_gate_mass:.2f} of the gate" in out
+
+
+# ------------------------------------------------------------------------------------------ layers="auto"
+def test_layers_auto_is_the_last_six_layers_or_all():
+    from heta_fast.options import AUTO_LAYERS, HetaOptions
+
+    deep = Attributor(tiny_model("llama", num_hidden_layers=AUTO_LAYERS + 2), CharTokenizer())
+    assert len(deep.adapter.layers) == AUTO_LAYERS + 2
+    r = deep.attribute("hello", num_probes=1)
+    assert r.options["layers"] == AUTO_LAYERS  # the run records the number it used, not "auto"
+    assert deep.attribute("hello", num_probes=1, layers=AUTO_LAYERS).scores == r.scores
+    every = deep.attribute("hello", num_probes=1, layers=None)
+    assert every.options["layers"] is None and every.S != r.S
+    assert deep.attribute("hello", num_probes=1, preset="paper").options["layers"] is None
+    # A model with no more layers than that: every layer, curvature with respect to X (as layers=None).
+    shallow = Attributor(tiny_model("llama"), CharTokenizer())
+    r2 = shallow.attribute("hello", num_probes=1)
+    assert r2.options["layers"] is None and r2.scores == shallow.attribute("hello", num_probes=1, layers=None).scores
+    for bad in ("last", 0, -1, True, 2.5):
+        with pytest.raises(HetaInputError, match="layers"):
+            HetaOptions(layers=bad)
+
+
+def test_cli_layers_flag():
+    parser = cli.build_parser()
+    for flag, expected in (("all", None), ("auto", "auto"), ("3", 3)):
+        args = parser.parse_args(["attribute", "x", "--layers", flag])
+        assert cli._overrides(args)["layers"] == expected
+    assert "layers" not in cli._overrides(parser.parse_args(["attribute", "x"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["attribute", "x", "--layers", "many"])

@@ -337,6 +337,43 @@ def test_runner_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert "| heta |" in (tmp_path / "out" / "summary.md").read_text() and len(paths) == 2
 
 
+class NoBosTokenizer(CharTokenizer):
+    """No BOS on text, an <|endoftext|> token (id 89): the default preset prepends it as a sink."""
+
+    def get_vocab(self):
+        return {"<|endoftext|>": 89}
+
+    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+        return super().__call__(text, add_special_tokens=False, return_offsets_mapping=return_offsets_mapping)
+
+
+def test_heta_default_is_the_library_default_untouched_by_runner_settings(tmp_path):
+    from heta_fast.evaluation.curated import encode
+
+    attr = Attributor(tiny_model("llama", num_hidden_layers=8), NoBosTokenizer())
+    exs = load_examples(_write_rows(tmp_path, 1))
+    # The runner's cheap settings (low rank, 2 probes) apply to the other HETA methods, not to heta_default.
+    settings = RunSettings(hessian="lowrank", rank=4, num_probes=2, soft_samples=1, ig_steps=2, stability_examples=1)
+    methods = ["heta_default", "heta_default_M", "heta_default_S", "heta_default_I", "heta_sink_sum"]
+    rec = run_curated(exs, tmp_path / "out", methods, settings, attributor=attr, progress=False)[0]["methods"]
+    enc = encode(attr.tokenizer, exs[0])
+    lib = attr.attribute(enc.ids + [enc.target_id], target=len(enc.ids), seed=0)
+    assert lib.options["layers"] == 6 and lib.options["sink_token"] == 89 and lib.options["hessian"] == "exact"
+    assert rec["heta_default"]["scores"] == pytest.approx(lib.scores, rel=1e-9)
+    for c in "MSI":  # each ablation is its component up to a constant factor (β or γ)
+        a, b = torch.tensor(rec[f"heta_default_{c}"]["scores"]), torch.tensor(getattr(lib, c))
+        assert (a / a.sum()).tolist() == pytest.approx((b / b.sum()).tolist(), rel=1e-9)
+    assert rec["heta_sink_sum"]["scores"] != pytest.approx(lib.scores)
+    # Stability under embedding noise runs the default preset on the perturbed input (its sink row unperturbed).
+    assert 0.5 < rec["heta_default"]["stability_noise"] < 1.0 and "stability_seed" in rec["heta_default"]
+
+
+def _write_rows(tmp_path, n):
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in _rows(n)))
+    return p
+
+
 def test_cli_reports_unknown_method(capsys):
     from heta_fast.cli import main
 

@@ -121,6 +121,9 @@ def test_targets_ids_presets_and_continuations(server):
     assert body["targets"][0]["options"]["hessian"] == "lowrank"  # from the preset
     status, body = request(server + "/attribute", "POST", {"text": "abc", "generate": 2, "options": {"num_probes": 1}})
     assert status == 200 and len(body["targets"]) == 2
+    for layers in ("auto", None, 1):  # the tiny model has 2 layers: "auto" is all of them (None)
+        status, body = request(server + "/attribute", "POST", {"text": "abc", "options": {"layers": layers}})
+        assert status == 200 and body["options"]["layers"] == (1 if layers == 1 else None)
 
 
 @pytest.mark.parametrize(
@@ -139,6 +142,8 @@ def test_targets_ids_presets_and_continuations(server):
         ({"text": "abc", "options": {"mask": "token"}}, "options.mask", "mask_token_id"),
         ({"text": "abc", "options": {"overlap": 1.5}}, "options.overlap", "overlap"),
         ({"text": "abc", "options": {"components": ["X"]}}, "options.components", "M"),
+        ({"text": "abc", "options": {"layers": "some"}}, "options.layers", ""),
+        ({"text": "abc", "options": {"layers": 0}}, "options.layers", "positive"),
         ({"text": "abc", "target": 99}, "target", "out of range"),
         ({"text": "abc", "target": 0}, "target", "no context"),
         ({"text": "abc", "target": ""}, "target", "empty"),

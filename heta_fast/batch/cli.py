@@ -12,7 +12,7 @@ import dataclasses
 import sys
 
 from ..errors import HetaError
-from ..options import PRESETS, HetaOptions, sink_token_arg
+from ..options import PRESETS, HetaOptions, cli_layers, layers_arg, sink_token_arg
 from ..testing import CharTokenizer
 
 # Option flags exactly as ``heta-fast attribute`` spells them (dest = the HetaOptions field).
@@ -23,7 +23,7 @@ _OPTION_FLAGS: list[tuple[str, dict]] = [
     ("--hessian", {"choices": ["exact", "lowrank"]}),
     ("--rank", {"type": int, "help": "low-rank size (not the process rank: that comes from torchrun)"}),
     ("--curvature", {"choices": ["hessian", "gauss_newton"]}),
-    ("--layers", {"type": int, "help": "curvature and rollout over the last K layers only"}),
+    ("--layers", {"type": layers_arg, "metavar": "K|auto|all", "help": "curvature and rollout over the last K layers"}),
     ("--mask", {"choices": ["zero", "mean", "token"]}),
     ("--mask-token-id", {"type": int}),
     ("--normalize", {"choices": ["none", "sum"]}),
@@ -91,6 +91,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _overrides(args) -> dict:
     names = {f.name for f in dataclasses.fields(HetaOptions)}
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None and n != "components"}
+    if "layers" in out:
+        out["layers"] = cli_layers(out["layers"])
     if args.components:
         out["components"] = tuple(c.strip() for c in args.components.split(",") if c.strip())
     return out

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .. import reference
 from ..errors import HetaInputError
-from ..sinks import default_sink_id
+from ..sinks import default_sink_id, resolve_sink
 from . import metrics as mt
 from .baselines import BASELINES, baseline_scores, perturbed_embeddings
 from .data import Example
@@ -28,6 +28,14 @@ from .data import Example
 # HETA variants. Each is (run, recipe): the run says which attribute() call provides the components
 # (runs are shared, so all ablations cost one run), the recipe how to combine them.
 HETA_METHODS = {
+    # What a user gets: attribute() with the library's default preset, untouched by the runner's --hessian,
+    # --rank and --num-probes (which the ablations below use to stay cheap).
+    "heta_default": ("default", dict(comps="MSI", library_scores=True),
+                     "the library's default preset exactly as shipped (exact S, m=10, last 6 layers, sink, "
+                     "normalize='sum'; README, Default preset)"),
+    "heta_default_M": ("default", dict(comps="M"), "ablation of the default preset: M only (last 6 layers, sink)"),
+    "heta_default_S": ("default", dict(comps="S"), "ablation of the default preset: S only (exact, last 6 layers)"),
+    "heta_default_I": ("default", dict(comps="I"), "ablation of the default preset: I only (zero mask, sink)"),
     "heta": ("base", dict(comps="MSI", normalize="none"), "paper formula M(βS+γI), normalize='none', mask zero"),
     "heta_sum": ("base", dict(comps="MSI", normalize="sum"), "normalize='sum' (S, I divided by their sums)"),
     "heta_M": ("base", dict(comps="M"), "ablation: M only"),
@@ -37,7 +45,8 @@ HETA_METHODS = {
     "heta_MI": ("base", dict(comps="MI"), "ablation: M·I"),
     "heta_mask_mean": ("mean", dict(comps="MSI", normalize="none"), "paper formula, mask='mean' for I"),
     "heta_sink": ("sink", dict(comps="MSI", normalize="none"), "paper formula, sink token prepended and dropped"),
-    "heta_sink_sum": ("sink", dict(comps="MSI", normalize="sum"), "normalize='sum', sink token (the library default)"),
+    "heta_sink_sum": ("sink", dict(comps="MSI", normalize="sum"), "normalize='sum', sink token (the default preset "
+                      "until 2026-11-28, when curvature was over all layers)"),
     "heta_sink_M": ("sink", dict(comps="M"), "ablation: M only, sink token"),
 }
 METHODS = {**BASELINES, **{k: v[2] for k, v in HETA_METHODS.items()}}
@@ -113,7 +122,8 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
     """The attribute() calls the requested HETA variants need: components per run, seconds per run.
 
     ``"base"``: M, S, I (mask zero); ``"mean"``: the base M and S with I recomputed with ``mask="mean"``;
-    ``"sink"``: all three with a sink token prepended and dropped (option ``sink_token``).
+    ``"sink"``: all three with a sink token prepended and dropped (option ``sink_token``); ``"default"``: the
+    library's default preset with only the seed set (its own score is kept as ``"scores"``).
     """
     full = enc.ids + [enc.target_id]
     t = len(enc.ids)
@@ -139,10 +149,17 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
         r = attributor.attribute(full, target=t, **{**opts, "sink_token": sink})
         out["sink"] = comps(r) | {"sink_gate_mass": r.sink_gate_mass}
         secs["sink"] = time.perf_counter() - t0
+    if "default" in runs:
+        t0 = time.perf_counter()
+        r = attributor.attribute(full, target=t, preset="default", seed=opts["seed"])
+        out["default"] = comps(r) | {"scores": torch.tensor(r.scores, dtype=torch.float64)}
+        secs["default"] = time.perf_counter() - t0
     return out, secs
 
 
 def _combine(c: dict, recipe: dict, settings: RunSettings) -> Tensor:
+    if recipe.get("library_scores"):
+        return c["scores"]
     pick = {k: (c[k] if k in recipe["comps"] else None) for k in "MSI"}
     return reference.combine(pick["M"], pick["S"], pick["I"], settings.beta, settings.gamma,
                              recipe.get("normalize", "none"))
@@ -200,18 +217,23 @@ def stability(attributor, enc: Encoded, methods: list[str], scores: dict[str, Te
     adapter = attributor.adapter
     full = torch.tensor(enc.ids + [enc.target_id], dtype=torch.long, device=adapter.device)
     noise = mt.embedding_noise(adapter.embed(full), relative_sigma=settings.noise_sigma, seed=settings.seed + 1)
-    sink = settings.sink_id(attributor.tokenizer)
     out = {m: {} for m in methods}
-    plain = [m for m in methods if not (m in HETA_METHODS and HETA_METHODS[m][0] == "sink")]
-    sinky = [m for m in methods if m not in plain]
-    with perturbed_embeddings(adapter, full, noise):
-        noisy, _, _ = method_scores(attributor, enc, plain, settings)
-    if sinky:
-        # The sink sequence is [sink] + ids: the same noise on the real tokens, none on the sink row.
-        sink_full = torch.cat([full.new_tensor([sink]), full])
-        sink_noise = torch.cat([torch.zeros_like(noise[:1]), noise])
-        with perturbed_embeddings(adapter, sink_full, sink_noise):
-            noisy.update(method_scores(attributor, enc, sinky, settings)[0])
+    # Runs that prepend a sink token see [sink] + ids: the same noise on the real tokens, none on the sink row.
+    # The default preset's sink is "auto"; the heta_sink* runs use the runner's --sink-token-id if given.
+    sinks = {"sink": settings.sink_id(attributor.tokenizer),
+             "default": resolve_sink("auto", attributor.tokenizer, adapter.vocab_size, int(full[0]))}
+    groups: dict[int | None, list[str]] = {}
+    for m in methods:
+        run = HETA_METHODS[m][0] if m in HETA_METHODS else None
+        groups.setdefault(sinks.get(run), []).append(m)
+    noisy = {}
+    for sink, group in groups.items():
+        seq, seq_noise = full, noise
+        if sink is not None:
+            seq = torch.cat([full.new_tensor([sink]), full])
+            seq_noise = torch.cat([torch.zeros_like(noise[:1]), noise])
+        with perturbed_embeddings(adapter, seq, seq_noise):
+            noisy.update(method_scores(attributor, enc, group, settings)[0])
     for m in methods:
         out[m]["stability_noise"] = mt.spearman(scores[m], noisy[m])
     seeded = [m for m in methods if m in SEEDED]

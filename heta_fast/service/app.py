@@ -69,7 +69,7 @@ class AttributeOptions(BaseModel):
     hessian: Literal["exact", "lowrank"] = None
     rank: int = None
     curvature: Literal["hessian", "gauss_newton"] = None
-    layers: int | None = None
+    layers: int | Literal["auto"] | None = None
     mask: Literal["zero", "mean", "token"] = None
     mask_token_id: int | None = None
     normalize: Literal["none", "sum"] = None

@@ -52,6 +52,19 @@ def _gr_error(e: Exception) -> gr.Error:
     return gr.Error(f"{field}: {e}" if field else str(e))
 
 
+def _layers_text(layers) -> str:
+    """The ``layers`` option as the demo's text field shows it."""
+    return "all" if layers is None else str(layers)
+
+
+def _layers_value(text) -> int | str | None:
+    """The text field back to the option (a bad value reaches the service, whose error names the field)."""
+    text = str(text).strip().lower()
+    if text in ("all", "0", ""):
+        return None
+    return int(text) if text.isdigit() else text
+
+
 def build_demo(service: AttributionService) -> gr.Blocks:
     """The Gradio Blocks app for ``service`` (mount it with ``gr.mount_gradio_app`` or ``launch()`` it)."""
     defaults = service.attributor.options
@@ -68,12 +81,12 @@ def build_demo(service: AttributionService) -> gr.Blocks:
         o = PRESETS[name]
         return (
             o.get("num_probes", defaults.num_probes), o.get("hessian", defaults.hessian),
-            o.get("rank", defaults.rank), o.get("layers", defaults.layers) or 0, o.get("window", defaults.window) or 0,
+            o.get("rank", defaults.rank), _layers_text(o.get("layers", defaults.layers)), o.get("window", defaults.window) or 0,
         )
 
     def run(text, target, num_probes, hessian, rank, layers, window, seed, by):
         options = {"num_probes": int(num_probes), "hessian": hessian, "rank": int(rank), "seed": int(seed or 0),
-                   "layers": int(layers) or None, "window": int(window) or None}
+                   "layers": _layers_value(layers), "window": int(window) or None}
         try:
             res = service.attribute(text=text, target=None if target is None else int(target), options=options)
         except (FieldError, ServiceBusy) as e:
@@ -113,7 +126,7 @@ def build_demo(service: AttributionService) -> gr.Blocks:
                     num_probes = gr.Slider(1, 32, value=defaults.num_probes, step=1, label="Probes per token (m)")
                     hessian = gr.Radio(["exact", "lowrank"], value=defaults.hessian, label="Hessian")
                     rank = gr.Slider(1, 128, value=defaults.rank, step=1, label="Rank (lowrank)")
-                    layers = gr.Number(value=defaults.layers or 0, precision=0, label="Last K layers (0 = all)")
+                    layers = gr.Textbox(value=_layers_text(defaults.layers), label="Last K layers (auto = the last 6, all = every layer)")
                     window = gr.Number(value=defaults.window or 0, precision=0, label="Window (0 = none)")
                     seed = gr.Number(value=defaults.seed, precision=0, label="Seed")
                 run_btn = gr.Button("Explain", variant="primary", elem_id="heta-run")
