@@ -3,8 +3,8 @@
 A batched Hessian–vector product allocates and frees hundreds of multi-MiB temporaries per call. glibc's
 malloc serves blocks above its mmap threshold with fresh ``mmap`` pages and trims freed heap memory back
 to the kernel, so every temporary is page-faulted (and zeroed by the kernel) again on its next use. On
-the default model at t = 128 that made a batched direction 1.1–1.8x slower than with the memory kept
-(``benchmarks/RESULTS.md``). Raising the mmap threshold to its maximum and the trim threshold out of reach
+the default model at t = 64 that made exact S 1.16x and low-rank-64 S 1.04x slower than with the memory
+kept (``benchmarks/RESULTS.md``). Raising the mmap threshold to its maximum and the trim threshold out of reach
 keeps the blocks in the heap for reuse. The cost: memory freed after a large job stays in the process
 (and is reused by the next one) instead of going back to the kernel.
 
