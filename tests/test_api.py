@@ -189,6 +189,13 @@ def test_default_model_integration(tmp_path):
     for name in ("M", "S", "I"):
         a, b = torch.tensor(getattr(r, name)), torch.tensor(getattr(ref, name))
         assert float((a - b).abs().max() / b.abs().max()) < 1e-3, name
+    # The published algorithm's S (curvature with respect to the embedding rows, every layer) as well as
+    # the default's last-6-layer S: fast batched HVPs vs the reference engine's one-by-one loop, same probes.
+    fast_x = attributor.attribute(text, num_probes=2, layers=None, components=("S",))
+    ref_x = attributor.attribute(text, num_probes=2, layers=None, components=("S",), engine="reference")
+    a, b = torch.tensor(fast_x.S), torch.tensor(ref_x.S)
+    assert float((a - b).abs().max() / b.abs().max()) < 1e-3
+    assert float((a - torch.tensor(r.S)).abs().max()) > 1e-3 * float(a.abs().max())  # layers does change S
     rc = cli.main(["attribute", text, "--num-probes", "1", "--quiet", "--no-color",
                    "--json", str(tmp_path / "o.json"), "--html", str(tmp_path / "o.html")])
     assert rc == 0 and os.path.getsize(tmp_path / "o.html") > 0
