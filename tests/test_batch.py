@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from heta_fast import Attributor, HetaInputError, HetaOptions, cli
+from heta_fast import Attributor, HetaOptions, cli
 from heta_fast.batch import BatchError, errors_path, parts_dir, read_results, run_batch
 from heta_fast.batch.jobs import job_fingerprint, part_paths, run_shard, scan_input
 from heta_fast.testing import CharTokenizer, tiny_model
@@ -301,10 +301,15 @@ def test_two_process_gloo_run_matches_single_process(reference_run, tmp_path):
 
 
 def test_option_overrides_are_type_checked():
-    from heta_fast.batch.jobs import _check_override
+    from heta_fast.batch.jobs import parse_line
+
+    def parsed(name, value):
+        raw = json.dumps({"text": "abc", name: value}).encode()
+        return parse_line(raw, 1, "job", HetaOptions())
 
     for ok in (("layers", "auto"), ("layers", None), ("layers", 3), ("window", None), ("beta", 1)):
-        _check_override(*ok)
+        rec = parsed(*ok)
+        assert rec.error is None and rec.overrides == {ok[0]: ok[1]}
     for bad in (("layers", "last"), ("layers", 2.5), ("num_probes", None), ("beta", "x")):
-        with pytest.raises(HetaInputError, match=bad[0]):
-            _check_override(*bad)
+        rec = parsed(*bad)
+        assert rec.error is not None and "bad option" in rec.error and bad[0] in rec.error

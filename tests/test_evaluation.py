@@ -255,6 +255,12 @@ def _rows(n=2):
             for i in range(n)]
 
 
+def _write_rows(tmp_path, n):
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in _rows(n)))
+    return p
+
+
 def test_parse_example_released_format_and_gold_words():
     obj = {"input_text": "A story here. <s> Leaves of the plant, green. <s> Question: where?", "answer": "leaves",
            "narrative_segment": "A story here.", "sciq_support_segment": "Leaves of the plant, green.",
@@ -291,9 +297,7 @@ def test_parse_methods():
 
 def test_runner_end_to_end_and_resumes(tmp_path, monkeypatch):
     attr = Attributor(tiny_model("llama"), CharTokenizer())
-    p = tmp_path / "d.jsonl"
-    p.write_text("\n".join(json.dumps(r) for r in _rows(2)))
-    exs = load_examples(p)
+    exs = load_examples(_write_rows(tmp_path, 2))
     settings = RunSettings(hessian="lowrank", rank=4, num_probes=2, soft_samples=2, ig_steps=4,
                            stability_examples=1)
     methods = ["random", "loo", "heta", "heta_M", "heta_sink"]
@@ -366,12 +370,6 @@ def test_heta_default_is_the_library_default_untouched_by_runner_settings(tmp_pa
     assert rec["heta_sink_sum"]["scores"] != pytest.approx(lib.scores)
     # Stability under embedding noise runs the default preset on the perturbed input (its sink row unperturbed).
     assert 0.5 < rec["heta_default"]["stability_noise"] < 1.0 and "stability_seed" in rec["heta_default"]
-
-
-def _write_rows(tmp_path, n):
-    p = tmp_path / "d.jsonl"
-    p.write_text("\n".join(json.dumps(r) for r in _rows(n)))
-    return p
 
 
 def test_cli_reports_unknown_method(capsys):

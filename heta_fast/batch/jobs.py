@@ -127,11 +127,13 @@ def _is_int(v) -> bool:
 
 
 def _check_override(name: str, value) -> None:
-    """Type checks HetaOptions leaves to the caller (a float num_probes would fail deep in torch)."""
-    ints = ("num_probes", "seed", "rank", "layers", "mask_token_id", "window", "max_memory")
+    """Type checks HetaOptions leaves to the caller (a float num_probes would fail deep in torch).
+
+    ``layers`` (a number, ``"auto"`` or None) is checked by HetaOptions itself.
+    """
+    ints = ("num_probes", "seed", "rank", "mask_token_id", "window", "max_memory")
     floats = ("beta", "gamma", "overlap")
-    nullable = ("layers", "mask_token_id", "window")
-    if name in ints and not (_is_int(value) or (value is None and name in nullable) or (name, value) == ("layers", "auto")):
+    if name in ints and not (_is_int(value) or (value is None and name in ("mask_token_id", "window"))):
         raise HetaInputError(f"option {name!r} must be an integer, got {value!r}")
     if name in floats and not (_is_int(value) or isinstance(value, float)):
         raise HetaInputError(f"option {name!r} must be a number, got {value!r}")
