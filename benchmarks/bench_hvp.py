@@ -12,7 +12,13 @@ Providers, side by side in one run on the same text and the same seeded probes:
     1.6–2x slower than the published code and every ratio that much too high.)
   * ``exact``: heta_fast's batched exact path (causal suffixes, one graph per chunk, batched second
     backwards); agrees with the loop to float32 precision.
+  * ``exact-autograd-head``: the same path with the LM head left to autograd (its closed form,
+    ``heta_fast/head_curvature.py``, switched off): what that closed form buys, side by side.
   * ``lowrank-16``, ``lowrank-64``: randomized range finder; ``gauss-newton``: JVP + VJP per probe.
+
+``--layers K`` differentiates every provider, the loop included, with respect to the residual entering the last
+K layers (the library default is the last 6); without it, with respect to the embedding rows, as the published
+code does.
 Spearman ρ of each approximation against the exact S is reported beside its speed.
 """
 
@@ -20,26 +26,35 @@ from __future__ import annotations
 
 import argparse
 import time
+from unittest import mock
 
 import torch
 from utils import MODEL_CHOICES, append_csv, bench_model, machine, measure
 
-from heta_fast import reference
+from heta_fast import hvp, reference
 from heta_fast.cpu_allocator import malloc_tuning_status, tune_malloc_for_tensors
 from heta_fast.evaluation.metrics import spearman
 from heta_fast.hf import ModelAdapter
 from heta_fast.hvp import sensitivity_batched
 
 
-def published_loop(adapter, ids, target, probes, pairs):
+def published_loop(adapter, ids, target, probes, pairs, layers=None):
     """The published algorithm (official HETA code): one forward with logits at every position, one gradient
     with ``create_graph``, then one double backward per (token, probe), each ending in a host sync (``.item()``).
 
     Returns (seconds of the forward + first backward, seconds per HVP over ``pairs``, the sampled S terms).
     """
     t0 = time.perf_counter()
-    x = adapter.embed(ids).detach().clone().requires_grad_(True)
-    logits = adapter.forward(x, keep_last=False).logits[0]
+    X = adapter.embed(ids).detach()
+    if layers is None:
+        x = X.clone().requires_grad_(True)
+        logits = adapter.forward(x, keep_last=False).logits[0]
+    else:  # the residual entering layer L−k, as heta_fast's layers=k
+        layer = reference._first_layer(adapter, layers)
+        with torch.no_grad(), adapter.record(layer_inputs=True) as rec:
+            adapter.forward(X)
+        x = rec.layer_inputs[layer].detach().clone().requires_grad_(True)
+        logits = adapter.forward(X, keep_last=False, replace_layer_input=(layer, x)).logits[0]
     g = torch.log_softmax(logits[-1], -1)[target]
     (grad,) = torch.autograd.grad(g, x, create_graph=True)
     graph_s = time.perf_counter() - t0
@@ -66,7 +81,10 @@ def main():
     ap.add_argument("--max-memory-gib", type=float, default=None,
                     help="memory budget of the batched paths (default: the library's)")
     ap.add_argument("--no-csv", action="store_true")
-    ap.add_argument("--providers", nargs="+", default=["exact", "lowrank-16", "lowrank-64", "gauss-newton"],
+    ap.add_argument("--layers", type=int, default=None,
+                    help="curvature over the last K layers for every provider (default: the embedding rows)")
+    ap.add_argument("--providers", nargs="+",
+                    default=["exact", "exact-autograd-head", "lowrank-16", "lowrank-64", "gauss-newton"],
                     help="which batched providers to run beside the loop (ρ needs exact)")
     args = ap.parse_args()
     if args.threads:
@@ -75,8 +93,11 @@ def main():
     model, context_ids, label = bench_model(args.model, args.device)
     adapter = ModelAdapter(model)
     budget = {} if args.max_memory_gib is None else {"max_memory": int(args.max_memory_gib * 2**30)}
+    budget["layers"] = args.layers
     m = args.probes
-    print(f"# S on the {label}, float32, m={m}, {args.device} — {machine()}; malloc tuning: {malloc_tuning_status()}")
+    where = "the embedding rows" if args.layers is None else f"the last {args.layers} layers"
+    print(f"# S on the {label}, float32, m={m}, curvature over {where}, {args.device} — {machine()}; "
+          f"malloc tuning: {malloc_tuning_status()}")
     print(f"{'t':>4} {'provider':<13} {'seconds':>9} {'vs loop':>8} {'peak MiB':>9} {'spearman':>9}  note")
     rows = []
     for t in args.contexts:
@@ -85,7 +106,7 @@ def main():
         probes = reference.draw_probes(t, m, adapter.hidden_size, seed=0).float()
         step = max(1, (t * m) // args.loop_sample)
         pairs = [(j // m, j % m) for j in range(0, t * m, step)][: args.loop_sample]
-        _, peak, (graph_s, per_hvp, _) = measure(lambda: published_loop(adapter, ctx, target, probes, pairs))
+        _, peak, (graph_s, per_hvp, _) = measure(lambda: published_loop(adapter, ctx, target, probes, pairs, args.layers))
         loop_s = graph_s + per_hvp * t * m
         res = {"loop": (loop_s, peak, None, f"graph {graph_s:.2f} s + {t * m} HVPs x {per_hvp:.3f} s "
                                             f"(timed on {len(pairs)}, scaled)")}
@@ -93,6 +114,11 @@ def main():
         if t <= args.skip_exact_above and "exact" in args.providers:
             secs, peak, exact = measure(lambda: sensitivity_batched(adapter, ctx, target, probes=probes, **budget))
             res["exact"] = (secs, peak, 1.0, "")  # equality with the loop is a test (test_fast_vs_reference)
+        if "exact-autograd-head" in args.providers:
+            with mock.patch.object(hvp, "clean_head_curvature", lambda *a: None):
+                secs, peak, S = measure(lambda: sensitivity_batched(adapter, ctx, target, probes=probes, **budget))
+            res["exact-autograd-head"] = (secs, peak, spearman(S.cpu(), exact.cpu()) if exact is not None
+                                          else float("nan"), "LM head through autograd")
         for name, kw in (("lowrank-16", dict(hessian="lowrank", rank=16)),
                          ("lowrank-64", dict(hessian="lowrank", rank=64)),
                          ("gauss-newton", dict(curvature="gauss_newton"))):
@@ -103,7 +129,8 @@ def main():
         for name, (secs, peak, rho, note) in res.items():
             rho_s = "" if rho is None else f"{rho:.3f}"
             print(f"{t:>4} {name:<13} {secs:>9.2f} {loop_s / secs:>7.1f}x {peak:>9.0f} {rho_s:>9}  {note}")
-            rows.append({"model": args.model, "device": args.device, "t": t, "m": m, "provider": name, "seconds": f"{secs:.3f}",
+            rows.append({"model": args.model, "device": args.device, "t": t, "m": m, "layers": args.layers or "",
+                         "provider": name, "seconds": f"{secs:.3f}",
                          "speedup_vs_loop": f"{loop_s / secs:.2f}", "peak_extra_mib": f"{peak:.0f}",
                          "spearman_vs_exact": rho_s, "note": note,
                          "malloc_tuning": malloc_tuning_status()})

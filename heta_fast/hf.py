@@ -432,6 +432,20 @@ class ModelAdapter:
         return out[0] if X.ndim == 2 else out
 
     @contextlib.contextmanager
+    def head_input(self):
+        """Collect what the LM head receives (the final hidden states it turns into logits) during the block."""
+        seen: list[Tensor] = []
+
+        def grab(_mod, args, kwargs):
+            seen.append(args[0] if args else next(iter(kwargs.values())))
+
+        handle = self.model.get_output_embeddings().register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            yield seen
+        finally:
+            handle.remove()
+
+    @contextlib.contextmanager
     def record(self, *, keep_probs: bool = False, keep_qk: bool = False, layer_inputs: bool = False):
         """Record every layer's attention tensors during the forwards run inside the block."""
         rec = Recorder(keep_probs=keep_probs, keep_qk=keep_qk)

@@ -5,6 +5,9 @@ Two ideas make the exact path fast:
 * **One graph, many probes.** The first-order graph ∇g is built once (one forward, one backward with
   ``create_graph``) and a whole batch of probe directions goes through the second backward at once
   (``torch.func.vmap`` over ``autograd.grad``); no probe repeats the forward.
+* **The LM head in closed form.** The head's gradient and Hessian with respect to the final hidden state are
+  the same for every probe; they are formed once per target (:mod:`heta_fast.head_curvature`), so no batch of
+  directions goes through the ``[V, d]`` output table.
 * **Causal suffixes.** S_i needs only row i of H·P_i r. Token i influences positions ≥ i alone, so that row
   depends only on the suffix i … p with the clean keys/values of positions < i held fixed. Tokens are taken
   in chunks [a, b): the clean KV cache is cut at a, the graph is built on the suffix a … p only, and the
@@ -22,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .errors import HetaInputError, MemoryBudgetError
+from .head_curvature import HeadCurvature, clean_head_curvature, target_log_prob
 from .hf import ModelAdapter, cut_cache, new_full_cache
 from .reference import _first_layer, draw_range_finder
 
@@ -84,28 +88,36 @@ class CurvatureOperator:
 
     C is the Hessian of g = log π[target] or the Gauss–Newton matrix, with respect to the differentiated
     variable (X, or the residual entering layer L−k) on the suffix; positions < a are held at their clean
-    values through the cut KV cache.
+    values through the cut KV cache. With ``head`` (the LM head's derivatives at the clean final hidden state),
+    the graph ends at that hidden state and the head's part is one ``[d, d]`` product per direction.
     """
 
     def __init__(self, adapter: ModelAdapter, X: Tensor, point: Tensor, target_id: int, curvature: str,
-                 *, start: int = 0, cache=None, layer: int | None = None):
+                 *, start: int = 0, cache=None, layer: int | None = None, head: HeadCurvature | None = None):
+        if curvature not in ("hessian", "gauss_newton"):
+            raise HetaInputError(f"unknown curvature {curvature!r}")
         self.adapter = adapter
         self.curvature = curvature
         self.x = point[start:].detach().clone().requires_grad_(True)
         past = cut_cache(cache, start) if start > 0 else None
         swap = None if layer is None else (layer, self.x)
         x_in = X[start:] if layer is not None else self.x
-        z = adapter.forward(x_in, past_key_values=past, replace_layer_input=swap).logits[0, -1]
+        with adapter.head_input() as seen:
+            z = adapter.forward(x_in, past_key_values=past, replace_layer_input=swap).logits[0, -1]
+        self.head = head if seen else None
+        # Differentiate from the final hidden state h (head in closed form) or from the logits z (autograd).
+        out = seen[-1][0, -1] if self.head is not None else z
         if curvature == "hessian":
-            g = torch.log_softmax(z, -1)[target_id]
+            g = torch.log_softmax(z.float(), -1)[target_id]
+            if self.head is not None:
+                g = target_log_prob(out, g, self.head)
             (self.grad,) = torch.autograd.grad(g, self.x, create_graph=True)
-        elif curvature == "gauss_newton":
-            self.z = z
-            self.pi = torch.softmax(z.detach(), -1)
-            self.u0 = torch.zeros_like(z, requires_grad=True)
-            (self.jt,) = torch.autograd.grad(z, self.x, self.u0, create_graph=True)
         else:
-            raise HetaInputError(f"unknown curvature {curvature!r}")
+            # G = Jᵀ C J with J = ∂out/∂x; C is the head's Fisher matrix (h) or diag π − π πᵀ (z).
+            self.out = out
+            self.pi = torch.softmax(z.detach().float(), -1).to(z.dtype)
+            self.u0 = torch.zeros_like(out, requires_grad=True)
+            (self.jt,) = torch.autograd.grad(out, self.x, self.u0, create_graph=True)
 
     def __call__(self, V: Tensor) -> Tensor:
         step = cpu_slice(V.shape[1]) if V.device.type == "cpu" else V.shape[0]
@@ -116,21 +128,26 @@ class CurvatureOperator:
     def _apply(self, V: Tensor) -> Tensor:
         if self.curvature == "hessian":
             return batched_vjp(self.grad, self.x, V)
-        # Gauss–Newton: J V (double-vjp trick), then (diag π − ππᵀ) and Jᵀ, all batched.
+        # Gauss–Newton: J V (double-vjp trick), then the head's curvature C and Jᵀ, all batched.
         JV = batched_vjp(self.jt, self.u0, V)
-        W = self.pi * JV - self.pi * (JV @ self.pi)[:, None]
-        return batched_vjp(self.z, self.x, W)
+        if self.head is not None:
+            W = (JV.to(self.head.fisher.dtype) @ self.head.fisher).to(JV.dtype)
+        else:
+            W = self.pi * JV - self.pi * (JV @ self.pi)[:, None]
+        return batched_vjp(self.out, self.x, W)
 
 
-def _clean_state(adapter: ModelAdapter, ids: Tensor, layers: int | None):
-    """X, the differentiated point (X or the residual at L−k), its layer index, and the clean KV cache."""
+def _clean_state(adapter: ModelAdapter, ids: Tensor, layers: int | None, target_id: int):
+    """X, the differentiated point (X or the residual at L−k), its layer index, the clean KV cache, and the
+    LM head's derivatives at the clean final hidden state (None where the fused head cannot stand in)."""
     X = adapter.embed(ids).detach()
     layer = None if layers is None else _first_layer(adapter, layers)
     cache = new_full_cache()
-    with torch.no_grad(), adapter.record(layer_inputs=layer is not None) as rec:
-        adapter.forward(X, past_key_values=cache)
+    with torch.no_grad(), adapter.record(layer_inputs=layer is not None) as rec, adapter.head_input() as seen:
+        logits = adapter.forward(X, past_key_values=cache).logits[0, -1]
     point = X if layer is None else rec.layer_inputs[layer].detach()
-    return X, point, layer, cache
+    head = clean_head_curvature(adapter, seen[-1][0, -1], logits, target_id) if seen else None
+    return X, point, layer, cache, head
 
 
 def token_chunk(t: int, m: int, batch: int) -> int:
@@ -165,7 +182,7 @@ def sensitivity_batched(
     """
     t = ids.numel()
     batch = probe_batch_size(adapter, t, t, max_memory, layers)  # fail before any forward if it cannot fit
-    X, point, layer, cache = _clean_state(adapter, ids, layers)
+    X, point, layer, cache, head = _clean_state(adapter, ids, layers, target_id)
     d = point.shape[1]
     if probes.ndim != 3 or probes.shape[0] != t or probes.shape[2] != d:
         raise HetaInputError(f"probes must have shape [t={t}, m, d={d}], got {tuple(probes.shape)}")
@@ -178,7 +195,8 @@ def sensitivity_batched(
         chunk = token_chunk(t, m, batch)
         for a in range(0, t, chunk):
             b = min(a + chunk, t)
-            op = CurvatureOperator(adapter, X, point, target_id, curvature, start=a, cache=cache, layer=layer)
+            op = CurvatureOperator(adapter, X, point, target_id, curvature, start=a, cache=cache, layer=layer,
+                                   head=head)
             s = t - a
             pairs = [(i, k) for i in range(a, b) for k in range(m)]  # (i, k) order, as the probes were drawn
             for lo in range(0, len(pairs), batch):
@@ -198,7 +216,7 @@ def sensitivity_batched(
         raise HetaInputError(f"unknown hessian mode {hessian!r}")
 
     # Randomized range finder (Halko et al.): Y = C Ω, Q = orth(Y), B = Qᵀ C Q, C ≈ Q B Qᵀ.
-    op = CurvatureOperator(adapter, X, point, target_id, curvature, layer=layer)
+    op = CurvatureOperator(adapter, X, point, target_id, curvature, layer=layer, head=head)
 
     def apply_all(directions: Tensor) -> Tensor:  # [N, t, d] -> [N, t, d]
         out = []

@@ -73,6 +73,17 @@ def test_sensitivity(pair, kw, max_memory, slice_rows, monkeypatch):
     assert rel_err(S, S_ref) < (1e-3 if "rank" in kw else 1e-4)
 
 
+@pytest.mark.parametrize("kw", [{}, {"curvature": "gauss_newton"}], ids=["exact", "gauss_newton"])
+def test_sensitivity_autograd_head(pair, kw, monkeypatch):
+    """S where the LM head's closed form cannot stand in (autograd through the head) also matches."""
+    _, fast, ref = pair
+    monkeypatch.setattr(hvp, "clean_head_curvature", lambda *a: None)
+    ids = random_ids(T)
+    probes = reference.draw_probes(T, 2, fast.hidden_size, seed=4)
+    S = sensitivity_batched(fast, ids, 7, probes=probes.float(), **kw)
+    assert rel_err(S, reference.sensitivity(ref, ids, 7, probes=probes, **kw)) < 1e-4
+
+
 @pytest.mark.parametrize("mask", ["zero", "mean", "token"])
 @pytest.mark.parametrize("chunk", [1, 4, T], ids=["chunk1", "chunk4", "one_chunk"])
 def test_information(pair, mask, chunk):
