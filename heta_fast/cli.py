@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .errors import HetaError, HetaInputError
-from .options import PRESETS, cli_layers, layers_arg, sink_token_arg
+from .options import PRESETS, layers_arg, overrides_from_args, sink_token_arg
 
 
 def _target(value: str | None):
@@ -81,17 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(args) -> dict:
-    names = ["num_probes", "seed", "rollout", "hessian", "rank", "curvature", "layers", "mask", "mask_token_id",
-             "normalize", "beta", "gamma", "window", "overlap", "sink_token", "engine"]
-    out = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-    if "layers" in out:
-        out["layers"] = cli_layers(out["layers"])
-    if args.components:
-        out["components"] = tuple(c.strip() for c in args.components.split(",") if c.strip())
-    return out
-
-
 def _print_result(res, args) -> None:
     from .result import AttributionSequence
 
@@ -130,10 +119,10 @@ def _attribute_command(args) -> int:
         from .profiling import profile_attribution
 
         prof = profile_attribution(attributor, args.text, _target(args.target), trace=args.profile_trace,
-                                   generate=args.generate, **_overrides(args))
+                                   generate=args.generate, **overrides_from_args(args))
         res = prof.result
     else:
-        res = attributor.attribute(args.text, _target(args.target), generate=args.generate, **_overrides(args))
+        res = attributor.attribute(args.text, _target(args.target), generate=args.generate, **overrides_from_args(args))
     _print_result(res, args)
     if prof is not None:
         print(prof.summary())

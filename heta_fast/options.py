@@ -153,6 +153,22 @@ def cli_layers(value: int | str) -> int | str | None:
     return None if value == "all" else value
 
 
+def overrides_from_args(args) -> dict:
+    """The :class:`HetaOptions` fields given on a parsed command line (flags left out are absent).
+
+    ``--layers all`` becomes None and ``--components M,I`` a tuple; every front end (``heta-fast explain``,
+    ``heta-fast batch``) reads its options through this one function.
+    """
+    names = {f.name for f in dataclasses.fields(HetaOptions)} - {"components", "extra"}
+    out = {n: getattr(args, n) for n in sorted(names) if getattr(args, n, None) is not None}
+    if "layers" in out:
+        out["layers"] = cli_layers(out["layers"])
+    components = getattr(args, "components", None)
+    if components:
+        out["components"] = tuple(c.strip() for c in components.split(",") if c.strip())
+    return out
+
+
 def sink_token_arg(value: str) -> int | str:
     """Command-line form of ``sink_token``: ``auto`` or a token id (argparse ``type=``)."""
     if value == "auto":

@@ -8,6 +8,7 @@ import torch
 
 from heta_fast import Attribution, AttributionSequence, Attributor, HetaInputError, NumericalError, cli
 from heta_fast.errors import UnsupportedModelError
+from heta_fast.options import overrides_from_args
 from heta_fast.testing import CharTokenizer, random_ids, rel_err, tiny_model
 
 
@@ -340,7 +341,10 @@ def test_cli_layers_flag():
     parser = cli.build_parser()
     for flag, expected in (("all", None), ("auto", "auto"), ("3", 3)):
         args = parser.parse_args(["attribute", "x", "--layers", flag])
-        assert cli._overrides(args)["layers"] == expected
-    assert "layers" not in cli._overrides(parser.parse_args(["attribute", "x"]))
+        assert overrides_from_args(args)["layers"] == expected
+    assert "layers" not in overrides_from_args(parser.parse_args(["attribute", "x"]))
+    args = parser.parse_args(["attribute", "x", "--num-probes", "3", "--components", "M, I", "--top", "4",
+                              "--sink-token", "5", "--json", "out.json"])
+    assert overrides_from_args(args) == {"num_probes": 3, "components": ("M", "I"), "sink_token": 5}
     with pytest.raises(SystemExit):
         parser.parse_args(["attribute", "x", "--layers", "many"])

@@ -8,11 +8,10 @@ Also runnable as ``python -m heta_fast.batch IN OUT ...``, which is what ``torch
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from ..errors import HetaError
-from ..options import PRESETS, HetaOptions, cli_layers, layers_arg, sink_token_arg
+from ..options import PRESETS, layers_arg, overrides_from_args, sink_token_arg
 from ..testing import CharTokenizer
 
 # Option flags exactly as ``heta-fast attribute`` spells them (dest = the HetaOptions field).
@@ -88,18 +87,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return _configure(p)
 
 
-def _overrides(args) -> dict:
-    names = {f.name for f in dataclasses.fields(HetaOptions)}
-    out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None and n != "components"}
-    if "layers" in out:
-        out["layers"] = cli_layers(out["layers"])
-    if args.components:
-        out["components"] = tuple(c.strip() for c in args.components.split(",") if c.strip())
-    return out
-
-
-
-
 def make_factory(args):
     """``factory(device) -> Attributor`` for the model and options on the command line."""
     import torch
@@ -108,7 +95,7 @@ def make_factory(args):
     from ..options import options_from_preset
 
     dtype = getattr(torch, args.dtype)
-    overrides = _overrides(args)
+    overrides = overrides_from_args(args)
 
     def factory(device):
         if args.tiny_model:
