@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .errors import UnsupportedModelError
+from .kl_reference import head_logits
 
 # Rows of the output table per block when forming F: bounds the temporary to ≈ 8192·d floats.
 VOCAB_BLOCK = 8192
@@ -81,9 +82,7 @@ def clean_head_curvature(adapter, h: Tensor, model_logits: Tensor, target: int) 
     except UnsupportedModelError:
         return None
     with torch.no_grad():
-        z = torch.nn.functional.linear(h, weight, bias)
-        if softcap:
-            z = softcap * torch.tanh(z / softcap)
+        z = head_logits(h[None], weight, bias, softcap)[0]
         ref = model_logits.float()
         if z.shape != ref.shape or not torch.allclose(z.float(), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max())):
             return None

@@ -115,7 +115,8 @@ class CurvatureOperator:
         else:
             # G = Jᵀ C J with J = ∂out/∂x; C is the head's Fisher matrix (h) or diag π − π πᵀ (z).
             self.out = out
-            self.pi = torch.softmax(z.detach().float(), -1).to(z.dtype)
+            if self.head is None:
+                self.pi = torch.softmax(z.detach().float(), -1).to(z.dtype)
             self.u0 = torch.zeros_like(out, requires_grad=True)
             (self.jt,) = torch.autograd.grad(out, self.x, self.u0, create_graph=True)
 

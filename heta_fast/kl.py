@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .errors import MemoryBudgetError, NumericalError, UnsupportedModelError
 from .hf import ModelAdapter, cache_kwargs, cut_cache, new_full_cache
+from .kl_reference import head_logits
 
 
 def mask_chunk_size(adapter: ModelAdapter, t: int, max_memory: int) -> int:
@@ -92,9 +93,7 @@ def information_multi(
         h_clean = out.last_hidden_state[0, ps]  # [T, d]
         # The fused head must reproduce the model's own logits, or the KL would silently be wrong.
         model_logits = adapter.last_logits(X)
-        z = torch.nn.functional.linear(h_clean, weight, bias)
-        if softcap:
-            z = softcap * torch.tanh(z / softcap)
+        z = head_logits(h_clean, weight, bias, softcap)
         if not torch.isfinite(model_logits).all():
             raise NumericalError("the model produced non-finite logits (NaN/Inf); check its weights and dtype")
         z_last = z[predict_at.index(n - 1)]

@@ -53,7 +53,8 @@ def check_kl_args(
         raise ValueError(f"kl_from_hidden: softcap must be finite (0 disables it), got {softcap!r}")
 
 
-def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, softcap: float) -> Tensor:
+def head_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, softcap: float) -> Tensor:
+    """The LM head on final hidden states ``[R, d]``: ``s(h Wᵀ + b)``, s the final logit soft-cap (0: none)."""
     z = hidden @ weight.T if bias is None else torch.addmm(bias, hidden, weight.T)
     if softcap > 0:
         # Gemma-2 final logit soft-capping.
@@ -83,7 +84,7 @@ def kl_from_hidden_ref(
         Tensor: float32 KL divergences, shape `[R]`.
     """
     h, w, lp = hidden.double(), weight.double(), base_logp.double()
-    z = _logits(h, w, None if bias is None else bias.double(), float(softcap))
+    z = head_logits(h, w, None if bias is None else bias.double(), float(softcap))
     pi = lp.exp()
     # xlogy-style convention: entries with π = 0 contribute 0 (not 0·(−inf) = NaN).
     terms = torch.where(pi > 0, pi * (lp - torch.log_softmax(z, dim=-1)), torch.zeros_like(z))
@@ -138,7 +139,7 @@ def kl_from_hidden_chunked(
     for v0 in range(0, V, block_size):
         v1 = min(v0 + block_size, V)
         b = None if bias is None else bias[v0:v1].float()
-        z = _logits(h, weight[v0:v1].float(), b, float(softcap))  # [R, Bv]
+        z = head_logits(h, weight[v0:v1].float(), b, float(softcap))  # [R, Bv]
         pib = pi[v0:v1]
         bmax = z.amax(dim=1)
         m_new = torch.maximum(m, bmax)

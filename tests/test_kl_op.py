@@ -103,7 +103,7 @@ def test_extreme_scales(backend, scale):
 @pytest.mark.parametrize("softcap", [0.0, 5.0])
 def test_zero_when_hidden_reproduces_clean_logits(backend, softcap):
     hidden, weight, _, bias = make_inputs(5, 59, 1271, bias=True)
-    clean = kl_reference._logits(hidden[2:3], weight, bias, softcap)[0]
+    clean = kl_reference.head_logits(hidden[2:3], weight, bias, softcap)[0]
     base_logp = torch.log_softmax(clean, dim=-1)
     hidden[4] = hidden[2]
     out = ops.kl_from_hidden(hidden, weight, base_logp, bias=bias, softcap=softcap, block_size=100, backend=backend)
