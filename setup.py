@@ -18,7 +18,7 @@ import os
 from glob import glob
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 SKIP_EXT = os.getenv("HETA_FAST_SKIP_EXT", "0") == "1"
@@ -51,7 +51,7 @@ def get_extensions() -> list:
 
     # No -std flag on purpose: BuildExtension appends the standard torch's own headers need
     # (-std=c++17 for older torch, -std=c++20 from torch 2.10 on; forcing c++17 against torch 2.13
-    # headers already warns). Our sources are C++17-clean: tests/test_cuda_compile.py compiles the
+    # headers already warns). Our sources are C++17-clean: tests/build/test_cuda_compile.py compiles the
     # torch-free kernels with nvcc -std=c++17.
     cxx = ["-O0", "-g"] if DEBUG else ["-O3"]
     if NATIVE:
@@ -83,7 +83,8 @@ setup(
     # Metadata lives in pyproject.toml; the layout lives here because of the kernels/ mapping:
     # the top-level folder kernels/ is installed as heta_fast.kernels and never as `kernels`
     # (that import name belongs to huggingface/kernels, which transformers probes).
-    packages=["heta_fast", "heta_fast.kernels"],
+    # Every subpackage (gate, curvature, information, hf, service, batch, ...) plus the mapped kernels.
+    packages=find_packages(include=["heta_fast", "heta_fast.*"]) + ["heta_fast.kernels"],
     package_dir={"heta_fast": "heta_fast", "heta_fast.kernels": "kernels"},
     package_data={"heta_fast": ["py.typed"]},
     ext_modules=get_extensions(),

@@ -24,17 +24,17 @@ def child(args) -> None:
     import torch
     from utils import bench_model, measure
 
-    from heta_fast import reference
     from heta_fast.cpu_allocator import malloc_tuning_status, tune_malloc_for_tensors
+    from heta_fast.curvature.batched import sensitivity_batched
     from heta_fast.hf import ModelAdapter
-    from heta_fast.hvp import sensitivity_batched
+    from heta_fast.probes import draw_probes
 
     tune_malloc_for_tensors()
     torch.set_num_threads(args.threads)
     model, context_ids, _ = bench_model("default", "cpu")
     adapter = ModelAdapter(model)
     ids = context_ids(args.t + 1)
-    probes = reference.draw_probes(args.t, 10, adapter.hidden_size, seed=0).float()
+    probes = draw_probes(args.t, 10, adapter.hidden_size, seed=0).float()
     kw = dict(hessian="lowrank", rank=64) if args.provider == "lowrank-64" else {}
     secs, peak, _ = measure(lambda: sensitivity_batched(adapter, ids[:-1], int(ids[-1]), probes=probes, **kw))
     print(json.dumps({"seconds": secs, "peak_mib": peak, "tuning": malloc_tuning_status()}))

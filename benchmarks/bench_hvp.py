@@ -33,11 +33,12 @@ from unittest import mock
 import torch
 from utils import MODEL_CHOICES, append_csv, bench_model, machine, measure
 
-from heta_fast import hvp, reference
 from heta_fast.cpu_allocator import malloc_tuning_status, tune_malloc_for_tensors
+from heta_fast.curvature import batched as curvature_batched
+from heta_fast.curvature.batched import sensitivity_batched
 from heta_fast.evaluation.metrics import spearman
 from heta_fast.hf import ModelAdapter
-from heta_fast.hvp import sensitivity_batched
+from heta_fast.probes import draw_probes
 
 
 def published_loop(adapter, ids, target, probes, pairs, layers=None):
@@ -52,7 +53,7 @@ def published_loop(adapter, ids, target, probes, pairs, layers=None):
         x = X.clone().requires_grad_(True)
         logits = adapter.forward(x, keep_last=False).logits[0]
     else:  # the residual entering layer L−k, as heta_fast's layers=k
-        layer = reference._first_layer(adapter, layers)
+        layer = adapter.first_layer(layers)
         with torch.no_grad(), adapter.record(layer_inputs=True) as rec:
             adapter.forward(X)
         x = rec.layer_inputs[layer].detach().clone().requires_grad_(True)
@@ -105,7 +106,7 @@ def main():
     for t in args.contexts:
         ids = context_ids(t + 1).to(args.device)
         ctx, target = ids[:t], int(ids[t])
-        probes = reference.draw_probes(t, m, adapter.hidden_size, seed=0).float()
+        probes = draw_probes(t, m, adapter.hidden_size, seed=0).float()
         step = max(1, (t * m) // args.loop_sample)
         pairs = [(j // m, j % m) for j in range(0, t * m, step)][: args.loop_sample]
         _, loop_peak, (graph_s, before, _) = measure(lambda: published_loop(adapter, ctx, target, probes, pairs[0::2],
@@ -114,9 +115,9 @@ def main():
         exact = None
         if t <= args.skip_exact_above and "exact" in args.providers:
             secs, peak, exact = measure(lambda: sensitivity_batched(adapter, ctx, target, probes=probes, **budget))
-            res["exact"] = (secs, peak, 1.0, "")  # equality with the loop is a test (test_fast_vs_reference)
+            res["exact"] = (secs, peak, 1.0, "")  # equality with the loop is a test (tests/curvature/test_fast_vs_reference.py)
         if "exact-autograd-head" in args.providers:
-            with mock.patch.object(hvp, "clean_head_curvature", lambda *a: None):
+            with mock.patch.object(curvature_batched, "clean_head_curvature", lambda *a: None):
                 secs, peak, S = measure(lambda: sensitivity_batched(adapter, ctx, target, probes=probes, **budget))
             res["exact-autograd-head"] = (secs, peak, spearman(S.cpu(), exact.cpu()) if exact is not None
                                           else float("nan"), "LM head through autograd")

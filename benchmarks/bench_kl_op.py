@@ -26,7 +26,8 @@ import torch
 import torch.utils.benchmark as tbench
 
 import heta_fast
-from heta_fast import _ext, kl_reference, ops
+from heta_fast import _ext
+from heta_fast.information import kl_op, kl_op_reference
 
 RESULTS = Path(os.environ.get("HETA_BENCH_RESULTS", Path(__file__).resolve().parent / "results")) / "kl_op.csv"
 FIELDS = [
@@ -49,11 +50,11 @@ def setup_kl_op(R: int, d: int, V: int, block_size: int):
     weight = torch.randn(V, d, generator=g) * 0.05
     base_logp = torch.log_softmax(torch.randn(V, generator=g) * 2, dim=-1)
     fns = {
-        "torch-chunked": lambda: kl_reference.kl_from_hidden_chunked(hidden, weight, base_logp, None, 0.0, block_size),
+        "torch-chunked": lambda: kl_op_reference.kl_from_hidden_chunked(hidden, weight, base_logp, None, 0.0, block_size),
         "materialised-fp32": lambda: kl_materialised_fp32(hidden, weight, base_logp),
     }
     if _ext.has_ext():
-        fns = {"ext": lambda: ops.kl_from_hidden(hidden, weight, base_logp, block_size=block_size, backend="ext"), **fns}
+        fns = {"ext": lambda: kl_op.kl_from_hidden(hidden, weight, base_logp, block_size=block_size, backend="ext"), **fns}
     bs = min(block_size, V)
     transient = {"ext": R * bs * 4, "torch-chunked": 3 * R * bs * 4, "materialised-fp32": 3 * R * V * 4}
     return (hidden, weight, base_logp), fns, transient

@@ -23,9 +23,9 @@ import time
 import torch
 from utils import MODEL_CHOICES, append_csv, bench_model, machine, measure
 
-from heta_fast import reference
 from heta_fast.hf import ModelAdapter
-from heta_fast.kl import information_batched, mask_chunk_size
+from heta_fast.information.batched import information_batched, mask_chunk_size
+from heta_fast.information.reference import kl_divergence
 
 TEXT = (
     "The history of the river valley is long. Farmers settled along its banks thousands of years ago, "
@@ -50,7 +50,7 @@ def loop_kl(adapter, ids, mask_vec, positions, all_logits: bool):
             Xi = X.clone()
             Xi[i] = mask_vec
             logits = adapter.forward(Xi, keep_last=not all_logits).logits[0, -1]
-            out.append(reference.kl_divergence(base, torch.log_softmax(logits.double(), -1)))
+            out.append(kl_divergence(base, torch.log_softmax(logits.double(), -1)))
     return torch.stack(out)
 
 

@@ -19,6 +19,7 @@ import torch
 from utils import RESULTS_DIR, machine, peak_rss_mib
 
 from heta_fast import Attributor
+from heta_fast.engine import window_starts
 from heta_fast.options import PRESETS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "curated_qa_100.json"
@@ -55,7 +56,7 @@ def main():
     t0 = time.perf_counter()
     res = attributor.attribute(text)  # target = the last token; context = the tokens before it
     wall = time.perf_counter() - t0
-    windows = Attributor._windows(res.target_position, opts)
+    windows = window_starts(res.target_position, opts.window, opts.overlap)
     print(f"context {res.target_position} tokens, target {res.target_token!r}, {len(windows)} windows of "
           f"{opts.window} (overlap {opts.overlap})")
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.timings.items()))

@@ -18,10 +18,10 @@ import time
 import torch
 from utils import append_csv, machine
 
-from heta_fast import reference
 from heta_fast.engine import evaluate, evaluate_many
 from heta_fast.hf import ModelAdapter
 from heta_fast.options import HetaOptions
+from heta_fast.probes import draw_probes
 
 
 def load(name: str):
@@ -54,7 +54,7 @@ def main():
     targets = list(range(args.prompt_len, n))
     opts = HetaOptions(num_probes=args.num_probes)
     d = adapter.hidden_size
-    probes = [reference.draw_probes(t, opts.num_probes, d, opts.seed).float() for t in targets]
+    probes = [draw_probes(t, opts.num_probes, d, opts.seed).float() for t in targets]
     mask_vec = torch.zeros(d)
     evaluate(adapter, ids[:8], int(ids[8]), opts, probes=probes[0][:8], mask_vec=mask_vec)  # warm-up
 

@@ -33,7 +33,8 @@ except ImportError:  # plain checkout, not pip-installed
     import heta_fast
 
 from heta_fast._triton import triton_available  # noqa: E402
-from heta_fast.rollout import LayerAttention, flow_rollout, flow_rollout_ref  # noqa: E402
+from heta_fast.gate.attn_vecmat import LayerAttention  # noqa: E402
+from heta_fast.gate.rollout import flow_rollout, flow_rollout_ref  # noqa: E402
 
 CSV_PATH = Path(os.environ.get("HETA_BENCH_RESULTS", REPO_ROOT / "benchmarks" / "results")) / "rollout.csv"
 CSV_FIELDS = [

@@ -1,21 +1,22 @@
-"""The public API: :class:`Attributor` turns text or ids plus a target into :class:`Attribution` results."""
+"""The public API: :class:`Attributor` turns text or ids plus a target into :class:`Attribution` results.
+
+This module knows about text: encoding, target positions, continuations, greedy generation, token strings
+and building results. The numbers come from :class:`heta_fast.engine.Engine`.
+"""
 
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from . import reference
 from .cpu_allocator import tune_malloc_for_tensors
-from .engine import evaluate, evaluate_many
+from .engine import Engine, Explanation
 from .errors import HetaInputError, NumericalError
 from .hf import ModelAdapter
 from .options import HetaOptions, options_from_preset, resolve_layers
-from .result import Attribution, AttributionSequence
+from .result import Attribution, AttributionSequence, floats
 from .sinks import resolve_sink
 
 
@@ -25,35 +26,6 @@ class _Encoded:
     offsets: list[tuple[int, int]] | None
     text: str | None
     prompt_len: int  # number of prompt tokens
-
-
-def _progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
-
-
-class _StageBars:
-    """One progress bar per long stage (Hessian–vector products, masked KL rows), created on first use."""
-
-    LABELS = {"S": "Hessian-vector products", "I": "masked tokens (KL)"}
-
-    def __init__(self, enabled: bool, totals: dict):
-        self.enabled, self.totals, self.bars = enabled, totals, {}
-
-    def update(self, stage: str, n: int) -> None:
-        if not self.enabled:
-            return
-        if stage not in self.bars:
-            self.bars[stage] = _progress_bar(self.totals.get(stage) or 0, self.LABELS.get(stage, stage), True)
-        self.bars[stage].update(n)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        for bar in self.bars.values():
-            bar.close()
 
 
 class Attributor:
@@ -78,12 +50,20 @@ class Attributor:
         self.model = model
         self.tokenizer = tokenizer
         self.options = options or HetaOptions()
-        self.progress = progress
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
         self.adapter = ModelAdapter(model)
+        self.engine = Engine(self.adapter, progress=progress)
         if self.adapter.device.type == "cpu":
             tune_malloc_for_tensors()
-        self._reference_adapter: ModelAdapter | None = None
+
+    @property
+    def progress(self) -> bool:
+        """Whether long work shows progress bars."""
+        return self.engine.progress
+
+    @progress.setter
+    def progress(self, enabled: bool) -> None:
+        self.engine.progress = enabled
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "default", *, dtype=torch.float32, device: str = "cpu",
@@ -222,191 +202,30 @@ class Attributor:
             positions = [pos]
         if probes is not None and len(positions) != 1:
             raise HetaInputError("probes= can only be given for a single target")
-        results = AttributionSequence(self._attribute_positions(enc, positions, opts, probes))
+        explained = self.engine.explain(enc.ids, positions, opts, probes=probes)
+        results = AttributionSequence(self._build(enc, t, opts, ex) for t, ex in zip(positions, explained, strict=True))
         return results[0] if len(positions) == 1 and not isinstance(target, str) and generate is None else results
 
     # ---------------------------------------------------------------------------------- internals
-    def _adapter_for(self, opts: HetaOptions) -> ModelAdapter:
-        if opts.engine == "fast":
-            return self.adapter
-        if self._reference_adapter is None:
-            self._reference_adapter = ModelAdapter(copy.deepcopy(self.model).to(torch.float64))
-        return self._reference_adapter
-
-    def _attribute_positions(self, enc: _Encoded, positions: list[int], opts: HetaOptions,
-                             probes: Tensor | None) -> list[Attribution]:
-        adapter = self._adapter_for(opts)
-        ids = enc.ids
-        # With a sink token every run sees [sink] + tokens; `lead` shifts positions into that sequence.
-        lead = ids.new_tensor([] if opts.sink_token is None else [opts.sink_token])
-        t_start = time.perf_counter()
-        mask_vec = None
-        if "I" in opts.components:
-            mask_vec = reference.mask_vector(adapter, ids, opts.mask, opts.mask_token_id).detach()
-        # One forward gives every target's log-probability (logits only at the positions asked for).
-        with torch.no_grad():
-            X = adapter.embed(torch.cat([lead, ids[: max(positions)]]))
-            rows = torch.tensor([t - 1 + lead.numel() for t in positions], device=ids.device)
-            logits = adapter.forward(X, keep=rows).logits[0]
-        if not torch.isfinite(logits).all():
-            raise NumericalError("the model produced non-finite logits (NaN/Inf); check its weights and dtype")
-        logp = torch.log_softmax(logits.double(), -1)
-        target_logprobs = [float(logp[k, int(ids[t])]) for k, t in enumerate(positions)]
-        setup = time.perf_counter() - t_start
-
-        shared = len(positions) > 1 and opts.engine == "fast" and (opts.window is None or max(positions) <= opts.window)
-        if shared:  # several targets of one text: gate and KL share their forwards (engine.evaluate_many)
-            d, k = adapter.hidden_size, lead.numel()
-            comps = evaluate_many(adapter, torch.cat([lead, ids]), [t + k for t in positions], opts, mask_vec=mask_vec,
-                                  probes=[_window_probes(self._context_probes(None, opts, d, t), 0, t, k > 0)
-                                          for t in positions])
-            parts = [(*_drop_lead(c.M, c.S, c.I, k), dict(c.timings)) for c in comps]
-        else:
-            parts = []
-            bar = _progress_bar(len(positions), "targets", self.progress and len(positions) > 1)
-            for t in positions:
-                parts.append(self._windowed_components(adapter, ids, t, opts, probes, mask_vec, lead))
-                bar.update(1)
-            bar.close()
-        out = []
-        for t, logprob, (M, S, I, sink_mass, timings) in zip(positions, target_logprobs, parts, strict=True):
-            timings["total"] = sum(timings.values()) + setup / len(positions)
-            out.append(self._build(enc, t, opts, M, S, I, timings, logprob, sink_mass))
-        return out
-
-    def _windowed_components(self, adapter: ModelAdapter, ids: Tensor, t: int, opts: HetaOptions,
-                             probes: Tensor | None, mask_vec: Tensor | None, lead: Tensor):
-        """M, S, I ``[t]`` for target position t: one window, or the averages over windows (SPEC §4).
-
-        ``lead`` is the sink token (empty without one): each window is run as lead + its tokens and the
-        lead is dropped from it again.
-        Returns ``(M, S, I, sink gate mass averaged over windows or None, timings)``.
-        """
-        ctx = ids[:t]
-        sink_masses: list[float] = []
-        target_id = int(ids[t])
-        timings: dict[str, float] = {}
-        windows = self._windows(t, opts)
-        d = adapter.hidden_size
-        sums: dict[str, Tensor] = {}
-        counts = torch.zeros(t, dtype=torch.float64)
-        full_probes = self._context_probes(probes, opts, d, t)  # drawn once, sliced per window
-        bar = _progress_bar(len(windows), "windows", self.progress and len(windows) > 1)
-        for start in windows:
-            w_ids = ctx[start : start + (opts.window or t)]
-            w_len = w_ids.numel()
-            w_probes = _window_probes(full_probes, start, w_len, sink=lead.numel() > 0)
-            n_run = w_len + lead.numel()
-            with _StageBars(self.progress, totals={"S": n_run * opts.num_probes if opts.hessian == "exact" else None,
-                                                    "I": n_run}) as bars:
-                comp = evaluate(adapter, torch.cat([lead, w_ids]), target_id, opts, probes=w_probes,
-                                mask_vec=mask_vec, progress=bars.update)
-            for k, v in comp.timings.items():
-                timings[k] = timings.get(k, 0.0) + v
-            *window_comps, sink_mass = _drop_lead(comp.M, comp.S, comp.I, lead.numel())
-            if sink_mass is not None:
-                sink_masses.append(sink_mass)
-            for name, val in zip(("M", "S", "I"), window_comps, strict=True):
-                if val is not None:
-                    acc = sums.setdefault(name, torch.zeros(t, dtype=torch.float64))
-                    acc[start : start + w_len] += val.detach().double().cpu()
-            counts[start : start + w_len] += 1
-            bar.update(1)
-        bar.close()
-        M = S = I = None
-        if "M" in sums:
-            M = sums["M"] / counts
-            M = M / M.sum()  # windows each sum to 1; re-normalise the average (SPEC §4)
-        if "S" in sums:
-            S = sums["S"] / counts
-        if "I" in sums:
-            I = sums["I"] / counts
-        sink_mass = sum(sink_masses) / len(sink_masses) if sink_masses else None
-        return M, S, I, sink_mass, timings
-
-    def _build(self, enc: _Encoded, t: int, opts: HetaOptions, M, S, I, timings: dict,
-               target_logprob: float, sink_gate_mass: float | None = None) -> Attribution:
-        M, S, I = (None if v is None else v.detach().double().cpu() for v in (M, S, I))
-        for name, val in (("M", M), ("S", S), ("I", I)):
-            if val is not None and not torch.isfinite(val).all():
-                raise NumericalError(f"component {name} has non-finite values; check the model's weights and dtype")
-        scores = reference.combine(M, S, I, opts.beta, opts.gamma, opts.normalize)
-
-        def floats(v):
-            return None if v is None else [float(x) for x in v.tolist()]
-
+    def _build(self, enc: _Encoded, t: int, opts: HetaOptions, ex: Explanation) -> Attribution:
         return Attribution(
             tokens=[self._token_text(enc, i) for i in range(t)],
             token_ids=[int(x) for x in enc.ids[:t].tolist()],
             target_position=t,
             target_id=int(enc.ids[t]),
             target_token=self._token_text(enc, t),
-            scores=floats(scores),
-            M=floats(M),
-            S=floats(S),
-            I=floats(I),
+            scores=floats(ex.scores),
+            M=floats(ex.M),
+            S=floats(ex.S),
+            I=floats(ex.I),
             offsets=enc.offsets[:t] if enc.offsets is not None else None,
             text=enc.text,
-            target_logprob=target_logprob,
+            target_logprob=ex.target_logprob,
             options=opts.to_dict(),
-            timings=timings,
+            timings=ex.timings,
             model=self.name,
-            sink_gate_mass=sink_gate_mass,
+            sink_gate_mass=ex.sink_gate_mass,
         )
-
-    @staticmethod
-    def _windows(t: int, opts: HetaOptions) -> list[int]:
-        """Window start positions: stride W(1-ρ), the last window flush with the end of the context."""
-        W = opts.window
-        if W is None or t <= W:
-            return [0]
-        stride = max(1, int(round(W * (1 - opts.overlap))))
-        starts = list(range(0, t - W + 1, stride))
-        if starts[-1] != t - W:
-            starts.append(t - W)
-        return starts
-
-    def _context_probes(self, probes: Tensor | None, opts: HetaOptions, d: int, t: int) -> Tensor | None:
-        """The probes of the whole context ``[t, m, d]``: the given ones (checked) or seeded ones; None without S."""
-        if "S" not in opts.components:
-            return None
-        if probes is None:
-            # Drawn for the whole context in (i, k) order, so a token's probes do not depend on windowing.
-            return reference.draw_probes(t, opts.num_probes, d, opts.seed)
-        full = torch.as_tensor(probes)
-        if opts.layers is None and (full.ndim != 3 or full.shape[0] != t or full.shape[2] != d):
-            raise HetaInputError(f"probes must have shape [t={t}, m, d={d}], got {tuple(full.shape)}")
-        return full
-
-
-def _window_probes(full: Tensor | None, start: int, w_len: int, sink: bool) -> Tensor | None:
-    """Rows [start, start + w_len) of the context's probes, with a zero row in front for a sink token.
-
-    A zero probe leaves the sink's S at 0 (it is dropped anyway) and the real tokens' probes are those
-    of the run without a sink, so S of a token does not depend on whether a sink is used.
-    """
-    if full is None:
-        return None
-    window = full[start : start + w_len]
-    if sink:
-        window = torch.cat([window.new_zeros((1, *window.shape[1:])), window])
-    return window
-
-
-def _drop_lead(M: Tensor | None, S: Tensor | None, I: Tensor | None, k: int):
-    """Drop the first k positions (the sink) of a window's components: ``(M, S, I, sink gate mass)``.
-
-    M is re-normalised over the remaining tokens (uniform if none of them gets gate mass, as in SPEC §1).
-    """
-    if k == 0:
-        return M, S, I, None
-    mass = None
-    if M is not None:
-        mass = float(M[:k].sum())
-        M = M[k:]
-        total = M.sum()
-        M = M / total if total > 0 else torch.full_like(M, 1.0 / M.numel())
-    return M, None if S is None else S[k:], None if I is None else I[k:], mass
 
 
 def attribute(model, tokenizer, text_or_ids, target=None, **kw):

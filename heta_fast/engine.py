@@ -1,12 +1,23 @@
-"""One HETA evaluation (one context window, one target): gate, curvature and KL, timed per stage.
+"""The attribution pipeline: token ids and target positions in, M, S, I and scores per target out.
 
-``engine='reference'`` runs the plain loops of :mod:`heta_fast.reference`; ``engine='fast'`` runs the batched
-paths (rollout kernels, batched HVPs, one-pass KL). Both take the same probes and give the same numbers
-up to floating-point error; the tests hold them to that.
+One call of :meth:`Engine.explain` does, for every target position t (its context is 0 … t−1):
+
+1. the target's log-probability (one forward for all targets);
+2. the lead: the sink token, when ``opts.sink_token`` is set, is put in front of every run;
+3. the windows of SPEC §4 (one window of the whole context when ``window`` is None or the context fits);
+4. per window, the components: gate M (:mod:`heta_fast.gate`), sensitivity S (:mod:`heta_fast.curvature`),
+   information I (:mod:`heta_fast.information`), on the fast paths or the float64 references
+   (``opts.engine``), with the context's probes sliced per window;
+5. the lead dropped again (M re-normalised, the sink's gate mass kept), per-token averages over windows;
+6. the score ``Attr = M · (β S + γ I)`` (:mod:`heta_fast.combine`).
+
+Several targets of one text that fit in one window share the gate's forward and the KL pass
+(:func:`evaluate_many`). ``api.py`` does everything around it: encoding, targets, generation, results.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,62 +25,42 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import reference
+from .combine import combine
+from .curvature import sensitivity_batched, sensitivity_reference
+from .errors import NumericalError
+from .gate import gate_fast, gate_fast_many, gate_reference
+from .gate.value_norms import normalise_gate
 from .hf import ModelAdapter
+from .information import information_batched, information_multi, information_reference, mask_vector
 from .options import HetaOptions
+from .probes import check_probes, draw_probes
+from .progress import StageBars, progress_bar
 
 
 @dataclass
 class Components:
+    """M, S, I of one run (one window, lead included), and the seconds each stage took."""
+
     M: Tensor | None
     S: Tensor | None
     I: Tensor | None
     timings: dict
 
 
-def gate_fast(adapter: ModelAdapter, ids: Tensor, rollout: str, layers: int | None) -> Tensor:
-    """M ``[t]`` for context ``ids [t]`` (prediction position t-1); see :func:`gate_fast_many`."""
-    return gate_fast_many(adapter, ids, [ids.numel() - 1], rollout, layers)[0]
+@dataclass
+class Explanation:
+    """One target's numbers over its real context (lead dropped, windows averaged), float64 on the CPU."""
+
+    M: Tensor | None
+    S: Tensor | None
+    I: Tensor | None
+    scores: Tensor
+    target_logprob: float
+    sink_gate_mass: float | None
+    timings: dict
 
 
-def gate_fast_many(adapter: ModelAdapter, ids: Tensor, predict_at: list[int], rollout: str,
-                   layers: int | None) -> list[Tensor]:
-    """M from recorded queries/keys, for one or several prediction positions of the same text.
-
-    Attention is recomputed tile by tile (never stored as n×n maps). Causal attention makes the recorded
-    q/k/v of a prefix identical to a run on that prefix alone, so one forward serves every target.
-    """
-    from .rollout import LayerAttention, chain_rollout, flow_rollout
-
-    n = max(predict_at) + 1
-    X = adapter.embed(ids[:n])
-    if rollout == "reference":
-        reference.require_full_kv_heads(adapter)
-    first = reference._first_layer(adapter, layers)
-    with torch.no_grad(), adapter.record(keep_qk=True, layer_inputs=rollout == "reference") as rec:
-        adapter.forward(X)
-    layer_list = [
-        LayerAttention(q=r.query, k=r.key, scaling=r.scaling, sliding_window=r.sliding_window, softcap=r.softcap)
-        for r in (rec.layers[j] for j in range(adapter.num_layers))
-    ]
-    with torch.no_grad():
-        nus = {}
-        for j in range(first, adapter.num_layers):
-            if rollout == "flow":
-                nus[j] = reference.value_norms(adapter, j, rec.layers[j].value).float()
-            else:
-                nus[j] = reference.raw_value_norms(adapter, j, rec.layer_inputs[j]).float()
-        out = []
-        for p in predict_at:
-            roll = flow_rollout if rollout == "flow" else chain_rollout
-            Phi = roll(layer_list, p, last_k=layers)
-            contrib = torch.zeros(p + 1, dtype=torch.float32, device=X.device)
-            for j, nu in nus.items():
-                contrib += (Phi[j, :, : p + 1].float() * nu[:, : p + 1]).sum(0)
-            out.append(reference._normalise_gate(contrib))
-    return out
-
-
+# ------------------------------------------------------------------------------------------ one run
 def evaluate(
     adapter: ModelAdapter,
     ids: Tensor,
@@ -80,7 +71,11 @@ def evaluate(
     mask_vec: Tensor | None,
     progress: Callable[[str, int], None] | None = None,
 ) -> Components:
-    """Compute the requested components for context ``ids [t]`` (prediction position t-1) and ``target_id``."""
+    """The requested components for context ``ids [t]`` (prediction position t−1) and ``target_id``.
+
+    ``opts.engine == "fast"`` runs the batched paths, ``"reference"`` the float64 loops; both take the same
+    probes and give the same numbers up to floating-point error (the tests hold them to that).
+    """
     timings: dict[str, float] = {}
     M = S = I = None
     fast = opts.engine == "fast"
@@ -90,36 +85,24 @@ def evaluate(
 
     if "M" in opts.components:
         t0 = time.perf_counter()
-        if fast:
-            M = gate_fast(adapter, ids, opts.rollout, opts.layers)
-        else:
-            M = reference.gate(adapter, ids, rollout=opts.rollout, layers=opts.layers)
+        gate = gate_fast if fast else gate_reference
+        M = gate(adapter, ids, rollout=opts.rollout, layers=opts.layers)
         timings["gate"] = time.perf_counter() - t0
     if "S" in opts.components:
         t0 = time.perf_counter()
-        kw = dict(
-            probes=probes,
-            hessian=opts.hessian,
-            rank=opts.rank,
-            curvature=opts.curvature,
-            layers=opts.layers,
-            seed=opts.seed,
-        )
+        kw = dict(probes=probes, hessian=opts.hessian, rank=opts.rank, curvature=opts.curvature,
+                  layers=opts.layers, seed=opts.seed)
         if fast:
-            from .hvp import sensitivity_batched
-
             S = sensitivity_batched(adapter, ids, target_id, max_memory=opts.max_memory, progress=tick("S"), **kw)
         else:
-            S = reference.sensitivity(adapter, ids, target_id, **kw)
+            S = sensitivity_reference(adapter, ids, target_id, **kw)
         timings["hessian"] = time.perf_counter() - t0
     if "I" in opts.components:
         t0 = time.perf_counter()
         if fast:
-            from .kl import information_batched
-
             I = information_batched(adapter, ids, mask_vec, max_memory=opts.max_memory, progress=tick("I"))
         else:
-            I = reference.information(adapter, ids, mask_vec)
+            I = information_reference(adapter, ids, mask_vec)
         timings["kl"] = time.perf_counter() - t0
     return Components(M=M, S=S, I=I, timings=timings)
 
@@ -133,7 +116,7 @@ def evaluate_many(
     probes: list[Tensor | None],
     mask_vec: Tensor | None,
 ) -> list[Components]:
-    """Several targets of one text (positions ``targets``; context of t is 0 … t-1), sharing work.
+    """Several targets of one text (positions ``targets``; context of t is 0 … t−1), sharing work.
 
     The gate shares one recorded forward, the KL term one masked pass (each masked suffix yields the
     hidden states of every later prediction position). S runs per target: its cost is the backwards.
@@ -148,10 +131,9 @@ def evaluate_many(
             slot["M"] = M
         timings["gate"] = (time.perf_counter() - t0) / len(targets)
     if "I" in opts.components:
-        from .kl import information_multi
-
         t0 = time.perf_counter()
-        for slot, I in zip(per, information_multi(adapter, ids, predict_at, mask_vec, max_memory=opts.max_memory), strict=True):
+        for slot, I in zip(per, information_multi(adapter, ids, predict_at, mask_vec, max_memory=opts.max_memory),
+                           strict=True):
             slot["I"] = I
         timings["kl"] = (time.perf_counter() - t0) / len(targets)
     out = []
@@ -164,3 +146,178 @@ def evaluate_many(
             S, own["hessian"] = comp.S, comp.timings["hessian"]
         out.append(Components(M=slot.get("M"), S=S, I=slot.get("I"), timings=own))
     return out
+
+
+# ----------------------------------------------------------------------------- windows, lead, probes
+def window_starts(t: int, window: int | None, overlap: float) -> list[int]:
+    """Window start positions (SPEC §4): stride W(1−ρ), the last window flush with the end of the context."""
+    if window is None or t <= window:
+        return [0]
+    stride = max(1, int(round(window * (1 - overlap))))
+    starts = list(range(0, t - window + 1, stride))
+    if starts[-1] != t - window:
+        starts.append(t - window)
+    return starts
+
+
+def context_probes(probes: Tensor | None, opts: HetaOptions, d: int, t: int) -> Tensor | None:
+    """The probes of the whole context ``[t, m, d]``: the given ones (checked) or seeded ones; None without S.
+
+    Drawn for the whole context in (i, k) order, so a token's probes do not depend on windowing. With
+    ``layers=k`` the differentiated rows have the model's width too, so the same check holds.
+    """
+    if "S" not in opts.components:
+        return None
+    if probes is None:
+        return draw_probes(t, opts.num_probes, d, opts.seed)
+    full = torch.as_tensor(probes)
+    check_probes(full, t, d)
+    return full
+
+
+def window_probes(full: Tensor | None, start: int, w_len: int, lead: int) -> Tensor | None:
+    """Rows [start, start + w_len) of the context's probes, with ``lead`` zero rows in front (the sink).
+
+    A zero probe leaves the sink's S at 0 (it is dropped anyway) and the real tokens' probes are those
+    of the run without a sink, so S of a token does not depend on whether a sink is used.
+    """
+    if full is None:
+        return None
+    window = full[start : start + w_len]
+    if lead:
+        window = torch.cat([window.new_zeros((lead, *window.shape[1:])), window])
+    return window
+
+
+def drop_lead(M: Tensor | None, S: Tensor | None, I: Tensor | None, k: int):
+    """Drop the first k positions (the sink) of a run's components: ``(M, S, I, sink gate mass)``.
+
+    M is re-normalised over the remaining tokens (uniform if none of them gets gate mass, as in SPEC §1).
+    """
+    if k == 0:
+        return M, S, I, None
+    mass = None
+    if M is not None:
+        mass = float(M[:k].sum())
+        M = normalise_gate(M[k:])
+    return M, None if S is None else S[k:], None if I is None else I[k:], mass
+
+
+# ---------------------------------------------------------------------------------------- the engine
+class Engine:
+    """Runs attributions on one model: the fast paths on the model itself, the references on a float64 copy.
+
+    Args:
+        adapter: the model seen through :class:`~heta_fast.hf.ModelAdapter`.
+        progress: show progress bars for long work.
+    """
+
+    def __init__(self, adapter: ModelAdapter, *, progress: bool = False):
+        self.adapter = adapter
+        self.progress = progress
+        self._reference_adapter: ModelAdapter | None = None
+
+    def adapter_for(self, opts: HetaOptions) -> ModelAdapter:
+        """The model as the engine named by ``opts.engine`` runs it (the reference: a float64 copy, made once)."""
+        if opts.engine == "fast":
+            return self.adapter
+        if self._reference_adapter is None:
+            self._reference_adapter = ModelAdapter(copy.deepcopy(self.adapter.model).to(torch.float64))
+        return self._reference_adapter
+
+    def explain(self, ids: Tensor, positions: list[int], opts: HetaOptions, *,
+                probes: Tensor | None = None) -> list[Explanation]:
+        """One :class:`Explanation` per target position of ``ids [n]`` (each 1 ≤ t ≤ n−1).
+
+        ``opts`` must be resolved (``sink_token`` an id or None, ``layers`` a number or None).
+        """
+        adapter = self.adapter_for(opts)
+        lead = ids.new_tensor([] if opts.sink_token is None else [opts.sink_token])
+        t_start = time.perf_counter()
+        mask_vec = None
+        if "I" in opts.components:
+            mask_vec = mask_vector(adapter, ids, opts.mask, opts.mask_token_id).detach()
+        # One forward gives every target's log-probability (logits only at the positions asked for).
+        with torch.no_grad():
+            X = adapter.embed(torch.cat([lead, ids[: max(positions)]]))
+            rows = torch.tensor([t - 1 + lead.numel() for t in positions], device=ids.device)
+            logits = adapter.forward(X, keep=rows).logits[0]
+        if not torch.isfinite(logits).all():
+            raise NumericalError("the model produced non-finite logits (NaN/Inf); check its weights and dtype")
+        logp = torch.log_softmax(logits.double(), -1)
+        target_logprobs = [float(logp[k, int(ids[t])]) for k, t in enumerate(positions)]
+        setup = time.perf_counter() - t_start
+
+        shared = len(positions) > 1 and opts.engine == "fast" and (opts.window is None or max(positions) <= opts.window)
+        if shared:  # several targets of one text: gate and KL share their forwards
+            d, k = adapter.hidden_size, lead.numel()
+            comps = evaluate_many(adapter, torch.cat([lead, ids]), [t + k for t in positions], opts, mask_vec=mask_vec,
+                                  probes=[window_probes(context_probes(None, opts, d, t), 0, t, k) for t in positions])
+            parts = [(*drop_lead(c.M, c.S, c.I, k), dict(c.timings)) for c in comps]
+        else:
+            parts = []
+            bar = progress_bar(len(positions), "targets", self.progress and len(positions) > 1)
+            for t in positions:
+                parts.append(self._windowed(adapter, ids, t, opts, probes, mask_vec, lead))
+                bar.update(1)
+            bar.close()
+        out = []
+        for logprob, (M, S, I, sink_mass, timings) in zip(target_logprobs, parts, strict=True):
+            timings["total"] = sum(timings.values()) + setup / len(positions)
+            out.append(_finish(M, S, I, opts, logprob, sink_mass, timings))
+        return out
+
+    def _windowed(self, adapter: ModelAdapter, ids: Tensor, t: int, opts: HetaOptions, probes: Tensor | None,
+                  mask_vec: Tensor | None, lead: Tensor):
+        """M, S, I ``[t]`` for target position t: one window, or the averages over windows (SPEC §4).
+
+        Each window runs as lead + its tokens and the lead is dropped from it again.
+        Returns ``(M, S, I, sink gate mass averaged over windows or None, timings)``.
+        """
+        ctx = ids[:t]
+        target_id = int(ids[t])
+        timings: dict[str, float] = {}
+        windows = window_starts(t, opts.window, opts.overlap)
+        full_probes = context_probes(probes, opts, adapter.hidden_size, t)  # drawn once, sliced per window
+        sums: dict[str, Tensor] = {}
+        counts = torch.zeros(t, dtype=torch.float64)
+        sink_masses: list[float] = []
+        bar = progress_bar(len(windows), "windows", self.progress and len(windows) > 1)
+        for start in windows:
+            w_ids = ctx[start : start + (opts.window or t)]
+            w_len = w_ids.numel()
+            n_run = w_len + lead.numel()
+            totals = {"S": n_run * opts.num_probes if opts.hessian == "exact" else None, "I": n_run}
+            with StageBars(self.progress, totals=totals) as bars:
+                comp = evaluate(adapter, torch.cat([lead, w_ids]), target_id, opts,
+                                probes=window_probes(full_probes, start, w_len, lead.numel()),
+                                mask_vec=mask_vec, progress=bars.update)
+            for k, v in comp.timings.items():
+                timings[k] = timings.get(k, 0.0) + v
+            *window_comps, sink_mass = drop_lead(comp.M, comp.S, comp.I, lead.numel())
+            if sink_mass is not None:
+                sink_masses.append(sink_mass)
+            for name, val in zip(("M", "S", "I"), window_comps, strict=True):
+                if val is not None:
+                    acc = sums.setdefault(name, torch.zeros(t, dtype=torch.float64))
+                    acc[start : start + w_len] += val.detach().double().cpu()
+            counts[start : start + w_len] += 1
+            bar.update(1)
+        bar.close()
+        avg = {name: acc / counts for name, acc in sums.items()}
+        if "M" in avg:
+            avg["M"] = normalise_gate(avg["M"])  # windows each sum to 1; re-normalise the average (SPEC §4)
+        sink_mass = sum(sink_masses) / len(sink_masses) if sink_masses else None
+        return avg.get("M"), avg.get("S"), avg.get("I"), sink_mass, timings
+
+
+def _finish(M, S, I, opts: HetaOptions, target_logprob: float, sink_gate_mass: float | None,
+            timings: dict) -> Explanation:
+    """Float64 CPU components, checked finite, and their combined score."""
+    M, S, I = (None if v is None else v.detach().double().cpu() for v in (M, S, I))
+    for name, val in (("M", M), ("S", S), ("I", I)):
+        if val is not None and not torch.isfinite(val).all():
+            raise NumericalError(f"component {name} has non-finite values; check the model's weights and dtype")
+    scores = combine(M, S, I, opts.beta, opts.gamma, opts.normalize)
+    return Explanation(M=M, S=S, I=I, scores=scores, target_logprob=target_logprob,
+                       sink_gate_mass=sink_gate_mass, timings=timings)

@@ -9,7 +9,7 @@ import platform
 def report() -> dict:
     import torch
 
-    from . import __version__, _ext, _triton
+    from . import __version__, _ext, _triton, backends
     from .cpu_allocator import malloc_tuning_status, tune_malloc_for_tensors
 
     tune_malloc_for_tensors()
@@ -31,6 +31,9 @@ def report() -> dict:
         "triton_unavailable_reason": _triton.triton_unavailable_reason(),
         "cpu_malloc_tuning": malloc_tuning_status(),  # what an Attributor on the CPU gets
     }
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for op in ("attn_vecmat", "kl_from_hidden"):  # what backend="auto" picks, per device
+        info[f"backend_{op}"] = {dev: _auto_backend(backends, op, dev) for dev in devices}
     try:
         import transformers
 
@@ -40,6 +43,13 @@ def report() -> dict:
     env = {k: v for k, v in os.environ.items() if k.startswith(("HETA_FAST_", "MALLOC_")) or k in ("TRITON_INTERPRET", "MAX_JOBS")}
     info["env"] = env
     return info
+
+
+def _auto_backend(backends, op: str, device: str) -> str:
+    try:
+        return backends.resolve(op, "auto", device)
+    except RuntimeError as exc:  # an explicit HETA_FAST_BACKEND that cannot run here
+        return f"error: {exc}"
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import torch
 _STATUS = "/proc/self/status"
 
 
-def _status_kib(key: str) -> int | None:
+def status_kib(key: str) -> int | None:
     """A ``kB`` field of ``/proc/self/status`` (VmRSS, VmHWM) in KiB, or None off Linux."""
     try:
         with open(_STATUS) as f:
@@ -34,7 +34,7 @@ def _status_kib(key: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _reset_hwm() -> bool:
+def reset_peak_rss() -> bool:
     """Reset the process's peak-RSS mark to its current RSS (Linux ``clear_refs`` value 5)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -78,8 +78,8 @@ def track(device: torch.device | str | None = None):
     if cuda:
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-    watch.hwm_reset = _reset_hwm()
-    rss = _status_kib("VmRSS")
+    watch.hwm_reset = reset_peak_rss()
+    rss = status_kib("VmRSS")
     watch.rss_before_bytes = rss * 1024 if rss is not None else None
     t0 = time.perf_counter()
     try:
@@ -89,7 +89,7 @@ def track(device: torch.device | str | None = None):
             torch.cuda.synchronize(dev)
             watch.cuda_peak_bytes = torch.cuda.max_memory_allocated(dev)
         watch.wall_s = time.perf_counter() - t0
-        hwm = _status_kib("VmHWM")
+        hwm = status_kib("VmHWM")
         watch.peak_rss_bytes = hwm * 1024 if hwm is not None else None
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 SCHEMA_VERSION = "1.1"  # 1.1: sink_gate_mass
 
 
-def _floats(x) -> list[float] | None:
+def floats(x) -> list[float] | None:
+    """A tensor or sequence as a list of Python floats (None stays None): the form results store."""
     if x is None:
         return None
     return [float(v) for v in x.detach().cpu().double().tolist()] if hasattr(x, "detach") else [float(v) for v in x]

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .models import TINY_ARCHS, tiny_model
 
-__all__ = ["TINY_ARCHS", "tiny_model", "rel_err", "random_ids", "CharTokenizer"]
+__all__ = [
+    "TINY_ARCHS",
+    "CharTokenizer",
+    "NoBosTokenizer",
+    "frozen_float64",
+    "hf_eager_run",
+    "random_ids",
+    "rel_err",
+    "tiny_model",
+]
 
 
 def rel_err(a, b, floor: float = 1e-12) -> float:
@@ -46,3 +57,57 @@ class CharTokenizer:
 
     def decode(self, ids):
         return "".join(chr(32 + (i % 90)) for i in ids)
+
+
+
+class NoBosTokenizer(CharTokenizer):
+    """Like SmolLM2's tokenizer: adds no BOS to text, but has an ``<|endoftext|>`` token (id 89), which the
+    default ``sink_token="auto"`` prepends as the attention sink."""
+
+    def get_vocab(self) -> dict[str, int]:
+        return {"<|endoftext|>": 89}
+
+    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+        return super().__call__(text, add_special_tokens=False, return_offsets_mapping=return_offsets_mapping)
+
+def frozen_float64(arch: str, **kw):
+    """A tiny random-weight model of ``arch`` in float64 with every parameter frozen (the oracles' model)."""
+    model = tiny_model(arch, **kw).double()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def hf_eager_run(model, X, *, hidden_states=False):
+    """The model's own eager attention (not heta_fast's), with attention maps; X before embedding scale."""
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    scale = float(getattr(eager.get_input_embeddings(), "embed_scale", 1.0))
+    values = {}
+
+    def hook_for(layer_idx, kind):
+        def hook(_mod, _inp, out):
+            values[layer_idx] = (kind, out[0].detach())
+
+        return hook
+
+    cfg = eager.config
+    attn_mods = [m for n, m in eager.named_modules() if n.endswith(("self_attn", ".attn")) and hasattr(m, "layer_idx")]
+    for attn in attn_mods:
+        for name in ("v_proj", "qkv_proj", "c_attn"):
+            if hasattr(attn, name):
+                getattr(attn, name).register_forward_hook(hook_for(attn.layer_idx, name))
+                break
+    out = eager(inputs_embeds=(X * scale)[None], output_attentions=True, output_hidden_states=hidden_states)
+    H = cfg.num_attention_heads
+    Hkv = getattr(cfg, "num_key_value_heads", None) or H
+    dh = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    vals = []
+    for layer in range(len(attn_mods)):
+        kind, y = values[layer]
+        if kind == "qkv_proj":
+            y = y[:, (H + Hkv) * dh : (H + 2 * Hkv) * dh]
+        elif kind == "c_attn":
+            y = y[:, 2 * H * dh :]
+        vals.append(y.reshape(y.shape[0], Hkv, dh).transpose(0, 1))  # [Hkv, n, dh]
+    return out, vals, attn_mods

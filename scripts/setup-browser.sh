@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Opt-in: Debian's Chromium and its WebDriver for tests/test_demo_browser.py (needs root for apt-get).
+# Opt-in: Debian's Chromium and its WebDriver for tests/service/test_demo_browser.py (needs root for apt-get).
 # scripts/setup.sh does not call this; without a browser that test skips (or fails when
 # HETA_FAST_REQUIRE_BROWSER=1). About 70 s and ~300 MB on a fresh Debian 12 machine.
 set -euo pipefail

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from heta_fast import Attribution, AttributionSequence, Attributor, HetaInputError, NumericalError, cli
+from heta_fast.engine import window_starts
 from heta_fast.errors import UnsupportedModelError
 from heta_fast.options import overrides_from_args
-from heta_fast.testing import CharTokenizer, random_ids, rel_err, tiny_model
+from heta_fast.testing import CharTokenizer, NoBosTokenizer, random_ids, rel_err, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_same_seed_same_result_and_probes_passed_in(attributor):
     c = attributor.attribute("abcdefgh", num_probes=3, seed=12)
     assert a.to_dict()["scores"] == b.to_dict()["scores"]
     assert a.S != c.S
-    from heta_fast.reference import draw_probes
+    from heta_fast.probes import draw_probes
 
     probes = draw_probes(8, 3, 32, seed=11)
     d = attributor.attribute("abcdefgh", probes=probes)
@@ -105,8 +106,8 @@ def test_windowing_averages_and_renormalises(attributor):
     one = attributor.attribute(text, num_probes=1, window=100)
     plain = attributor.attribute(text, num_probes=1)
     assert one.scores == plain.scores
-    assert Attributor._windows(10, attributor.options.replace(window=4, overlap=0.5)) == [0, 2, 4, 6]
-    assert Attributor._windows(11, attributor.options.replace(window=4, overlap=0.5)) == [0, 2, 4, 6, 7]
+    assert window_starts(10, 4, 0.5) == [0, 2, 4, 6]
+    assert window_starts(11, 4, 0.5) == [0, 2, 4, 6, 7]
 
 
 def test_outputs_json_html_heatmap_topk(attributor, tmp_path):
@@ -172,7 +173,7 @@ def test_non_causal_model_is_refused():
 
 def test_reference_engine_is_float64_and_separate(attributor):
     r = attributor.attribute("abcdef", num_probes=1, engine="reference")
-    assert attributor._reference_adapter.dtype == torch.float64 and attributor.adapter.dtype == torch.float32
+    assert attributor.engine._reference_adapter.dtype == torch.float64 and attributor.adapter.dtype == torch.float32
     f = attributor.attribute("abcdef", num_probes=1)
     assert max(abs(a - b) for a, b in zip(r.scores, f.scores)) <= 1e-4 * max(r.scores)
 
@@ -216,9 +217,9 @@ def test_context_too_long_for_memory_budget_names_the_option(attributor):
 def _manual_sink(attributor, ids, pos, sink, **opts):
     """The sink option by hand: run [sink] + ids with a zero probe for the sink row, drop position 0."""
     t, m = pos, opts.get("num_probes", 10)
-    from heta_fast import reference
+    from heta_fast.probes import draw_probes
 
-    probes = reference.draw_probes(t, m, attributor.adapter.hidden_size, opts.get("seed", 0)).float()
+    probes = draw_probes(t, m, attributor.adapter.hidden_size, opts.get("seed", 0)).float()
     probes = torch.cat([torch.zeros(1, m, probes.shape[2]), probes])
     raw = attributor.attribute([sink] + list(ids), target=pos + 1, probes=probes, **opts)
     M = torch.tensor(raw.M[1:], dtype=torch.float64)
@@ -279,16 +280,6 @@ def test_sink_token_errors_and_json():
     back = Attribution.from_dict(json.loads(r.to_json()))
     assert back.sink_gate_mass == r.sink_gate_mass and back.options["sink_token"] == 5
     assert attr.attribute([1, 2, 3, 4], num_probes=1).sink_gate_mass is None
-
-
-class NoBosTokenizer(CharTokenizer):
-    """Like SmolLM2's tokenizer: adds no BOS to text, but has an <|endoftext|> token (id 89)."""
-
-    def get_vocab(self):
-        return {"<|endoftext|>": 89}
-
-    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
-        return super().__call__(text, add_special_tokens=False, return_offsets_mapping=return_offsets_mapping)
 
 
 def test_default_adds_a_sink_only_where_the_tokenizer_did_not():

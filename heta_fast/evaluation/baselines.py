@@ -20,7 +20,8 @@ def _target_logprob(adapter, X: Tensor, target_id: int) -> Tensor:
     return torch.log_softmax(adapter.last_logits(X).float(), -1)[..., target_id]
 
 
-def _grad(adapter, X: Tensor, target_id: int) -> Tensor:
+def target_logprob_grad(adapter, X: Tensor, target_id: int) -> Tensor:
+    """∇_X log π[target] at the last position, for a batch of rows X ``[..., n, d]``."""
     with torch.enable_grad():
         Xg = X.detach().clone().requires_grad_(True)
         (g,) = torch.autograd.grad(_target_logprob(adapter, Xg, target_id).sum(), Xg)
@@ -52,13 +53,13 @@ def attention_rollout(adapter, ids: Tensor) -> Tensor:
 
 def gradient_norm(adapter, ids: Tensor, target_id: int) -> Tensor:
     """``‖∂g/∂X_i‖₂`` per token (saliency)."""
-    return _grad(adapter, adapter.embed(ids), target_id).double().norm(dim=-1).cpu()
+    return target_logprob_grad(adapter, adapter.embed(ids), target_id).double().norm(dim=-1).cpu()
 
 
 def input_x_gradient(adapter, ids: Tensor, target_id: int, *, signed: bool = False) -> Tensor:
     """``|Σ_d X_id · ∂g/∂X_id|`` per token (magnitude; ``signed=True`` keeps the sign)."""
     X = adapter.embed(ids)
-    val = (X.double() * _grad(adapter, X, target_id).double()).sum(-1).cpu()
+    val = (X.double() * target_logprob_grad(adapter, X, target_id).double()).sum(-1).cpu()
     return val if signed else val.abs()
 
 
@@ -77,7 +78,7 @@ def integrated_gradients(
     total = torch.zeros_like(X, dtype=torch.float64)
     for i in range(0, steps, batch_size):
         a = alphas[i : i + batch_size].to(X.dtype).to(X.device)
-        total += _grad(adapter, a[:, None, None] * X[None], target_id).double().sum(0)
+        total += target_logprob_grad(adapter, a[:, None, None] * X[None], target_id).double().sum(0)
     val = (X.double() * total / steps).sum(-1).cpu()
     return val if signed else val.abs()
 

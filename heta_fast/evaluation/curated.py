@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .. import reference
+from ..combine import combine
 from ..errors import HetaInputError
 from ..sinks import default_sink_id, resolve_sink
 from . import metrics as mt
@@ -161,7 +161,7 @@ def _combine(c: dict, recipe: dict, settings: RunSettings) -> Tensor:
     if recipe.get("library_scores"):
         return c["scores"]
     pick = {k: (c[k] if k in recipe["comps"] else None) for k in "MSI"}
-    return reference.combine(pick["M"], pick["S"], pick["I"], settings.beta, settings.gamma,
+    return combine(pick["M"], pick["S"], pick["I"], settings.beta, settings.gamma,
                              recipe.get("normalize", "none"))
 
 

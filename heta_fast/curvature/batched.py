@@ -1,0 +1,238 @@
+"""Batched curvature–vector products for S (SPEC §2): activations shared by every probe, causality exploited.
+
+Two ideas make the exact path fast:
+
+* **One graph, many probes.** The first-order graph ∇g is built once (one forward, one backward with
+  ``create_graph``) and a whole batch of probe directions goes through the second backward at once
+  (``torch.func.vmap`` over ``autograd.grad``); no probe repeats the forward.
+* **The LM head in closed form.** The head's gradient and Hessian with respect to the final hidden state are
+  the same for every probe; they are formed once per target (:mod:`heta_fast.curvature.head`), so no batch of
+  directions goes through the ``[V, d]`` output table.
+* **Causal suffixes.** S_i needs only row i of H·P_i r. Token i influences positions ≥ i alone, so that row
+  depends only on the suffix i … p with the clean keys/values of positions < i held fixed. Tokens are taken
+  in chunks [a, b): the clean KV cache is cut at a, the graph is built on the suffix a … p only, and the
+  chunk's probes run on t − a rows instead of t. That halves the work (about t²/2 rows instead of t²).
+
+The low-rank path needs dense directions over all tokens, so it uses one full graph. The reference engine
+(:mod:`heta_fast.curvature.reference`) does one full forward and double backward per probe instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ..errors import HetaInputError, MemoryBudgetError
+from ..hf import ModelAdapter, cut_cache, new_full_cache
+from ..probes import check_probes, draw_range_finder
+from .head import HeadCurvature, clean_head_curvature, target_log_prob
+
+
+def bytes_per_direction(adapter: ModelAdapter, rows: int, kv_len: int, layers: int | None = None) -> int:
+    """Rough activation bytes one direction of a batched second backward keeps alive.
+
+    Per differentiated layer (all, or the last ``layers``) and row: a few hidden-size vectors, the MLP
+    width, one attention row per head.
+    """
+    elem = torch.finfo(adapter.dtype).bits // 8
+    per_row = 12 * adapter.hidden_size + 3 * adapter.ffn_width + 4 * adapter.num_heads * kv_len
+    return (layers or adapter.num_layers) * rows * per_row * elem
+
+
+def probe_batch_size(adapter: ModelAdapter, rows: int, kv_len: int, max_memory: int,
+                     layers: int | None = None) -> int:
+    """Directions per batched backward within ``max_memory`` bytes (at least 1, else an error).
+
+    Called before any forward runs, so a context that cannot fit fails at once.
+    """
+    per_dir = bytes_per_direction(adapter, rows, kv_len, layers)
+    fit = max_memory // max(per_dir, 1)
+    if fit < 1:
+        raise MemoryBudgetError(
+            f"one Hessian–vector product over {rows} tokens needs about {per_dir / 2**20:.0f} MiB, more than "
+            f"max_memory={max_memory / 2**20:.0f} MiB; raise max_memory or shorten the context with window= "
+            "(e.g. window=512)" + ("" if layers else ", or differentiate only the last layers with layers= (e.g. 6)")
+        )
+    # Directions per first-order graph: enough to amortise rebuilding it (exact path), capped on the CPU,
+    # where the second backwards then run in slices of cpu_slice() directions anyway.
+    cap = 64 if adapter.device.type == "cpu" else 256
+    return max(1, min(cap, fit))
+
+
+# Rows (directions × suffix rows) per batched second backward on the CPU. On the default model the
+# per-direction cost was lowest around 1,024 rows: 8 directions at 128 rows (0.34 s each, against 0.37 at
+# 32), 64 at 16 rows (48 ms, against 62 at 8): the [B, s, ffn] temporaries stay in cache while the fixed
+# cost per backward op is shared. On a GPU the whole batch goes at once.
+CPU_SLICE_ROWS = 1024
+CPU_SLICE_MAX = 64
+
+
+def cpu_slice(rows: int) -> int:
+    """Directions per batched second backward on the CPU for a suffix of ``rows`` positions."""
+    return max(1, min(CPU_SLICE_MAX, CPU_SLICE_ROWS // max(rows, 1)))
+
+
+def batched_vjp(output: Tensor, inputs: Tensor, cotangents: Tensor) -> Tensor:
+    """``[B, ...]``: the VJP of ``output`` w.r.t. ``inputs`` for each of B cotangents, the graph kept.
+
+    ``torch.func.vmap`` rather than ``autograd.grad(is_grads_batched=True)``: the latter uses the legacy
+    vmap, which runs batched matmuls with more than three dimensions (attention) one direction at a time.
+    """
+    return torch.func.vmap(lambda c: torch.autograd.grad(output, inputs, c, retain_graph=True)[0])(cotangents)
+
+
+class CurvatureOperator:
+    """C·V for batches of directions V ``[B, s, d]`` over the suffix a … p (s = t − a rows).
+
+    C is the Hessian of g = log π[target] or the Gauss–Newton matrix, with respect to the differentiated
+    variable (X, or the residual entering layer L−k) on the suffix; positions < a are held at their clean
+    values through the cut KV cache. With ``head`` (the LM head's derivatives at the clean final hidden state),
+    the graph ends at that hidden state and the head's part is one ``[d, d]`` product per direction.
+    """
+
+    def __init__(self, adapter: ModelAdapter, X: Tensor, point: Tensor, target_id: int, curvature: str,
+                 *, start: int = 0, cache=None, layer: int | None = None, head: HeadCurvature | None = None):
+        if curvature not in ("hessian", "gauss_newton"):
+            raise HetaInputError(f"unknown curvature {curvature!r}")
+        self.adapter = adapter
+        self.curvature = curvature
+        self.x = point[start:].detach().clone().requires_grad_(True)
+        past = cut_cache(cache, start) if start > 0 else None
+        swap = None if layer is None else (layer, self.x)
+        x_in = X[start:] if layer is not None else self.x
+        with adapter.head_input() as seen:
+            z = adapter.forward(x_in, past_key_values=past, replace_layer_input=swap).logits[0, -1]
+        self.head = head if seen else None
+        # Differentiate from the final hidden state h (head in closed form) or from the logits z (autograd).
+        out = seen[-1][0, -1] if self.head is not None else z
+        if curvature == "hessian":
+            g = torch.log_softmax(z.float(), -1)[target_id]
+            if self.head is not None:
+                g = target_log_prob(out, g, self.head)
+            (self.grad,) = torch.autograd.grad(g, self.x, create_graph=True)
+        else:
+            # G = Jᵀ C J with J = ∂out/∂x; C is the head's Fisher matrix (h) or diag π − π πᵀ (z).
+            self.out = out
+            if self.head is None:
+                self.pi = torch.softmax(z.detach().float(), -1).to(z.dtype)
+            self.u0 = torch.zeros_like(out, requires_grad=True)
+            (self.jt,) = torch.autograd.grad(out, self.x, self.u0, create_graph=True)
+
+    def __call__(self, V: Tensor) -> Tensor:
+        step = cpu_slice(V.shape[1]) if V.device.type == "cpu" else V.shape[0]
+        if V.shape[0] <= step:
+            return self._apply(V)
+        return torch.cat([self._apply(V[lo : lo + step]) for lo in range(0, V.shape[0], step)])
+
+    def _apply(self, V: Tensor) -> Tensor:
+        if self.curvature == "hessian":
+            return batched_vjp(self.grad, self.x, V)
+        # Gauss–Newton: J V (double-vjp trick), then the head's curvature C and Jᵀ, all batched.
+        JV = batched_vjp(self.jt, self.u0, V)
+        if self.head is not None:
+            W = (JV.to(self.head.fisher.dtype) @ self.head.fisher).to(JV.dtype)
+        else:
+            W = self.pi * JV - self.pi * (JV @ self.pi)[:, None]
+        return batched_vjp(self.out, self.x, W)
+
+
+def clean_state(adapter: ModelAdapter, ids: Tensor, layers: int | None, target_id: int):
+    """X, the differentiated point (X or the residual at L−k), its layer index, the clean KV cache, and the
+    LM head's derivatives at the clean final hidden state (None where the fused head cannot stand in)."""
+    X = adapter.embed(ids).detach()
+    layer = None if layers is None else adapter.first_layer(layers)
+    cache = new_full_cache()
+    with torch.no_grad(), adapter.record(layer_inputs=layer is not None) as rec, adapter.head_input() as seen:
+        logits = adapter.forward(X, past_key_values=cache).logits[0, -1]
+    point = X if layer is None else rec.layer_inputs[layer].detach()
+    head = clean_head_curvature(adapter, seen[-1][0, -1], logits, target_id) if seen else None
+    return X, point, layer, cache, head
+
+
+def token_chunk(t: int, m: int, batch: int) -> int:
+    """Tokens per suffix chunk: enough probes to fill about one batch, never more than t/4 tokens.
+
+    Smaller chunks re-use more of the clean prefix (fewer rows per probe) but rebuild the first-order
+    graph more often; one graph per ~batch of probes keeps that rebuild a small share of the work.
+    """
+    return max(1, min(max(1, t // 4), -(-batch // m)))
+
+
+def sensitivity_batched(
+    adapter: ModelAdapter,
+    ids: Tensor,
+    target_id: int,
+    *,
+    probes: Tensor,
+    hessian: str = "exact",
+    rank: int = 64,
+    curvature: str = "hessian",
+    layers: int | None = None,
+    seed: int = 0,
+    max_memory: int = 2 * 1024**3,
+    progress: Callable[[int], None] | None = None,
+) -> Tensor:
+    """S ``[t]``; equal probes give the reference engine's S (up to floating-point error).
+
+    Args:
+        ids: context ids ``[t]``; the prediction position is t − 1.
+        probes: Rademacher probes ``[t, m, d]`` (see :func:`heta_fast.probes.draw_probes`).
+        max_memory: bytes of activations the batched backwards may hold (sets the batch size).
+    """
+    t = ids.numel()
+    batch = probe_batch_size(adapter, t, t, max_memory, layers)  # fail before any forward if it cannot fit
+    X, point, layer, cache, head = clean_state(adapter, ids, layers, target_id)
+    d = point.shape[1]
+    check_probes(probes, t, d)
+    probes = probes.to(point)
+    m = probes.shape[1]
+    dev = point.device
+
+    if hessian == "exact":
+        S = torch.zeros(t, dtype=point.dtype, device=dev)
+        chunk = token_chunk(t, m, batch)
+        for a in range(0, t, chunk):
+            b = min(a + chunk, t)
+            op = CurvatureOperator(adapter, X, point, target_id, curvature, start=a, cache=cache, layer=layer,
+                                   head=head)
+            s = t - a
+            pairs = [(i, k) for i in range(a, b) for k in range(m)]  # (i, k) order, as the probes were drawn
+            for lo in range(0, len(pairs), batch):
+                part = pairs[lo : lo + batch]
+                rows = torch.tensor([i for i, _ in part], device=dev)
+                ks = torch.tensor([k for _, k in part], device=dev)
+                ar = torch.arange(len(part), device=dev)
+                V = torch.zeros(len(part), s, d, dtype=point.dtype, device=dev)
+                V[ar, rows - a] = probes[rows, ks]
+                HV = op(V)
+                S.index_add_(0, rows, HV[ar, rows - a].abs().sum(-1))
+                if progress is not None:
+                    progress(len(part))
+            del op
+        return S / m
+    if hessian != "lowrank":
+        raise HetaInputError(f"unknown hessian mode {hessian!r}")
+
+    # Randomized range finder (Halko et al.): Y = C Ω, Q = orth(Y), B = Qᵀ C Q, C ≈ Q B Qᵀ.
+    op = CurvatureOperator(adapter, X, point, target_id, curvature, layer=layer, head=head)
+
+    def apply_all(directions: Tensor) -> Tensor:  # [N, t, d] -> [N, t, d]
+        out = []
+        for lo in range(0, directions.shape[0], batch):
+            out.append(op(directions[lo : lo + batch]))
+            if progress is not None:
+                progress(min(batch, directions.shape[0] - lo))
+        return torch.cat(out)
+
+    omega = draw_range_finder(t, d, rank, seed).to(point)
+    Y = apply_all(omega.T.reshape(rank, t, d)).reshape(rank, t * d).T
+    Q, _ = torch.linalg.qr(Y)
+    CQ = apply_all(Q.T.reshape(-1, t, d)).reshape(-1, t * d).T
+    B = Q.T @ CQ
+    B = 0.5 * (B + B.T)
+    Qb = Q.reshape(t, d, -1)  # Q_i = rows of token i's block
+    coeff = torch.einsum("tdk,tmd->tmk", Qb, probes)  # Q_iᵀ r_ik
+    approx = torch.einsum("tdk,kj,tmj->tmd", Qb, B, coeff)  # Q_i B Q_iᵀ r_ik
+    return approx.abs().sum(-1).mean(1)

@@ -1,0 +1,271 @@
+"""The model adapter: one object that sees every causal LM the same way.
+
+Embeddings, output and value projections, the LM head and the decoder layers are looked up by name, with a
+clear error when a model does not have them; forwards run through heta_fast's recording attention
+(:mod:`heta_fast.hf.attention`), and the residual stream entering a layer can be swapped for curvature with
+respect to the last k layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import HetaInputError, UnsupportedModelError
+from .attention import ATTN_IMPL, Recorder, recording, register_attention
+from .cache import cache_kwargs
+
+
+def _conv1d_or_linear_weight(mod: nn.Module) -> Tensor:
+    """Weight as ``[out, in]`` for nn.Linear and for GPT-2's Conv1D (which stores ``[in, out]``)."""
+    if isinstance(mod, nn.Linear):
+        return mod.weight
+    if type(mod).__name__ == "Conv1D":
+        return mod.weight.t()
+    raise UnsupportedModelError(f"unsupported projection type {type(mod).__name__}")
+
+
+def _find_layer_list(model: nn.Module, num_layers: int) -> nn.ModuleList:
+    for name in ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers", "transformer.layers"):
+        obj = model
+        try:
+            for part in name.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        if isinstance(obj, nn.ModuleList) and len(obj) == num_layers:
+            return obj
+    for mod in model.modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == num_layers:
+            return mod
+    raise UnsupportedModelError(f"cannot find the list of {num_layers} decoder layers in {type(model).__name__}")
+
+
+def _find_attention(layer: nn.Module) -> nn.Module:
+    for name in ("self_attn", "attn", "attention", "self_attention"):
+        if hasattr(layer, name):
+            return getattr(layer, name)
+    raise UnsupportedModelError(f"cannot find the attention module of {type(layer).__name__}")
+
+
+class ModelAdapter:
+    """A HuggingFace causal LM seen through HETA's eyes.
+
+    Args:
+        model: any ``AutoModelForCausalLM`` whose attention goes through transformers' attention interface.
+    """
+
+    def __init__(self, model: nn.Module):
+        register_attention()
+        self.model = model
+        cfg = model.config
+        self.config = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        if getattr(self.config, "is_encoder_decoder", False):
+            raise UnsupportedModelError("encoder-decoder models are not supported; HETA needs a decoder-only model")
+        if getattr(self.config, "use_bidirectional_attention", False):
+            raise UnsupportedModelError("this model uses bidirectional attention; HETA needs causal attention")
+        self.num_layers = int(self.config.num_hidden_layers)
+        self.layers = _find_layer_list(model, self.num_layers)
+        self.attentions = [_find_attention(layer) for layer in self.layers]
+        self.num_heads = int(self.config.num_attention_heads)
+        self.num_kv_heads = int(getattr(self.config, "num_key_value_heads", None) or self.num_heads)
+        self.hidden_size = int(self.config.hidden_size)
+        self.head_dim = int(getattr(self.config, "head_dim", None) or self.hidden_size // self.num_heads)
+        emb = model.get_input_embeddings()
+        if emb is None or not hasattr(emb, "weight"):
+            raise UnsupportedModelError("model has no input embedding table")
+        self.embedding = emb
+        # Gemma-style models scale the embedding inside the embedding module; SPEC.md defines X before it.
+        scale = getattr(emb, "embed_scale", None)
+        self.embed_scale = float(scale) if scale is not None else 1.0
+        self._set_attn_impl()
+        self._check_wiring()
+
+    # ------------------------------------------------------------------ setup
+    def _set_attn_impl(self) -> None:
+        if hasattr(self.model, "set_attn_implementation"):
+            self.model.set_attn_implementation(ATTN_IMPL)
+        else:  # older transformers
+            self.model.config._attn_implementation = ATTN_IMPL
+        for c in {id(self.model.config): self.model.config, id(self.config): self.config}.values():
+            c._attn_implementation = ATTN_IMPL
+
+    def _check_wiring(self) -> None:
+        # Output projections must exist for the value norms; refuse rather than fall back to ones.
+        for attn in self.attentions:
+            self.output_projection(attn)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embedding.weight.dtype
+
+    @property
+    def ffn_width(self) -> int:
+        """MLP hidden width (for memory estimates); 4·d when the config does not name it."""
+        cfg = self.config
+        return int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * self.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.embedding.weight.shape[0])
+
+    # -------------------------------------------------------------- weights
+    def output_projection(self, attn: nn.Module) -> Tensor:
+        """``W_O`` as ``[d_model, H * d_h]``; column block h is ``W_O^h``."""
+        for name in ("o_proj", "c_proj", "dense", "out_proj"):
+            mod = getattr(attn, name, None)
+            if mod is not None:
+                w = _conv1d_or_linear_weight(mod)
+                if w.shape[1] != self.num_heads * self.head_dim:
+                    raise UnsupportedModelError(
+                        f"output projection {name} has input size {w.shape[1]}, expected H*d_h = "
+                        f"{self.num_heads * self.head_dim}"
+                    )
+                return w
+        raise UnsupportedModelError(
+            f"{type(attn).__name__} has no output projection named o_proj/c_proj/dense/out_proj; "
+            "value norms cannot be computed"
+        )
+
+    def value_projection(self, attn: nn.Module) -> Tensor:
+        """``W_V`` as ``[H_kv * d_h, d_model]`` (no bias), for fused and separate QKV layouts."""
+        kv = self.num_kv_heads * self.head_dim
+        q = self.num_heads * self.head_dim
+        if hasattr(attn, "v_proj"):
+            return _conv1d_or_linear_weight(attn.v_proj)
+        if hasattr(attn, "qkv_proj"):  # Phi-3: rows [q | k | v]
+            return _conv1d_or_linear_weight(attn.qkv_proj)[q + kv : q + 2 * kv]
+        if hasattr(attn, "c_attn"):  # GPT-2: Conv1D with columns [q | k | v]
+            return _conv1d_or_linear_weight(attn.c_attn)[q + kv : q + 2 * kv]
+        raise UnsupportedModelError(f"{type(attn).__name__} has no v_proj/qkv_proj/c_attn value projection")
+
+    def lm_head(self) -> tuple[Tensor, Tensor | None, float]:
+        """``(weight [V, d], bias [V] | None, final logit softcap or 0)``, checked against the model elsewhere."""
+        head = self.model.get_output_embeddings()
+        if head is None:
+            raise UnsupportedModelError("model has no output embedding (LM head)")
+        for attr in ("logit_scale", "logits_scaling"):
+            if getattr(self.config, attr, None) not in (None, 1, 1.0):
+                raise UnsupportedModelError(f"logit scaling ({attr}) is not supported by the fast KL path yet")
+        softcap = getattr(self.config, "final_logit_softcapping", None) or 0.0
+        return head.weight, getattr(head, "bias", None), float(softcap)
+
+    def first_layer(self, last_k: int | None) -> int:
+        """Index of the first of the last ``last_k`` layers (0 for None: every layer); the ``layers`` option's
+        meaning everywhere (rollout sum, curvature variable, memory estimates)."""
+        if last_k is None:
+            return 0
+        if isinstance(last_k, bool) or not isinstance(last_k, int) or last_k < 1:
+            raise HetaInputError(f"layers must be None or a positive number of final layers, got {last_k!r}")
+        if last_k > self.num_layers:
+            raise HetaInputError(f"layers={last_k} but the model has only {self.num_layers} layers")
+        return self.num_layers - last_k
+
+    # --------------------------------------------------------------- inputs
+    def embed(self, ids: Tensor) -> Tensor:
+        """X: rows of the embedding table, ``[n, d]``, before any model-internal scaling."""
+        return self.embedding.weight[ids]
+
+    def check_ids(self, ids: Tensor) -> None:
+        if ids.ndim != 1:
+            raise HetaInputError(f"token ids must be a 1-D sequence, got shape {tuple(ids.shape)}")
+        if ids.numel() == 0:
+            raise HetaInputError("empty input: there are no tokens to explain")
+        bad = (ids < 0) | (ids >= self.vocab_size)
+        if bad.any():
+            raise HetaInputError(
+                f"token id {int(ids[bad][0])} is outside the model vocabulary (size {self.vocab_size})"
+            )
+
+    # -------------------------------------------------------------- forward
+    def forward(
+        self,
+        X: Tensor,
+        *,
+        keep_last: bool = True,
+        keep: Tensor | None = None,
+        replace_layer_input: tuple[int, Tensor] | None = None,
+        past_key_values=None,
+    ):
+        """Run the model on embedding rows ``X [B, n, d]`` (or ``[n, d]``); returns the HF output.
+
+        ``replace_layer_input=(j, h)`` swaps the residual stream entering decoder layer j for ``h``
+        (used for curvature with respect to the last k layers). Logits are computed at the last
+        position only when ``keep_last``, at the positions ``keep`` when given, else everywhere.
+        """
+        if X.ndim == 2:
+            X = X[None]
+        inputs = X * self.embed_scale if self.embed_scale != 1.0 else X
+        handle = None
+        if replace_layer_input is not None:
+            j, h = replace_layer_input
+            h = h[None] if h.ndim == 2 else h
+
+            def swap(_mod, args, kwargs):
+                if args:
+                    return (h, *args[1:]), kwargs
+                kwargs = dict(kwargs)
+                kwargs["hidden_states"] = h
+                return args, kwargs
+
+            handle = self.layers[j].register_forward_pre_hook(swap, with_kwargs=True)
+        try:
+            return self.model(
+                inputs_embeds=inputs,
+                logits_to_keep=keep if keep is not None else (1 if keep_last else 0),
+                **cache_kwargs(self.model, past_key_values),
+            )
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    def last_logits(self, X: Tensor, **kw) -> Tensor:
+        """Logits at the last row of X: ``[V]`` (or ``[B, V]`` for batched X)."""
+        out = self.forward(X, **kw).logits[:, -1]
+        return out[0] if X.ndim == 2 else out
+
+    @contextlib.contextmanager
+    def head_input(self):
+        """Collect what the LM head receives (the final hidden states it turns into logits) during the block."""
+        seen: list[Tensor] = []
+
+        def grab(_mod, args, kwargs):
+            seen.append(args[0] if args else next(iter(kwargs.values())))
+
+        handle = self.model.get_output_embeddings().register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            yield seen
+        finally:
+            handle.remove()
+
+    @contextlib.contextmanager
+    def record(self, *, keep_probs: bool = False, keep_qk: bool = False, layer_inputs: bool = False):
+        """Record every layer's attention tensors during the forwards run inside the block."""
+        rec = Recorder(keep_probs=keep_probs, keep_qk=keep_qk)
+        handles = []
+        if layer_inputs:
+            for j, layer in enumerate(self.layers):
+
+                def grab(_mod, args, kwargs, j=j):
+                    h = args[0] if args else kwargs["hidden_states"]
+                    rec.layer_inputs[j] = h[0]
+
+                handles.append(layer.register_forward_pre_hook(grab, with_kwargs=True))
+        try:
+            with recording(rec):
+                yield rec
+        finally:
+            for hd in handles:
+                hd.remove()
+        missing = [j for j in range(self.num_layers) if j not in rec.layers]
+        if rec.layers and missing:
+            raise UnsupportedModelError(
+                f"layers {missing[:5]} did not call transformers' attention interface; "
+                "this architecture is not supported"
+            )

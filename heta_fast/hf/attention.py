@@ -1,0 +1,196 @@
+"""The attention function heta_fast registers with transformers, and the recorder it fills.
+
+Every supported model calls :func:`heta_attention` with the query/key/value tensors it already built (after
+rotary, norms, biases, GQA grouping, sliding windows and soft-capping), so HETA sees attention exactly as
+the model computes it without re-implementing any architecture. The function computes plain eager attention
+(which supports second derivatives) while recording what the gate needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import UnsupportedModelError
+from .attention_core import attention_core
+
+ATTN_IMPL = "heta_eager"
+
+_state = threading.local()
+
+
+@dataclass
+class LayerRecord:
+    """What one attention layer used in one forward pass (batch element 0).
+
+    Shapes: ``query [H, n, dh]`` (post-rotary), ``key``/``value`` ``[H_kv, n, dh]`` (value exactly as the
+    model computes it: normalised input, bias included), ``probs [H, n, n]`` (only when requested).
+    """
+
+    query: Tensor
+    key: Tensor
+    value: Tensor
+    scaling: float
+    sliding_window: int | None
+    softcap: float | None
+    probs: Tensor | None = None
+
+
+@dataclass
+class Recorder:
+    keep_probs: bool = False
+    keep_qk: bool = False
+    layers: dict[int, LayerRecord] = field(default_factory=dict)
+    layer_inputs: dict[int, Tensor] = field(default_factory=dict)
+
+
+def active_recorder() -> Recorder | None:
+    return getattr(_state, "recorder", None)
+
+
+@contextlib.contextmanager
+def recording(rec: Recorder):
+    """Attention calls inside the block (this thread) record into ``rec``."""
+    prev = active_recorder()
+    _state.recorder = rec
+    try:
+        yield rec
+    finally:
+        _state.recorder = prev
+
+
+@contextlib.contextmanager
+def plain_attention():
+    """Within this block attention is the plain eager composition (matmul, mask, softmax, matmul)
+    differentiated by autograd, never :mod:`heta_fast.hf.attention_core`: the reference engine runs under it,
+    so the fast core's hand-written derivatives are checked against autograd rather than against themselves.
+    """
+    before = getattr(_state, "plain", False)
+    _state.plain = True
+    try:
+        yield
+    finally:
+        _state.plain = before
+
+
+def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    # [B, H_kv, n, dh] -> [B, H_kv * n_rep, n, dh]; query head h reads kv head h // n_rep (SPEC notation).
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
+def _causal_bool_mask(q_len: int, k_len: int, device) -> Tensor:
+    """[q_len, k_len] True where query row j (at absolute position k_len - q_len + j) may see key i."""
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    return torch.arange(k_len, device=device)[None, :] <= q_pos
+
+
+def _check_causal(mask: Tensor | None, q_len: int, k_len: int) -> None:
+    """Refuse masks that let a position see later positions (checked while recording, on the mask)."""
+    if mask is None or q_len < 2:
+        return
+    future = ~_causal_bool_mask(q_len, k_len, mask.device)
+    m = mask.reshape(-1, q_len, k_len)[0]
+    visible = m[future] if m.dtype == torch.bool else m[future] > torch.finfo(m.dtype).min / 2
+    if visible.any():
+        raise UnsupportedModelError(
+            "attention is not causal (a position attends to later positions); HETA needs a decoder-only model"
+        )
+
+
+def heta_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+    sliding_window: int | None = None,
+    **kwargs,
+):
+    """Causal attention that records what HETA needs.
+
+    Whenever a graph is being built (the Hessian term) or the probabilities are requested, the math is
+    eager (matmul, softmax, matmul; fused SDPA/flash kernels have no second derivatives): the attention
+    core of :mod:`heta_fast.hf.attention_core`, with its hand-written double backward, or, under soft-capping,
+    additive masks or :func:`plain_attention`, the plain composition. Otherwise
+    (gate recording, masked KL passes) it is torch's SDPA, which never forms the n×n score matrix when the
+    mask is purely causal, so long inputs stay O(n) in memory.
+    """
+    if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
+        raise UnsupportedModelError("attention sinks (s_aux) are not supported by heta_fast yet")
+    if not getattr(module, "is_causal", True):
+        raise UnsupportedModelError(
+            f"{type(module).__name__} uses bidirectional attention; HETA explains causal (decoder-only) models only"
+        )
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    n_rep = query.shape[1] // key.shape[1]
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    mask = attention_mask[..., :k_len] if attention_mask is not None else None
+    rec = active_recorder()
+    if rec is not None:
+        _check_causal(mask, q_len, k_len)
+    keep_probs = rec is not None and rec.keep_probs
+    needs_graph = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
+    probs = None
+    if softcap is None and not keep_probs and not needs_graph:
+        k, v = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
+        if mask is None:  # transformers dropped the mask because it is purely causal
+            causal = q_len == k_len and q_len > 1
+            bool_mask = None if causal or q_len == 1 else _causal_bool_mask(q_len, k_len, query.device)
+            out = F.scaled_dot_product_attention(query, k, v, attn_mask=bool_mask, is_causal=causal, scale=scaling)
+        else:
+            out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask.to(query.dtype) if mask.dtype != torch.bool
+                                                 else mask, scale=scaling)
+        out = out.transpose(1, 2).contiguous()
+    elif (softcap is None and not getattr(_state, "plain", False)
+          and (mask is None or (mask.dtype == torch.bool and mask.shape[1] == 1))):
+        # Graph or probabilities needed: the core with a hand-written double backward (attention_core.py).
+        allowed = _causal_bool_mask(q_len, k_len, query.device) if mask is None else mask
+        out, probs = attention_core(query, key, value, allowed, scaling)
+        out = out.transpose(1, 2).contiguous()
+    else:  # soft-capping, additive masks or plain_attention(): eager math, differentiated by autograd
+        scores = torch.matmul(query, _repeat_kv(key, n_rep).transpose(-1, -2)) * scaling
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        if mask is None:
+            mask = _causal_bool_mask(q_len, k_len, query.device)
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.to(scores.dtype)
+        # Softmax in at least float32, as the models' own eager paths do.
+        compute_dtype = torch.promote_types(scores.dtype, torch.float32)
+        probs = torch.softmax(scores.to(compute_dtype), dim=-1).to(query.dtype)
+        out = torch.matmul(probs, _repeat_kv(value, n_rep)).transpose(1, 2).contiguous()
+
+    if rec is not None:
+        layer_idx = getattr(module, "layer_idx", None)
+        if layer_idx is None:
+            layer_idx = len(rec.layers)
+        rec.layers[int(layer_idx)] = LayerRecord(
+            query=query[0] if rec.keep_qk else query[0, :, :0],
+            key=key[0] if rec.keep_qk else key[0, :, :0],
+            value=value[0],
+            scaling=float(scaling),
+            sliding_window=int(sliding_window) if sliding_window else None,
+            softcap=float(softcap) if softcap else None,
+            probs=probs[0] if keep_probs else None,
+        )
+    return out, (probs if keep_probs else None)
+
+
+def register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTN_IMPL, heta_attention)
+    # SDPA-style masks: boolean, and None when purely causal (then no n×n mask is built at all).
+    AttentionMaskInterface.register(ATTN_IMPL, sdpa_mask)

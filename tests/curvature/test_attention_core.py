@@ -1,0 +1,151 @@
+"""The attention core's hand-written derivatives against autograd on the plain eager composition (float64).
+
+Values, first and second derivatives must agree to float64 round-off (1e-10 relative) for MHA and GQA,
+prefix caches (fewer queries than keys), sliding windows and batched directions under ``torch.func.vmap``
+and under ``autograd.grad(is_grads_batched=True)``; ``gradcheck``/``gradgradcheck`` compare with finite
+differences. The routing tests check which path ``heta_attention`` takes.
+"""
+
+import pytest
+import torch
+
+from heta_fast import hf
+from heta_fast.hf.attention_core import attention_core
+from heta_fast.testing import rel_err
+
+
+def eager(q, k, v, allowed, scaling):
+    """The plain composition autograd differentiates (what the models' eager attention computes)."""
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(n_rep, 1), v.repeat_interleave(n_rep, 1)
+    scores = (q @ k.transpose(-1, -2)) * scaling
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1)
+    return probs @ v, probs
+
+
+def allowed_mask(q_len, k_len, window=None):
+    q_pos = torch.arange(k_len - q_len, k_len)[:, None]
+    k_pos = torch.arange(k_len)[None, :]
+    ok = k_pos <= q_pos
+    if window is not None:
+        ok &= k_pos > q_pos - window
+    return ok
+
+
+CASES = {
+    "mha": dict(H=4, H_kv=4, q_len=6, k_len=6),
+    "gqa": dict(H=6, H_kv=2, q_len=5, k_len=5),
+    "prefix_cache": dict(H=4, H_kv=2, q_len=3, k_len=8),
+    "sliding_window": dict(H=4, H_kv=1, q_len=7, k_len=7, window=3),
+    "one_query": dict(H=2, H_kv=1, q_len=1, k_len=5),
+}
+
+
+def make(case, B=2, dh=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    c = CASES[case]
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_(True)
+
+    q = rnd(B, c["H"], c["q_len"], dh)
+    k, v = rnd(B, c["H_kv"], c["k_len"], dh), rnd(B, c["H_kv"], c["k_len"], dh)
+    return q, k, v, allowed_mask(c["q_len"], c["k_len"], c.get("window"))
+
+
+def second_order(fn, q, k, v, directions, batched):
+    """Directions [N, ...] through the double backward of Σ w ⊙ O² (a non-linear function of the output)."""
+    out = fn(q, k, v)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(9), dtype=out.dtype)
+    grads = torch.autograd.grad((w * out * out).sum(), (q, k, v), create_graph=True)
+    if batched == "func":
+        return torch.func.vmap(lambda *d: torch.autograd.grad(grads, (q, k, v), d, retain_graph=True))(*directions)
+    return torch.autograd.grad(grads, (q, k, v), directions, retain_graph=True, is_grads_batched=True)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_values_and_derivatives_match_autograd(case):
+    q, k, v, allowed = make(case)
+    core = lambda q, k, v: attention_core(q, k, v, allowed, 0.37)[0]  # noqa: E731
+    plain = lambda q, k, v: eager(q, k, v, allowed, 0.37)[0]  # noqa: E731
+    O, P = attention_core(q, k, v, allowed, 0.37)
+    O_ref, P_ref = eager(q, k, v, allowed, 0.37)
+    assert rel_err(O, O_ref) < 1e-12 and rel_err(P, P_ref) < 1e-12
+    dO = torch.randn_like(O)
+    g = torch.autograd.grad(core(q, k, v), (q, k, v), dO)
+    g_ref = torch.autograd.grad(plain(q, k, v), (q, k, v), dO)
+    for a, b in zip(g, g_ref, strict=True):
+        assert rel_err(a, b) < 1e-10
+    dirs = tuple(torch.randn(3, *x.shape, dtype=x.dtype) for x in (q, k, v))
+    for batched in ("func", "legacy"):
+        h = second_order(core, q, k, v, dirs, batched)
+        h_ref = second_order(plain, q, k, v, dirs, batched)
+        for a, b in zip(h, h_ref, strict=True):
+            assert rel_err(a, b) < 1e-10, batched
+
+
+@pytest.mark.parametrize("case", ["gqa", "prefix_cache"])
+def test_finite_differences(case):
+    q, k, v, allowed = make(case, B=1, dh=3)
+    fn = lambda q, k, v: attention_core(q, k, v, allowed, 0.5)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+    assert torch.autograd.gradgradcheck(fn, (q, k, v))
+
+
+def test_mask_with_batch_dimension():
+    """HF passes masks as [B, 1, q, k]; each batch element keeps its own mask."""
+    q, k, v, allowed = make("gqa")
+    per_batch = torch.stack([allowed, allowed & allowed_mask(5, 5, window=2)])[:, None]
+    O, _ = attention_core(q, k, v, per_batch, 0.3)
+    O_ref, _ = eager(q, k, v, per_batch, 0.3)
+    assert rel_err(O, O_ref) < 1e-12
+
+
+# ------------------------------------------------------------------------------------------------ routing
+class Module(torch.nn.Module):
+    is_causal = True
+    layer_idx = 0
+
+
+def _route(monkeypatch, *, grad, softcap=None, mask=None, plain=False):
+    calls = []
+    real = hf.attention_core
+    monkeypatch.setattr(hf, "attention_core", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q, k, v, _ = make("gqa")
+    with torch.set_grad_enabled(grad):
+        if plain:
+            with hf.plain_attention():
+                out, _ = hf.heta_attention(Module(), q, k, v, mask, softcap=softcap)
+        else:
+            out, _ = hf.heta_attention(Module(), q, k, v, mask, softcap=softcap)
+    ref = eager(q, k, v, allowed_mask(5, 5), q.shape[-1] ** -0.5)[0].transpose(1, 2)
+    if softcap is None:
+        assert rel_err(out, ref) < 1e-12
+    return bool(calls)
+
+
+def test_graph_path_uses_the_core(monkeypatch):
+    assert _route(monkeypatch, grad=True)
+    assert _route(monkeypatch, grad=True, mask=allowed_mask(5, 5)[None, None].expand(2, 1, 5, 5))
+
+
+def test_plain_attention_and_softcap_use_autograd(monkeypatch):
+    assert not _route(monkeypatch, grad=True, plain=True)
+    assert not _route(monkeypatch, grad=True, softcap=30.0)
+
+
+def test_no_graph_no_probs_uses_sdpa(monkeypatch):
+    assert not _route(monkeypatch, grad=False)
+
+
+def test_reference_engine_never_uses_the_core(monkeypatch):
+    from heta_fast.curvature import sensitivity_reference
+    from heta_fast.gate import gate_reference
+    from heta_fast.probes import draw_probes
+    from heta_fast.testing import random_ids, tiny_model
+
+    monkeypatch.setattr(hf, "attention_core", lambda *a, **kw: pytest.fail("reference engine used the fast core"))
+    adapter = hf.ModelAdapter(tiny_model("llama").double())
+    ids = random_ids(6)
+    gate_reference(adapter, ids)
+    sensitivity_reference(adapter, ids, 3, probes=draw_probes(6, 1, adapter.hidden_size, seed=0))

@@ -1,0 +1,372 @@
+"""Evaluation metrics, baselines, sink treatment and the curated runner, on hand-made cases with known answers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from heta_fast import Attributor
+from heta_fast.errors import HetaInputError
+from heta_fast.evaluation import baselines as bl
+from heta_fast.evaluation import metrics as mt
+from heta_fast.evaluation.curated import RunSettings, parse_methods, run_curated, summarize, write_report
+from heta_fast.evaluation.data import load_examples, parse_example
+from heta_fast.hf import ModelAdapter
+from heta_fast.testing import NoBosTokenizer, tiny_model
+
+V, T, D = 5, 10, 3
+W = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]],
+                 dtype=torch.float64)
+
+
+def only_token0(X):
+    """A hand-made 'model': the logits depend on token 0's row only (log-softmax of W x_0)."""
+    return torch.log_softmax(X[:, 0].double() @ W.T, -1)
+
+
+@pytest.fixture
+def X():
+    return torch.randn(T, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 1.0
+
+
+def onehot(i, t=T):
+    a = torch.zeros(t, dtype=torch.float64)
+    a[i] = 1.0
+    return a
+
+
+# ------------------------------------------------------------------------------------------- soft metrics
+def test_hellinger_formulas_on_known_distributions():
+    p = torch.tensor([0.5, 0.5], dtype=torch.float64).log()
+    q = torch.tensor([1.0, 0.0], dtype=torch.float64).log()
+    sq = (1 - math.sqrt(0.5)) ** 2 + 0.5  # Σ (√q - √p)²
+    assert float(mt.hellinger_sufficiency(p, q)) == pytest.approx(1 - math.sqrt(sq) / math.sqrt(2), abs=1e-12)
+    assert float(mt.hellinger_comprehensiveness(p, q)) == pytest.approx(sq / math.sqrt(2), abs=1e-12)
+    assert float(mt.hellinger_sufficiency(p, p)) == pytest.approx(1.0)
+    assert float(mt.hellinger_comprehensiveness(p, p)) == pytest.approx(0.0)
+
+
+def test_soft_erasure_known_answers(X):
+    ref = only_token0(X[None])[0]
+    uniform = torch.full((V,), 1.0 / V, dtype=torch.float64).log()  # all rows zeroed: W·0 = 0
+    s0 = 1 - float(mt.kl(ref, uniform))
+    # The right token: sufficiency keeps it entirely (π' = π), comprehensiveness removes it (π' = uniform).
+    good = mt.soft_erasure(only_token0, X, onehot(0))
+    assert good["s0"] == pytest.approx(s0)
+    assert good["soft_ns"] == pytest.approx(1.0)
+    assert good["soft_nc"] == pytest.approx(float(mt.hellinger_comprehensiveness(ref, uniform)) / (1 - s0))
+    # A wrong token: sufficiency sees the uniform distribution, comprehensiveness changes nothing.
+    bad = mt.soft_erasure(only_token0, X, onehot(4))
+    soft_s = float(mt.hellinger_sufficiency(ref, uniform))
+    assert bad["soft_ns"] == pytest.approx(min(max(soft_s - s0, 0), 10) / (1 - s0))
+    assert bad["soft_nc"] == pytest.approx(0.0)
+    assert good["soft_ns"] > bad["soft_ns"] and good["soft_nc"] > bad["soft_nc"]
+    # Scale and shift of the scores do not matter (min-max normalisation).
+    assert mt.soft_erasure(only_token0, X, 3 * onehot(0) + 7) == good
+
+
+def test_soft_erasure_partial_keep_is_seeded_and_between(X):
+    a = torch.linspace(0, 1, T).flip(0)  # token 0 most important, but only 1 - 1/9 kept for others
+    r1 = mt.soft_erasure(only_token0, X, a, seed=5)
+    assert r1 == mt.soft_erasure(only_token0, X, a, seed=5)
+    assert 0 <= r1["soft_nc"] <= mt.soft_erasure(only_token0, X, onehot(0))["soft_nc"] + 1e-12
+
+
+def test_soft_erasure_degenerate_baseline_gives_nan(X):
+    def constant(Xb):
+        return torch.log_softmax(torch.zeros(Xb.shape[0], V, dtype=torch.float64), -1)
+
+    r = mt.soft_erasure(constant, X, onehot(0))
+    assert math.isnan(r["soft_nc"]) and math.isnan(r["soft_ns"])
+
+
+def test_aopc_known_answers(X):
+    p = float(only_token0(X[None])[0, 0].exp())
+    target = 0
+    good = mt.aopc(only_token0, X, target, onehot(0))
+    assert good["comprehensiveness"] == pytest.approx(p - 1 / V)  # removing token 0 → uniform, at k = 1, 2, 3
+    assert good["sufficiency"] == pytest.approx(0.0)
+    assert good["comprehensiveness_logp"] == pytest.approx(math.log(p) - math.log(1 / V))
+    assert good["sufficiency_logp"] == pytest.approx(0.0)
+    worst = mt.aopc(only_token0, X, target, -onehot(0))  # token 0 ranked last: never in the top 30 %
+    assert worst["comprehensiveness"] == pytest.approx(0.0)
+    assert worst["sufficiency"] == pytest.approx(p - 1 / V)
+    assert [mt.topk_count(T, f) for f in (0.1, 0.2, 0.3)] == [1, 2, 3]
+    assert mt.topk_count(3, 0.1) == 1
+
+
+# ------------------------------------------------------------------------------------ segments, DSA, F1
+TEXT = "The leaves fell. <s> Photosynthesis occurs in leaves. <s> Question: where?"
+
+
+def offsets_of(text):
+    """Word-piece offsets like a byte-level BPE: each word carries its leading space."""
+    import re
+
+    return [(m.start(), m.end()) for m in re.finditer(r" ?\S+", text)]
+
+
+def test_token_span_mask_uses_offsets_not_strings():
+    offs = offsets_of(TEXT)
+    dis = (0, TEXT.index(" <s>"))
+    sup_start = TEXT.index("Photo")
+    sup = (sup_start, TEXT.index(" <s>", sup_start))
+    dmask = mt.token_span_mask(offs, TEXT, [dis])
+    smask = mt.token_span_mask(offs, TEXT, [sup])
+    toks = [TEXT[s:e] for s, e in offs]
+    assert [t for t, m in zip(toks, dmask, strict=True) if m] == ["The", " leaves", " fell."]
+    assert [t for t, m in zip(toks, smask, strict=True) if m] == [" Photosynthesis", " occurs", " in", " leaves."]
+    # " leaves" occurs in both segments; each occurrence goes to its own segment only.
+    assert not (dmask & smask).any()
+    # A whitespace-only overlap is no membership.
+    assert not mt.token_span_mask([(3, 4)], TEXT, [(3, 4)]).any()
+
+
+def test_dsa_known_values_and_range():
+    sup = torch.tensor([False, False, True, True])
+    dis = torch.tensor([True, True, False, False])
+    assert mt.dsa([1, 1, 1, 1], sup, dis) == pytest.approx(0.0)
+    assert mt.dsa([0, 0, 2, 1], sup, dis) == pytest.approx(1.0)
+    assert mt.dsa([3, 0, 0, 0], sup, dis) == pytest.approx(-1.0)
+    assert mt.dsa([1, 0, 2, 0, 1][:4], sup, dis) == pytest.approx(2 / 3 - 1 / 3)
+    with pytest.raises(HetaInputError, match="non-negative"):
+        mt.dsa([-1, 0, 2, 0], sup, dis)
+    with pytest.raises(HetaInputError, match="both"):
+        mt.dsa([1, 1, 1, 1], sup, sup)
+
+
+def test_f1_alignment_known_values():
+    gold = torch.tensor([False, True, True, False, False])
+    assert mt.f1_alignment([0, 5, 4, 1, 0], gold) == pytest.approx(1.0)
+    assert mt.f1_alignment([0, 5, 1, 4, 0], gold) == pytest.approx(0.5)
+    assert mt.f1_alignment([9, 0, 0, 8, 0], gold) == pytest.approx(0.0)
+    with pytest.raises(HetaInputError):
+        mt.f1_alignment([1, 2, 3, 4, 5], torch.zeros(5, dtype=torch.bool))
+
+
+def test_spearman_known_values():
+    assert mt.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert mt.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert mt.rankdata(torch.tensor([5.0, 1.0, 5.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+    # Ties: Pearson of ranks [1, 2.5, 2.5, 4] and [1, 2, 3, 4].
+    ra, rb = torch.tensor([1, 2.5, 2.5, 4]), torch.tensor([1.0, 2, 3, 4])
+    expect = float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+    assert mt.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(expect)
+    assert math.isnan(mt.spearman([1, 1, 1], [1, 2, 3]))
+
+
+# ------------------------------------------------------------------------------------------- baselines
+@pytest.fixture(scope="module")
+def tiny():
+    model = tiny_model("llama")
+    return model, ModelAdapter(model)
+
+
+def _g(model, X, target):
+    return float(torch.log_softmax(model(inputs_embeds=X[None]).logits[0, -1].double(), -1)[target])
+
+
+def test_integrated_gradients_completeness():
+    # GPT-2 adds position embeddings to X, so the path from X = 0 is smooth; on RMSNorm models the
+    # normalisation of rows near zero makes g jump close to alpha = 0 and a Riemann sum misses it.
+    model = tiny_model("gpt2")
+    ad = ModelAdapter(model)
+    ids = torch.tensor([3, 17, 42, 8, 60, 5])
+    ig = bl.integrated_gradients(ad, ids, 11, steps=64, signed=True)
+    with torch.no_grad():
+        X = ad.embed(ids)
+        expect = _g(model, X, 11) - _g(model, torch.zeros_like(X), 11)
+    assert float(ig.sum()) == pytest.approx(expect, rel=2e-2, abs=1e-3)
+
+
+def test_leave_one_out_matches_direct_forwards(tiny):
+    model, ad = tiny
+    ids = torch.tensor([3, 17, 42, 8, 60])
+    loo = bl.leave_one_out(ad, ids, 11, batch_size=2, signed=True)
+    with torch.no_grad():
+        X = ad.embed(ids)
+        for i in range(5):
+            Xi = X.clone()
+            Xi[i] = 0
+            assert float(loo[i]) == pytest.approx(_g(model, X, 11) - _g(model, Xi, 11), abs=1e-4)
+    assert (bl.leave_one_out(ad, ids, 11) >= 0).all()
+
+
+def test_gradients_match_finite_differences(tiny):
+    model, ad = tiny
+    ids = torch.tensor([3, 17, 42, 8])
+    X = ad.embed(ids).detach().double()
+    grad = bl.target_logprob_grad(ad, ad.embed(ids), 11).double()
+    v = torch.randn_like(X)
+    eps = 1e-3
+    with torch.no_grad():
+        fd = (_g(model, (X + eps * v).float(), 11) - _g(model, (X - eps * v).float(), 11)) / (2 * eps)
+    assert float((grad * v).sum()) == pytest.approx(fd, rel=2e-2, abs=1e-3)
+    assert torch.allclose(bl.gradient_norm(ad, ids, 11), grad.norm(dim=-1), atol=1e-6)
+    assert torch.allclose(bl.input_x_gradient(ad, ids, 11), (X * grad).sum(-1).abs(), atol=1e-5)
+
+
+def test_attention_rollout_is_a_distribution(tiny):
+    _, ad = tiny
+    r = bl.attention_rollout(ad, torch.tensor([3, 17, 42, 8, 60]))
+    assert (r >= 0).all() and float(r.sum()) == pytest.approx(1.0)
+    assert float(r[-1]) >= 0.5 ** ad.num_layers  # the residual half of every layer stays at the last row
+
+
+def test_perturbed_embeddings_is_scoped(tiny):
+    _, ad = tiny
+    ids = torch.tensor([3, 17, 42])
+    noise = torch.ones(3, ad.hidden_size)
+    clean = ad.embed(ids).clone()
+    with bl.perturbed_embeddings(ad, ids, noise):
+        assert torch.allclose(ad.embed(ids), clean + 1)
+        assert torch.allclose(ad.embed(ids[:2]), clean[:2] + 1)
+        assert torch.allclose(ad.embed(torch.tensor([5])), ad.embedding.weight[5:6])
+    assert torch.equal(ad.embed(ids), clean)
+    with pytest.raises(HetaInputError):
+        bl.baseline_scores("nope", ad, ids, 1)
+
+
+# ----------------------------------------------------------------------------------------- data + runner
+def _rows(n=2):
+    return [{"id": f"ex{i}", "text": f"Cat{i}. <s> Sun is hot. <s> Q?", "answer": "hot",
+             "distractor": f"Cat{i}.", "support": "Sun is hot.", "important_words": ["hot", "Sun"]}
+            for i in range(n)]
+
+
+def _write_rows(tmp_path, n):
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in _rows(n)))
+    return p
+
+
+def test_parse_example_released_format_and_gold_words():
+    obj = {"input_text": "A story here. <s> Leaves of the plant, green. <s> Question: where?", "answer": "leaves",
+           "narrative_segment": "A story here.", "sciq_support_segment": "Leaves of the plant, green.",
+           "important_word_indices_in_sciq_support": [0, 3]}
+    ex = parse_example(obj, 0)
+    assert [ex.text[s:e] for s, e in ex.gold] == ["Leaves", "plant"]  # trailing comma trimmed
+    assert ex.text[slice(*ex.distractor)] == "A story here."
+    with pytest.raises(HetaInputError, match="not a substring"):
+        parse_example({**obj, "narrative_segment": "absent"}, 0)
+    with pytest.raises(HetaInputError, match="do not index"):
+        parse_example({**obj, "important_word_indices_in_sciq_support": [99]}, 0)
+
+
+def test_load_examples_jsonl_errors_name_the_line(tmp_path):
+    p = tmp_path / "d.jsonl"
+    rows = _rows(2)
+    p.write_text(json.dumps(rows[0]) + "\n" + "{not json\n")
+    with pytest.raises(HetaInputError, match=r"d.jsonl:2: not valid JSON"):
+        load_examples(p)
+    p.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps({**rows[1], "answer": ""}) + "\n")
+    with pytest.raises(HetaInputError, match=r"d.jsonl:3: .*answer"):
+        load_examples(p)
+    p.write_text("\n".join(json.dumps(r) for r in rows))
+    exs = load_examples(p)
+    assert [ex.id for ex in exs] == ["ex0", "ex1"] and exs[0].text[slice(*exs[0].gold[0])] == "Sun"
+
+
+def test_parse_methods():
+    assert parse_methods("loo,heta") == ["loo", "heta"]
+    assert "heta_sink" in parse_methods("all")
+    with pytest.raises(HetaInputError, match="unknown method"):
+        parse_methods(["heta", "magic"])
+
+
+def test_runner_end_to_end_and_resumes(tmp_path, monkeypatch):
+    attr = Attributor(tiny_model("llama"), NoBosTokenizer())
+    exs = load_examples(_write_rows(tmp_path, 2))
+    settings = RunSettings(hessian="lowrank", rank=4, num_probes=2, soft_samples=2, ig_steps=4,
+                           stability_examples=1)
+    methods = ["random", "loo", "heta", "heta_M", "heta_sink"]
+    recs = run_curated(exs, tmp_path / "out", methods, settings, attributor=attr, progress=False)
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert len(recs) == 2 and len(lines) == 2
+    m = recs[0]["methods"]
+    for name in methods:
+        assert -1 <= m[name]["dsa"] <= 1 and 0 <= m[name]["f1"] <= 1 and "soft_nc" in m[name]
+        assert "stability_noise" in m[name]
+    assert "stability_seed" in m["heta"] and "stability_seed" not in m["loo"]
+    assert "stability_noise" not in recs[1]["methods"]["loo"]
+    assert m["loo"]["stability_noise"] == pytest.approx(1.0, abs=0.3)
+
+    # A rerun computes nothing; a new method is computed alone.
+    def boom(*a, **k):
+        raise AssertionError("recomputed a finished example")
+
+    import heta_fast.evaluation.curated as cur
+
+    monkeypatch.setattr(cur, "method_scores", boom)
+    run_curated(exs, tmp_path / "out", methods, settings, attributor=attr, progress=False)
+    monkeypatch.undo()
+    recs = run_curated(exs, tmp_path / "out", methods + ["grad_norm"], settings, attributor=attr, progress=False)
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and list(json.loads(lines[-1])["methods"]) == ["grad_norm"]
+    # Stability added later for the second example: its scores are reused, not recomputed.
+    settings2 = RunSettings(**{**settings.__dict__, "stability_examples": 2})
+    monkeypatch.setattr(cur, "example_metrics", boom)
+    recs = run_curated(exs, tmp_path / "out", methods, settings2, attributor=attr, progress=False)
+    monkeypatch.undo()
+    assert "stability_noise" in recs[1]["methods"]["loo"]
+    before = {m: v["dsa"] for m, v in recs[0]["methods"].items()}
+    cur.rescore(exs, tmp_path / "out", settings, attributor=attr, progress=False)
+    assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 2  # merged, one per example
+    recs = run_curated(exs, tmp_path / "out", methods + ["grad_norm"], settings, attributor=attr, progress=False)
+    assert {m: v["dsa"] for m, v in recs[0]["methods"].items()} == pytest.approx(before)
+    assert "stability_noise" in recs[0]["methods"]["heta"]
+    rows = summarize(recs, methods + ["grad_norm"])
+    paths = write_report(rows, tmp_path / "out", plots=False)
+    assert "| heta |" in (tmp_path / "out" / "summary.md").read_text() and len(paths) == 2
+
+
+def test_heta_default_is_the_library_default_untouched_by_runner_settings(tmp_path):
+    from heta_fast.evaluation.curated import encode
+
+    attr = Attributor(tiny_model("llama", num_hidden_layers=8), NoBosTokenizer())
+    exs = load_examples(_write_rows(tmp_path, 1))
+    # The runner's cheap settings (low rank, 2 probes) apply to the other HETA methods, not to heta_default.
+    settings = RunSettings(hessian="lowrank", rank=4, num_probes=2, soft_samples=1, ig_steps=2, stability_examples=1)
+    methods = ["heta_default", "heta_default_M", "heta_default_S", "heta_default_I", "heta_sink_sum"]
+    rec = run_curated(exs, tmp_path / "out", methods, settings, attributor=attr, progress=False)[0]["methods"]
+    enc = encode(attr.tokenizer, exs[0])
+    lib = attr.attribute(enc.ids + [enc.target_id], target=len(enc.ids), seed=0)
+    assert lib.options["layers"] == 6 and lib.options["sink_token"] == 89 and lib.options["hessian"] == "exact"
+    assert rec["heta_default"]["scores"] == pytest.approx(lib.scores, rel=1e-9)
+    for c in "MSI":  # each ablation is its component up to a constant factor (β or γ)
+        a, b = torch.tensor(rec[f"heta_default_{c}"]["scores"]), torch.tensor(getattr(lib, c))
+        assert (a / a.sum()).tolist() == pytest.approx((b / b.sum()).tolist(), rel=1e-9)
+    assert rec["heta_sink_sum"]["scores"] != pytest.approx(lib.scores)
+    # Stability under embedding noise runs the default preset on the perturbed input (its sink row unperturbed).
+    assert 0.5 < rec["heta_default"]["stability_noise"] < 1.0 and "stability_seed" in rec["heta_default"]
+
+
+def test_cli_reports_unknown_method(capsys):
+    from heta_fast.cli import main
+
+    assert main(["eval", "curated", "--methods", "nope"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+
+
+@pytest.mark.model
+def test_curated_encoding_on_the_default_model():
+    from pathlib import Path
+
+    from heta_fast.evaluation.curated import encode
+    from heta_fast.evaluation.data import default_data_path
+    from heta_fast.models import load_model
+
+    if not Path(default_data_path()).exists():
+        pytest.skip("curated data not beside the checkout")
+    _, tok = load_model("default")
+    ex = load_examples(default_data_path())[0]
+    enc = encode(tok, ex)
+    assert tok.decode([enc.target_id]) == " leaves"  # the answer's first token, not the question's last
+    assert enc.text.endswith("\nAnswer:") and len(enc.ids) == len(enc.offsets)
+    sup = mt.token_span_mask(enc.offsets, enc.text, [ex.support])
+    dis = mt.token_span_mask(enc.offsets, enc.text, [ex.distractor])
+    assert bool(dis[0]) and not bool(sup[0])
+    assert "".join(enc.text[s:e] for (s, e), m in zip(enc.offsets, sup, strict=True) if m).strip() == enc.text[slice(*ex.support)]
