@@ -16,16 +16,13 @@ import pytest
 import torch
 
 from heta_fast import Attributor, _ext
-from heta_fast.information import kl_op, kl_op_reference
-from heta_fast.gate import gate_reference
 from heta_fast.curvature import sensitivity_reference
-from heta_fast.information import information_reference
-from heta_fast.information import mask_vector
-from heta_fast.probes import draw_probes
-from heta_fast.gate import gate_fast
-from heta_fast.hf import ModelAdapter
 from heta_fast.curvature.batched import sensitivity_batched
+from heta_fast.gate import gate_fast, gate_reference
+from heta_fast.hf import ModelAdapter
+from heta_fast.information import information_reference, kl_op, kl_op_reference, mask_vector
 from heta_fast.information.batched import information_batched
+from heta_fast.probes import draw_probes
 from heta_fast.testing import TINY_ARCHS, random_ids, rel_err, tiny_model
 
 pytestmark = [
