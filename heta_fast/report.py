@@ -17,11 +17,10 @@ import io
 import json
 import re
 
+from .result import COMPONENT_LABELS as _LABELS
+from .result import COMPONENT_NAMES as COMPONENTS
 from .result import Attribution, AttributionSequence
 
-COMPONENTS = ("scores", "M", "S", "I")
-_LABELS = {"scores": "score = M·(βS + γI)", "M": "M (causal gate)", "S": "S (Hessian sensitivity)",
-           "I": "I (KL impact)"}
 _CSS = (
     "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}"
     " .tok{border-radius:3px;padding:1px 0} table{border-collapse:collapse;margin:.5em 0}"

@@ -1,4 +1,9 @@
-"""The attribution result: components, tokens, provenance, and its JSON / HTML / terminal views."""
+"""The attribution result: components, tokens, provenance, and its JSON / HTML / terminal views.
+
+JSON files carry ``schema_version`` ("MAJOR.MINOR"). A minor version only adds optional fields, so a file
+of any 1.x loads in every 1.y (fields it lacks get their defaults, fields it does not know are ignored);
+a new major version means an incompatible layout, and loading it names the version and what to do.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,25 @@ import html
 import json
 from dataclasses import dataclass, field
 
-SCHEMA_VERSION = "1.1"  # 1.1: sink_gate_mass
+from .errors import HetaInputError
+
+SCHEMA_VERSION = "1.1"  # 1.0: first release; 1.1: sink_gate_mass
+COMPONENT_NAMES = ("scores", "M", "S", "I")
+COMPONENT_LABELS = {"scores": "score = M·(βS + γI)", "M": "M (causal gate)", "S": "S (Hessian sensitivity)",
+                    "I": "I (KL impact)"}
+
+
+class ResultFormatError(HetaInputError):
+    """A saved result cannot be read: not JSON, a field missing or of the wrong kind, or a newer schema."""
 
 
 def floats(x) -> list[float] | None:
-    """A tensor or sequence as a list of Python floats (None stays None): the form results store."""
+    """A 1-D tensor, array or sequence as a list of Python floats (None stays None): how results store vectors."""
     if x is None:
         return None
-    return [float(v) for v in x.detach().cpu().double().tolist()] if hasattr(x, "detach") else [float(v) for v in x]
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().reshape(-1).tolist()
+    return [float(v) for v in x]
 
 
 @dataclass
@@ -95,25 +111,17 @@ class Attribution:
 
     @classmethod
     def from_dict(cls, d: dict) -> Attribution:
-        tgt = d["target"]
-        return cls(
-            tokens=d["tokens"],
-            token_ids=d["token_ids"],
-            target_position=tgt["position"],
-            target_id=tgt["token_id"],
-            target_token=tgt["token"],
-            target_logprob=tgt.get("logprob"),
-            scores=d["scores"],
-            M=d.get("M"),
-            S=d.get("S"),
-            I=d.get("I"),
-            offsets=[tuple(o) for o in d["offsets"]] if d.get("offsets") is not None else None,
-            text=d.get("text"),
-            options=d.get("options", {}),
-            timings=d.get("timings", {}),
-            model=d.get("model"),
-            sink_gate_mass=d.get("sink_gate_mass"),
-        )
+        """The result :meth:`to_dict` produced (any schema 1.x); :class:`ResultFormatError` if it is not one."""
+        return _attribution_from_dict(d, where="attribution")
+
+    @classmethod
+    def load(cls, path) -> Attribution:
+        """Read a result written by :meth:`to_json` (any schema 1.x)."""
+        d = _read_json(path)
+        if isinstance(d, dict) and "targets" in d and "target" not in d:
+            raise ResultFormatError(f"{path} holds a sequence of {len(d['targets'])} attributions (a continuation): "
+                                    "read it with AttributionSequence.load")
+        return _attribution_from_dict(d, where=str(path))
 
     # --------------------------------------------------------------------------------- views
     def _shades(self, by: str) -> list[float]:
@@ -175,6 +183,22 @@ class Attribution:
             f"</head><body>{body}</body></html>"
         )
 
+    def _repr_html_(self) -> str:
+        """Notebook view: the heatmap with a score / M / S / I switch (self-contained HTML, no script)."""
+        from .notebook import results_html
+
+        return results_html([self])
+
+    def to_captum(self, by: str = "scores"):
+        """This result as Captum's ``LLMAttributionResult`` (needs the ``integrations`` extra: captum).
+
+        One output token (the target) over the context tokens: ``seq_attr`` is ``by`` (the score by default),
+        ``token_attr`` the same values as a ``[1, context]`` matrix, ``output_probs`` the target's probability.
+        """
+        from .integrations.captum import to_llm_attribution_result
+
+        return to_llm_attribution_result([self], by=by)
+
     def __str__(self) -> str:
         top = ", ".join(f"{tok!r}:{v:.3g}" for _, tok, v in self.topk(5))
         return f"Attribution(target={self.target_token!r} @ {self.target_position}, top=[{top}])"
@@ -185,6 +209,19 @@ class AttributionSequence(list):
 
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "targets": [a.to_dict() for a in self]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AttributionSequence:
+        """The sequence :meth:`to_dict` produced (any schema 1.x); :class:`ResultFormatError` if it is not one."""
+        return _sequence_from_dict(d, where="attribution sequence")
+
+    @classmethod
+    def load(cls, path) -> AttributionSequence:
+        """Read a sequence written by :meth:`to_json` (any schema 1.x)."""
+        d = _read_json(path)
+        if isinstance(d, dict) and "target" in d and "targets" not in d:
+            raise ResultFormatError(f"{path} holds a single attribution: read it with Attribution.load")
+        return _sequence_from_dict(d, where=str(path))
 
     def to_json(self, path: str | None = None) -> str:
         s = json.dumps(self.to_dict(), indent=2)
@@ -204,3 +241,134 @@ class AttributionSequence(list):
 
     def heatmap(self, by: str = "scores", color: bool = True) -> str:
         return "\n".join(a.heatmap(by=by, color=color) for a in self)
+
+    def _repr_html_(self) -> str:
+        """Notebook view: one heatmap line per target, with a score / M / S / I switch (no script)."""
+        from .notebook import results_html
+
+        return results_html(list(self))
+
+    def to_captum(self, by: str = "scores"):
+        """These results as one Captum ``LLMAttributionResult`` (needs the ``integrations`` extra: captum).
+
+        ``input_tokens`` are the context of the last target (the prompt and the continuation before it),
+        ``output_tokens`` the targets, ``token_attr[k, j]`` the ``by`` value of context token j for target k
+        (0 where j is not in target k's context, i.e. at or after the target), and ``seq_attr`` the sum of
+        ``token_attr`` over targets (Captum's attribution of the whole continuation).
+        """
+        from .integrations.captum import to_llm_attribution_result
+
+        return to_llm_attribution_result(list(self), by=by)
+
+
+def load(path) -> Attribution | AttributionSequence:
+    """Read a result file of either kind: :class:`Attribution` or, for a continuation, :class:`AttributionSequence`."""
+    d = _read_json(path)
+    if isinstance(d, dict) and "targets" in d and "target" not in d:
+        return _sequence_from_dict(d, where=str(path))
+    return _attribution_from_dict(d, where=str(path))
+
+
+# ------------------------------------------------------------------------------------- reading JSON
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ResultFormatError(f"{path} is not JSON ({e}); heta_fast results are written by to_json") from e
+
+
+def _check_schema(d, where: str) -> None:
+    """Refuse what is not a result dict, or one of a newer major schema (or no schema at all)."""
+    if not isinstance(d, dict):
+        raise ResultFormatError(f"{where}: expected a JSON object, got {type(d).__name__}")
+    version = d.get("schema_version")
+    if version is None:
+        raise ResultFormatError(f"{where}: no schema_version, so this is not a heta_fast result "
+                                "(results are written by to_json / to_dict)")
+    parts = str(version).split(".")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ResultFormatError(f"{where}: schema_version {version!r} is not of the form MAJOR.MINOR")
+    major, current = int(parts[0]), int(SCHEMA_VERSION.split(".")[0])
+    if major != current:
+        newer = "a newer" if major > current else "an older, unsupported"
+        raise ResultFormatError(f"{where}: written with schema_version {version} by {newer} heta_fast; this one reads "
+                                f"schema {current}.x (up to {SCHEMA_VERSION})"
+                                + (": upgrade heta_fast to load it" if major > current else ""))
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _get(d: dict, key: str, where: str, kind, optional: bool = False):
+    """``d[key]`` checked to be a ``kind`` (a type, tuple of types, or ``"number"``); None if optional and absent."""
+    if key not in d or d[key] is None:
+        if optional:
+            return None
+        raise ResultFormatError(f"{where}: field {key!r} is missing")
+    v = d[key]
+    ok = _is_number(v) if kind == "number" else isinstance(v, kind) and not (kind is int and isinstance(v, bool))
+    if not ok:
+        name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+        raise ResultFormatError(f"{where}: field {key!r} should be {name}, got {type(v).__name__}")
+    return v
+
+
+def _list(d: dict, key: str, where: str, n: int | None, item_ok, item_kind: str, optional: bool = False):
+    v = _get(d, key, where, list, optional)
+    if v is None:
+        return None
+    if n is not None and len(v) != n:
+        raise ResultFormatError(f"{where}: {key!r} has {len(v)} entries for {n} context tokens")
+    bad = next((i for i, x in enumerate(v) if not item_ok(x)), None)
+    if bad is not None:
+        raise ResultFormatError(f"{where}: {key}[{bad}] should be {item_kind}, got {v[bad]!r}")
+    return v
+
+
+def _attribution_from_dict(d, where: str) -> Attribution:
+    _check_schema(d, where)
+    tokens = _list(d, "tokens", where, None, lambda x: isinstance(x, str), "a string")
+    n = len(tokens)
+    ids = _list(d, "token_ids", where, n, lambda x: isinstance(x, int) and not isinstance(x, bool), "a token id")
+    comps = {name: _list(d, name, where, n, _is_number, "a number", optional=name != "scores")
+             for name in COMPONENT_NAMES}
+    offsets = _list(d, "offsets", where, n, lambda o: isinstance(o, list) and len(o) == 2
+                    and all(isinstance(x, int) for x in o), "a [start, end] pair", optional=True)
+    target = _get(d, "target", where, dict)
+    tw = f"{where}: target"
+    position = _get(target, "position", tw, int)
+    if position != n:
+        raise ResultFormatError(f"{where}: target position {position} should equal the number of context tokens {n}")
+    logprob = _get(target, "logprob", tw, "number", optional=True)
+    sink_mass = _get(d, "sink_gate_mass", where, "number", optional=True)
+    return Attribution(
+        tokens=list(tokens),
+        token_ids=list(ids),
+        target_position=position,
+        target_id=_get(target, "token_id", tw, int),
+        target_token=_get(target, "token", tw, str),
+        target_logprob=None if logprob is None else float(logprob),
+        scores=floats(comps["scores"]),
+        M=floats(comps["M"]),
+        S=floats(comps["S"]),
+        I=floats(comps["I"]),
+        offsets=[(int(a), int(b)) for a, b in offsets] if offsets is not None else None,
+        text=_get(d, "text", where, str, optional=True),
+        options=dict(_get(d, "options", where, dict, optional=True) or {}),
+        timings=dict(_get(d, "timings", where, dict, optional=True) or {}),
+        model=_get(d, "model", where, str, optional=True),
+        sink_gate_mass=None if sink_mass is None else float(sink_mass),
+    )
+
+
+def _sequence_from_dict(d, where: str) -> AttributionSequence:
+    _check_schema(d, where)
+    targets = _get(d, "targets", where, list)
+    out = AttributionSequence()
+    for k, item in enumerate(targets):
+        if isinstance(item, dict) and "schema_version" not in item:
+            item = {**item, "schema_version": d["schema_version"]}  # the sequence's version covers its items
+        out.append(_attribution_from_dict(item, where=f"{where}: targets[{k}]"))
+    return out
