@@ -27,7 +27,6 @@ import torch
 
 from ..errors import HetaInputError, UnsupportedModelError
 from ..options import HetaOptions, options_from_preset
-from . import INSTALL_HINT
 
 try:
     from inseq.attr.feat import FeatureAttribution
@@ -35,7 +34,9 @@ try:
     from inseq.data import CoarseFeatureAttributionStepOutput, FeatureAttributionSequenceOutput
 except ImportError as e:  # inseq is an optional extra
     raise ImportError(f"heta_fast.integrations.inseq needs Inseq, which is not installed ({e}). Install it with "
-                      f"{INSTALL_HINT} plus `pip install --no-deps inseq` (see requirements/no-deps/inseq.txt)") from e
+                      "pip install 'heta_fast[inseq]' (on Linux inseq's metadata also pulls CUDA 11 wheels); with a "
+                      "CPU torch: pip install --no-deps inseq, plus the packages in requirements/integrations.txt"
+                      ) from e
 
 METHOD_NAME = "heta"
 #: Keyword arguments of ``attribute`` / ``load_model`` that go to HETA.

@@ -208,4 +208,5 @@ def test_heta_fast_imports_without_inseq_and_the_adapter_names_the_install(tmp_p
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
-    assert "ERR heta_fast.integrations.inseq needs Inseq" in out.stdout and "--no-deps inseq" in out.stdout
+    assert "ERR heta_fast.integrations.inseq needs Inseq" in out.stdout
+    assert "heta_fast[inseq]" in out.stdout and "--no-deps inseq" in out.stdout
