@@ -4,8 +4,8 @@
     import heta_fast.integrations.inseq  # noqa: F401  (registers "heta")
 
     model = inseq.load_model(hf_model, "heta", tokenizer=hf_tokenizer, num_probes=4)   # load-time defaults
-    out = model.attribute("The capital of France is", " Paris", seed=1, layers=2)        # per-call options
-    out.show(); out.save("heta.json"); out.aggregate("spans", target_spans=(0, 3))
+    out = model.attribute("The capital of France is", "The capital of France is Paris", seed=1)  # per call
+    out.show(); out.save("heta.json"); out.sequence_attributions[0].aggregate("subwords").show()
 
 Every generation step is one HETA run: the step's prefix is the context, the step's token the target.
 Options are any :class:`heta_fast.HetaOptions` field (and ``preset``), given to ``load_model`` (defaults for
