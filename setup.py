@@ -51,7 +51,7 @@ def get_extensions() -> list:
 
     # No -std flag on purpose: BuildExtension appends the standard torch's own headers need
     # (-std=c++17 for older torch, -std=c++20 from torch 2.10 on; forcing c++17 against torch 2.13
-    # headers already warns). Our sources are C++17-clean: tests/build/test_cuda_compile.py compiles the
+    # headers already warns). Our sources are C++17-clean: tests/native/test_cuda_compile.py compiles the
     # torch-free kernels with nvcc -std=c++17.
     cxx = ["-O0", "-g"] if DEBUG else ["-O3"]
     if NATIVE:

@@ -32,7 +32,7 @@ stage_setup() {
 
 stage_tests() {
     HETA_FAST_REQUIRE_EXT=1 HETA_FAST_REQUIRE_CUDA=1 $PY -m pytest -q -p no:cacheprovider \
-        tests/build/test_gpu.py tests/information/test_kl_op.py tests/gate/test_rollout.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+        tests/native/test_gpu.py tests/information/test_kl_op.py tests/gate/test_rollout.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
 }
 
 stage_kernels() {

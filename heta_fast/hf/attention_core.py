@@ -11,7 +11,7 @@ as rows instead of repeating keys and values.
 
 Used by :func:`heta_fast.hf.heta_attention` whenever a graph is built and the mask is boolean (or purely
 causal) without soft-capping; tests compare values, gradients and second derivatives with the eager
-composition in float64 (``tests/curvature/test_attention_core.py``).
+composition in float64 (``tests/hf/test_attention_core.py``).
 
 Notation below (one kv head; the query heads of its group are stacked as rows): S = s·Q Kᵀ masked,
 P = softmax(S), O = P V. First backward from dO: dP = dO Vᵀ, δ = rowsum(P ⊙ dP), dS = P ⊙ (dP − δ),

@@ -9,7 +9,8 @@ differences. The routing tests check which path ``heta_attention`` takes.
 import pytest
 import torch
 
-from heta_fast import hf
+from heta_fast.hf import ModelAdapter
+from heta_fast.hf import attention as recording_attention
 from heta_fast.hf.attention_core import attention_core
 from heta_fast.testing import rel_err
 
@@ -109,15 +110,15 @@ class Module(torch.nn.Module):
 
 def _route(monkeypatch, *, grad, softcap=None, mask=None, plain=False):
     calls = []
-    real = hf.attention_core
-    monkeypatch.setattr(hf, "attention_core", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = recording_attention.attention_core
+    monkeypatch.setattr(recording_attention, "attention_core", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     q, k, v, _ = make("gqa")
     with torch.set_grad_enabled(grad):
         if plain:
-            with hf.plain_attention():
-                out, _ = hf.heta_attention(Module(), q, k, v, mask, softcap=softcap)
+            with recording_attention.plain_attention():
+                out, _ = recording_attention.heta_attention(Module(), q, k, v, mask, softcap=softcap)
         else:
-            out, _ = hf.heta_attention(Module(), q, k, v, mask, softcap=softcap)
+            out, _ = recording_attention.heta_attention(Module(), q, k, v, mask, softcap=softcap)
     ref = eager(q, k, v, allowed_mask(5, 5), q.shape[-1] ** -0.5)[0].transpose(1, 2)
     if softcap is None:
         assert rel_err(out, ref) < 1e-12
@@ -144,8 +145,8 @@ def test_reference_engine_never_uses_the_core(monkeypatch):
     from heta_fast.probes import draw_probes
     from heta_fast.testing import random_ids, tiny_model
 
-    monkeypatch.setattr(hf, "attention_core", lambda *a, **kw: pytest.fail("reference engine used the fast core"))
-    adapter = hf.ModelAdapter(tiny_model("llama").double())
+    monkeypatch.setattr(recording_attention, "attention_core", lambda *a, **kw: pytest.fail("reference engine used the fast core"))
+    adapter = ModelAdapter(tiny_model("llama").double())
     ids = random_ids(6)
     gate_reference(adapter, ids)
     sensitivity_reference(adapter, ids, 3, probes=draw_probes(6, 1, adapter.hidden_size, seed=0))
