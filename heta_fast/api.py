@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +13,7 @@ from torch import Tensor
 from . import reference
 from .cpu_allocator import tune_malloc_for_tensors
 from .engine import evaluate, evaluate_many
-from .errors import HetaInputError, NumericalError
+from .errors import HetaCancelled, HetaInputError, NumericalError
 from .hf import ModelAdapter
 from .options import HetaOptions, options_from_preset, resolve_layers
 from .result import Attribution, AttributionSequence
@@ -33,15 +34,25 @@ def _progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
+def _check_stop(should_stop: Callable[[], bool] | None) -> None:
+    """Raise :class:`HetaCancelled` when the caller's ``should_stop()`` says so (called between chunks of work)."""
+    if should_stop is not None and should_stop():
+        raise HetaCancelled("the attribution was stopped by its should_stop check")
+
+
 class _StageBars:
-    """One progress bar per long stage (Hessian–vector products, masked KL rows), created on first use."""
+    """One progress bar per long stage (Hessian–vector products, masked KL rows), created on first use.
+
+    The engine calls :meth:`update` between chunks of work, so it is also where ``should_stop`` is checked.
+    """
 
     LABELS = {"S": "Hessian-vector products", "I": "masked tokens (KL)"}
 
-    def __init__(self, enabled: bool, totals: dict):
-        self.enabled, self.totals, self.bars = enabled, totals, {}
+    def __init__(self, enabled: bool, totals: dict, should_stop: Callable[[], bool] | None = None):
+        self.enabled, self.totals, self.bars, self.should_stop = enabled, totals, {}, should_stop
 
     def update(self, stage: str, n: int) -> None:
+        _check_stop(self.should_stop)
         if not self.enabled:
             return
         if stage not in self.bars:
@@ -142,12 +153,14 @@ class Attributor:
             return self.tokenizer.decode([tid])
         return f"<{tid}>"
 
-    def _generate(self, ids: Tensor, n_new: int, sink: int | None = None) -> list[int]:
+    def _generate(self, ids: Tensor, n_new: int, sink: int | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> list[int]:
         """Greedy continuation of ``ids`` (after the sink token, if any) by ``n_new`` tokens."""
         new: list[int] = []
         seq = ids if sink is None else torch.cat([ids.new_tensor([sink]), ids])
         with torch.no_grad():
             for _ in range(n_new):
+                _check_stop(should_stop)
                 logits = self.adapter.last_logits(self.adapter.embed(seq))
                 if not torch.isfinite(logits).all():
                     raise NumericalError("the model produced non-finite logits (NaN/Inf); check its weights")
@@ -158,7 +171,8 @@ class Attributor:
 
     # --------------------------------------------------------------------------------- attribution
     def attribute(self, text_or_ids, target: int | str | None = None, *, generate: int | None = None,
-                  probes: Tensor | None = None, preset: str | None = None, **overrides):
+                  probes: Tensor | None = None, preset: str | None = None,
+                  should_stop: Callable[[], bool] | None = None, **overrides):
         """Explain one target token (or each token of a continuation).
 
         Args:
@@ -171,6 +185,9 @@ class Attributor:
                 sink token the sink's own row is zero and ``t`` counts the real context tokens only).
             preset: start from a named preset (``"paper"``, ``"paper-large"``, ``"fast"``) instead of the
                 Attributor's options.
+            should_stop: called between chunks of work (HVP batches, masked-KL chunks, windows, targets,
+                generated tokens); when it returns True the call raises :class:`~heta_fast.errors.HetaCancelled`
+                (a server uses it for time limits and disconnected clients).
             **overrides: any :class:`HetaOptions` field (beta, gamma, num_probes, seed, rollout, hessian,
                 rank, curvature, layers, mask, mask_token_id, normalize, components, window, overlap,
                 sink_token, engine, max_memory).
@@ -191,7 +208,7 @@ class Attributor:
                 raise HetaInputError(f"generate must be >= 1, got {generate}")
             enc = base
             # Generated with the same sink the explanation runs with, so the targets are the model's own.
-            new_ids = self._generate(enc.ids, generate, sink=opts.sink_token)
+            new_ids = self._generate(enc.ids, generate, sink=opts.sink_token, should_stop=should_stop)
             cont = self.tokenizer.decode(new_ids) if self.tokenizer is not None else None
             if cont is not None and enc.text is not None:
                 retok = self.tokenizer(cont, add_special_tokens=False)["input_ids"]
@@ -222,7 +239,7 @@ class Attributor:
             positions = [pos]
         if probes is not None and len(positions) != 1:
             raise HetaInputError("probes= can only be given for a single target")
-        results = AttributionSequence(self._attribute_positions(enc, positions, opts, probes))
+        results = AttributionSequence(self._attribute_positions(enc, positions, opts, probes, should_stop))
         return results[0] if len(positions) == 1 and not isinstance(target, str) and generate is None else results
 
     # ---------------------------------------------------------------------------------- internals
@@ -234,7 +251,7 @@ class Attributor:
         return self._reference_adapter
 
     def _attribute_positions(self, enc: _Encoded, positions: list[int], opts: HetaOptions,
-                             probes: Tensor | None) -> list[Attribution]:
+                             probes: Tensor | None, should_stop: Callable[[], bool] | None = None) -> list[Attribution]:
         adapter = self._adapter_for(opts)
         ids = enc.ids
         # With a sink token every run sees [sink] + tokens; `lead` shifts positions into that sequence.
@@ -259,13 +276,14 @@ class Attributor:
             d, k = adapter.hidden_size, lead.numel()
             comps = evaluate_many(adapter, torch.cat([lead, ids]), [t + k for t in positions], opts, mask_vec=mask_vec,
                                   probes=[_window_probes(self._context_probes(None, opts, d, t), 0, t, k > 0)
-                                          for t in positions])
+                                          for t in positions],
+                                  progress=_StageBars(False, {}, should_stop).update)
             parts = [(*_drop_lead(c.M, c.S, c.I, k), dict(c.timings)) for c in comps]
         else:
             parts = []
             bar = _progress_bar(len(positions), "targets", self.progress and len(positions) > 1)
             for t in positions:
-                parts.append(self._windowed_components(adapter, ids, t, opts, probes, mask_vec, lead))
+                parts.append(self._windowed_components(adapter, ids, t, opts, probes, mask_vec, lead, should_stop))
                 bar.update(1)
             bar.close()
         out = []
@@ -275,7 +293,8 @@ class Attributor:
         return out
 
     def _windowed_components(self, adapter: ModelAdapter, ids: Tensor, t: int, opts: HetaOptions,
-                             probes: Tensor | None, mask_vec: Tensor | None, lead: Tensor):
+                             probes: Tensor | None, mask_vec: Tensor | None, lead: Tensor,
+                             should_stop: Callable[[], bool] | None = None):
         """M, S, I ``[t]`` for target position t: one window, or the averages over windows (SPEC §4).
 
         ``lead`` is the sink token (empty without one): each window is run as lead + its tokens and the
@@ -293,12 +312,13 @@ class Attributor:
         full_probes = self._context_probes(probes, opts, d, t)  # drawn once, sliced per window
         bar = _progress_bar(len(windows), "windows", self.progress and len(windows) > 1)
         for start in windows:
+            _check_stop(should_stop)
             w_ids = ctx[start : start + (opts.window or t)]
             w_len = w_ids.numel()
             w_probes = _window_probes(full_probes, start, w_len, sink=lead.numel() > 0)
             n_run = w_len + lead.numel()
             with _StageBars(self.progress, totals={"S": n_run * opts.num_probes if opts.hessian == "exact" else None,
-                                                    "I": n_run}) as bars:
+                                                    "I": n_run}, should_stop=should_stop) as bars:
                 comp = evaluate(adapter, torch.cat([lead, w_ids]), target_id, opts, probes=w_probes,
                                 mask_vec=mask_vec, progress=bars.update)
             for k, v in comp.timings.items():

@@ -132,12 +132,14 @@ def evaluate_many(
     *,
     probes: list[Tensor | None],
     mask_vec: Tensor | None,
+    progress: Callable[[str, int], None] | None = None,
 ) -> list[Components]:
     """Several targets of one text (positions ``targets``; context of t is 0 … t-1), sharing work.
 
     The gate shares one recorded forward, the KL term one masked pass (each masked suffix yields the
     hidden states of every later prediction position). S runs per target: its cost is the backwards.
-    Fast engine only; the reference engine loops over :func:`evaluate`.
+    Fast engine only; the reference engine loops over :func:`evaluate`. ``progress(stage, n)`` is called
+    between chunks of work, as in :func:`evaluate`.
     """
     predict_at = [t - 1 for t in targets]
     per = [dict() for _ in targets]
@@ -151,7 +153,9 @@ def evaluate_many(
         from .kl import information_multi
 
         t0 = time.perf_counter()
-        for slot, I in zip(per, information_multi(adapter, ids, predict_at, mask_vec, max_memory=opts.max_memory), strict=True):
+        tick = (lambda n: progress("I", n)) if progress is not None else None
+        for slot, I in zip(per, information_multi(adapter, ids, predict_at, mask_vec, max_memory=opts.max_memory,
+                                                  progress=tick), strict=True):
             slot["I"] = I
         timings["kl"] = (time.perf_counter() - t0) / len(targets)
     out = []
@@ -160,7 +164,7 @@ def evaluate_many(
         S = None
         if "S" in opts.components:
             comp = evaluate(adapter, ids[:t], int(ids[t]), opts.replace(components=("S",)), probes=pr,
-                            mask_vec=None)
+                            mask_vec=None, progress=progress)
             S, own["hessian"] = comp.S, comp.timings["hessian"]
         out.append(Components(M=slot.get("M"), S=S, I=slot.get("I"), timings=own))
     return out
