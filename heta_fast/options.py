@@ -78,14 +78,14 @@ class OptionSpec:
         return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
 
     def _range_text(self) -> str:
-        lo, hi = self.minimum, self.maximum if self.maximum is not None else self.below
+        lo, hi, below = self.minimum, self.maximum, self.below
         fmt = _number_text
         if lo is not None and hi is not None:
-            return f" from {fmt(lo)} to {fmt(hi)}" + (" (exclusive)" if self.below is not None else "")
+            return f" from {fmt(lo)} to {fmt(hi)}"
+        if lo is not None and below is not None:
+            return f" >= {fmt(lo)} and < {fmt(below)}"
         if lo is not None:
             return f" >= {fmt(lo)}"
-        if hi is not None:
-            return f" <= {fmt(hi)}" if self.below is None else f" < {fmt(hi)}"
         return ""
 
     def error(self, value) -> HetaInputError:
@@ -175,9 +175,9 @@ CLI_NONE = _CliNone()
 
 
 def _number_text(x: float) -> str:
-    if float(x).is_integer() and abs(x) < 1e15:
-        return str(int(x))
-    return f"{x:g}"
+    if x == 2**63 - 1:
+        return "2^63 - 1"
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def option(default, help: str, **spec) -> Any:
@@ -315,13 +315,20 @@ def options_from_preset(preset: str = "default", **overrides) -> HetaOptions:
 
 
 # ------------------------------------------------------------------------------------ command line
-def add_option_flags(parser) -> None:
-    """One flag per option on an argparse parser (``dest`` = the option; left out = None = not given)."""
-    group = parser.add_argument_group("HETA options (default: the preset's value)")
+def add_option_flags(parser, names: tuple[str, ...] | None = None, defaults: dict | None = None) -> None:
+    """One flag per option on an argparse parser (``dest`` = the option; left out = None = not given).
+
+    ``names`` picks a subset (a front end that varies only some options); ``defaults`` gives flags a default
+    of the front end's own instead of None.
+    """
+    defaults = defaults or {}
+    group = parser.add_argument_group("HETA options" + ("" if defaults else " (default: the preset's value)"))
     for spec in OPTION_SPECS:
-        kw: dict[str, Any] = dict(dest=spec.name, type=spec.parse_cli, metavar=spec.cli_metavar(),
-                                  help=f"{spec.help}; {spec.cli_allowed()}")
-        group.add_argument(spec.flag, **kw)
+        if names is not None and spec.name not in names:
+            continue
+        shown = f" (default: {defaults[spec.name]})" if spec.name in defaults else ""
+        group.add_argument(spec.flag, dest=spec.name, type=spec.parse_cli, metavar=spec.cli_metavar(),
+                           default=defaults.get(spec.name), help=f"{spec.help}; {spec.cli_allowed()}{shown}")
 
 
 def overrides_from_args(args) -> dict:
@@ -355,7 +362,7 @@ def options_markdown() -> str:
     """The README's options table, one row per option (``tests/test_options.py`` keeps the README equal)."""
     rows = ["| option | default | values | meaning | command line |", "|---|---|---|---|---|"]
     for s in OPTION_SPECS:
-        values = s.allowed().replace("'", '"')
-        rows.append(f"| `{s.name}` | {_doc_value(s.default)} | {values} | {s.help.replace('|', '/')} "
-                    f"| `{s.flag} {s.cli_metavar()}` |")
+        cells = [f"`{s.name}`", _doc_value(s.default), s.allowed().replace("'", '"'), s.help,
+                 f"`{s.flag} {s.cli_metavar()}`"]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")  # a bare | would end the cell
     return "\n".join(rows) + "\n"
