@@ -34,9 +34,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..errors import HetaCancelled, HetaError, HetaInputError, MemoryBudgetError
@@ -518,7 +519,7 @@ def create_app(service: AttributionService, *, demo: bool = False) -> FastAPI:
     def _gone(request: Request, exc: ClientGone):
         return _error_response(499, "", str(exc), kind="client_gone")  # nobody reads it; logs show 499
 
-    @app.exception_handler(HTTPException)
+    @app.exception_handler(HTTPException)  # Starlette's: FastAPI's own, 404 and 405 too
     def _http_error(request: Request, exc: HTTPException):
         field = "body" if exc.status_code in (400, 413) else ""
         return _error_response(exc.status_code, field, str(exc.detail), kind="http_error", headers=exc.headers)

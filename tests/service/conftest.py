@@ -51,15 +51,15 @@ class ServerThread:
 
 
 def http(url, method="GET", body=None, raw: bytes | None = None, timeout=TIMEOUT, headers=None):
-    """(status, parsed JSON body, response headers) of one HTTP request; 4xx/5xx are returned, not raised."""
+    """(status, parsed JSON body, response headers with lower-case names) of one HTTP request; 4xx/5xx are returned, not raised."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(url, data=data, method=method,
                                  headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read()), dict(resp.headers)
+            return resp.status, json.loads(resp.read()), {k.lower(): v for k, v in resp.headers.items()}
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read()), dict(e.headers)
+        return e.code, json.loads(e.read()), {k.lower(): v for k, v in e.headers.items()}
 
 
 @pytest.fixture(scope="package", autouse=True)
