@@ -7,7 +7,7 @@ of work on every path, results unchanged when it never fires, nothing more compu
 import pytest
 import torch
 
-from heta_fast import Attributor, AttributionSequence
+from heta_fast import AttributionSequence, Attributor
 from heta_fast.errors import HetaCancelled
 from heta_fast.testing import CharTokenizer, tiny_model
 
