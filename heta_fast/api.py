@@ -16,6 +16,7 @@ from .engine import Engine, Explanation
 from .errors import HetaInputError, NumericalError
 from .hf import ModelAdapter
 from .options import HetaOptions, options_from_preset, resolve_layers
+from .progress import StopCheck, check_stop
 from .result import Attribution, AttributionSequence, floats
 from .sinks import resolve_sink
 
@@ -122,12 +123,14 @@ class Attributor:
             return self.tokenizer.decode([tid])
         return f"<{tid}>"
 
-    def _generate(self, ids: Tensor, n_new: int, sink: int | None = None) -> list[int]:
+    def _generate(self, ids: Tensor, n_new: int, sink: int | None = None,
+                  should_stop: StopCheck | None = None) -> list[int]:
         """Greedy continuation of ``ids`` (after the sink token, if any) by ``n_new`` tokens."""
         new: list[int] = []
         seq = ids if sink is None else torch.cat([ids.new_tensor([sink]), ids])
         with torch.no_grad():
             for _ in range(n_new):
+                check_stop(should_stop)
                 logits = self.adapter.last_logits(self.adapter.embed(seq))
                 if not torch.isfinite(logits).all():
                     raise NumericalError("the model produced non-finite logits (NaN/Inf); check its weights")
@@ -138,7 +141,8 @@ class Attributor:
 
     # --------------------------------------------------------------------------------- attribution
     def attribute(self, text_or_ids, target: int | str | None = None, *, generate: int | None = None,
-                  probes: Tensor | None = None, preset: str | None = None, **overrides):
+                  probes: Tensor | None = None, preset: str | None = None, should_stop: StopCheck | None = None,
+                  **overrides):
         """Explain one target token (or each token of a continuation).
 
         Args:
@@ -151,6 +155,9 @@ class Attributor:
                 sink token the sink's own row is zero and ``t`` counts the real context tokens only).
             preset: start from a named preset (``"paper"``, ``"paper-large"``, ``"fast"``) instead of the
                 Attributor's options.
+            should_stop: called between chunks of work (HVP batches, masked-KL chunks, windows, targets,
+                generated tokens); when it returns True the call raises :class:`~heta_fast.errors.HetaCancelled`
+                (a server uses it for time limits and disconnected clients).
             **overrides: any :class:`HetaOptions` field (beta, gamma, num_probes, seed, rollout, hessian,
                 rank, curvature, layers, mask, mask_token_id, normalize, components, window, overlap,
                 sink_token, engine, max_memory).
@@ -171,7 +178,7 @@ class Attributor:
                 raise HetaInputError(f"generate must be >= 1, got {generate}")
             enc = base
             # Generated with the same sink the explanation runs with, so the targets are the model's own.
-            new_ids = self._generate(enc.ids, generate, sink=opts.sink_token)
+            new_ids = self._generate(enc.ids, generate, sink=opts.sink_token, should_stop=should_stop)
             cont = self.tokenizer.decode(new_ids) if self.tokenizer is not None else None
             if cont is not None and enc.text is not None:
                 retok = self.tokenizer(cont, add_special_tokens=False)["input_ids"]
@@ -202,7 +209,7 @@ class Attributor:
             positions = [pos]
         if probes is not None and len(positions) != 1:
             raise HetaInputError("probes= can only be given for a single target")
-        explained = self.engine.explain(enc.ids, positions, opts, probes=probes)
+        explained = self.engine.explain(enc.ids, positions, opts, probes=probes, should_stop=should_stop)
         results = AttributionSequence(self._build(enc, t, opts, ex) for t, ex in zip(positions, explained, strict=True))
         return results[0] if len(positions) == 1 and not isinstance(target, str) and generate is None else results
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .errors import HetaError, HetaInputError
-from .options import PRESETS, layers_arg, overrides_from_args, sink_token_arg
+from .options import PRESETS, add_option_flags, options_from_preset, overrides_from_args
 
 
 def _target(value: str | None):
@@ -47,26 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--generate", type=int, help="generate N tokens greedily and explain each")
     a.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct) or a local HF folder")
     a.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    a.add_argument("--num-probes", type=int)
-    a.add_argument("--seed", type=int)
-    a.add_argument("--rollout", choices=["flow", "reference"])
-    a.add_argument("--hessian", choices=["exact", "lowrank"])
-    a.add_argument("--rank", type=int)
-    a.add_argument("--curvature", choices=["hessian", "gauss_newton"])
-    a.add_argument("--layers", type=layers_arg, metavar="K|auto|all",
-                   help="curvature and rollout over the last K layers (auto, the default: the last 6; all: every "
-                        "layer, curvature with respect to the embedding rows)")
-    a.add_argument("--mask", choices=["zero", "mean", "token"])
-    a.add_argument("--mask-token-id", type=int)
-    a.add_argument("--normalize", choices=["none", "sum"])
-    a.add_argument("--beta", type=float)
-    a.add_argument("--gamma", type=float)
-    a.add_argument("--window", type=int)
-    a.add_argument("--overlap", type=float)
-    a.add_argument("--sink-token", type=sink_token_arg, metavar="auto|ID",
-                   help="prepend an attention-sink token (auto: <|endoftext|>/BOS) and drop it from the result")
-    a.add_argument("--components", help="subset of M,S,I, e.g. 'M,I'")
-    a.add_argument("--engine", choices=["fast", "reference"])
+    add_option_flags(a)
     a.add_argument("--json", metavar="FILE", help="write the result as JSON")
     a.add_argument("--html", metavar="FILE", help="write an HTML heatmap")
     a.add_argument("--by", default="scores", choices=["scores", "M", "S", "I"], help="what the heatmap shows")
@@ -110,9 +91,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _attribute_command(args) -> int:
     from .api import Attributor
+    from .tokenizers import check_text
 
     if not args.text.strip():  # fail before loading the model
         raise HetaInputError("empty text: there is nothing to explain")
+    check_text(args.text)
+    options_from_preset(args.preset, **overrides_from_args(args))  # bad options fail before loading, too
     attributor = Attributor.from_pretrained(args.model, preset=args.preset, progress=not args.quiet)
     prof = None
     if args.profile or args.profile_trace:

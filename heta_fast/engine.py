@@ -34,7 +34,7 @@ from .hf import ModelAdapter
 from .information import information_batched, information_multi, information_reference, mask_vector
 from .options import HetaOptions
 from .probes import check_probes, draw_probes
-from .progress import StageBars, progress_bar
+from .progress import StageBars, StopCheck, check_stop, progress_bar
 
 
 @dataclass
@@ -115,12 +115,14 @@ def evaluate_many(
     *,
     probes: list[Tensor | None],
     mask_vec: Tensor | None,
+    progress: Callable[[str, int], None] | None = None,
 ) -> list[Components]:
     """Several targets of one text (positions ``targets``; context of t is 0 … t−1), sharing work.
 
     The gate shares one recorded forward, the KL term one masked pass (each masked suffix yields the
     hidden states of every later prediction position). S runs per target: its cost is the backwards.
-    Fast engine only; the reference engine loops over :func:`evaluate`.
+    Fast engine only; the reference engine loops over :func:`evaluate`. ``progress(stage, n)`` is called
+    between chunks of work, as in :func:`evaluate`.
     """
     predict_at = [t - 1 for t in targets]
     per = [dict() for _ in targets]
@@ -132,8 +134,9 @@ def evaluate_many(
         timings["gate"] = (time.perf_counter() - t0) / len(targets)
     if "I" in opts.components:
         t0 = time.perf_counter()
-        for slot, I in zip(per, information_multi(adapter, ids, predict_at, mask_vec, max_memory=opts.max_memory),
-                           strict=True):
+        tick = (lambda n: progress("I", n)) if progress is not None else None
+        for slot, I in zip(per, information_multi(adapter, ids, predict_at, mask_vec, max_memory=opts.max_memory,
+                                                  progress=tick), strict=True):
             slot["I"] = I
         timings["kl"] = (time.perf_counter() - t0) / len(targets)
     out = []
@@ -142,7 +145,7 @@ def evaluate_many(
         S = None
         if "S" in opts.components:
             comp = evaluate(adapter, ids[:t], int(ids[t]), opts.replace(components=("S",)), probes=pr,
-                            mask_vec=None)
+                            mask_vec=None, progress=progress)
             S, own["hessian"] = comp.S, comp.timings["hessian"]
         out.append(Components(M=slot.get("M"), S=S, I=slot.get("I"), timings=own))
     return out
@@ -225,11 +228,13 @@ class Engine:
             self._reference_adapter = ModelAdapter(copy.deepcopy(self.adapter.model).to(torch.float64))
         return self._reference_adapter
 
-    def explain(self, ids: Tensor, positions: list[int], opts: HetaOptions, *,
-                probes: Tensor | None = None) -> list[Explanation]:
+    def explain(self, ids: Tensor, positions: list[int], opts: HetaOptions, *, probes: Tensor | None = None,
+                should_stop: StopCheck | None = None) -> list[Explanation]:
         """One :class:`Explanation` per target position of ``ids [n]`` (each 1 ≤ t ≤ n−1).
 
         ``opts`` must be resolved (``sink_token`` an id or None, ``layers`` a number or None).
+        ``should_stop()`` is checked between chunks of work; when it returns True the call raises
+        :class:`~heta_fast.errors.HetaCancelled`.
         """
         adapter = self.adapter_for(opts)
         lead = ids.new_tensor([] if opts.sink_token is None else [opts.sink_token])
@@ -252,13 +257,14 @@ class Engine:
         if shared:  # several targets of one text: gate and KL share their forwards
             d, k = adapter.hidden_size, lead.numel()
             comps = evaluate_many(adapter, torch.cat([lead, ids]), [t + k for t in positions], opts, mask_vec=mask_vec,
-                                  probes=[window_probes(context_probes(None, opts, d, t), 0, t, k) for t in positions])
+                                  probes=[window_probes(context_probes(None, opts, d, t), 0, t, k) for t in positions],
+                                  progress=StageBars(False, {}, should_stop).update)
             parts = [(*drop_lead(c.M, c.S, c.I, k), dict(c.timings)) for c in comps]
         else:
             parts = []
             bar = progress_bar(len(positions), "targets", self.progress and len(positions) > 1)
             for t in positions:
-                parts.append(self._windowed(adapter, ids, t, opts, probes, mask_vec, lead))
+                parts.append(self._windowed(adapter, ids, t, opts, probes, mask_vec, lead, should_stop))
                 bar.update(1)
             bar.close()
         out = []
@@ -268,7 +274,7 @@ class Engine:
         return out
 
     def _windowed(self, adapter: ModelAdapter, ids: Tensor, t: int, opts: HetaOptions, probes: Tensor | None,
-                  mask_vec: Tensor | None, lead: Tensor):
+                  mask_vec: Tensor | None, lead: Tensor, should_stop: StopCheck | None = None):
         """M, S, I ``[t]`` for target position t: one window, or the averages over windows (SPEC §4).
 
         Each window runs as lead + its tokens and the lead is dropped from it again.
@@ -284,11 +290,12 @@ class Engine:
         sink_masses: list[float] = []
         bar = progress_bar(len(windows), "windows", self.progress and len(windows) > 1)
         for start in windows:
+            check_stop(should_stop)
             w_ids = ctx[start : start + (opts.window or t)]
             w_len = w_ids.numel()
             n_run = w_len + lead.numel()
             totals = {"S": n_run * opts.num_probes if opts.hessian == "exact" else None, "I": n_run}
-            with StageBars(self.progress, totals=totals) as bars:
+            with StageBars(self.progress, totals=totals, should_stop=should_stop) as bars:
                 comp = evaluate(adapter, torch.cat([lead, w_ids]), target_id, opts,
                                 probes=window_probes(full_probes, start, w_len, lead.numel()),
                                 mask_vec=mask_vec, progress=bars.update)

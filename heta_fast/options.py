@@ -1,10 +1,24 @@
-"""Every HETA option in one validated dataclass (SPEC.md names in comments)."""
+"""Every HETA option, described once (SPEC.md names in comments).
+
+Each field of :class:`HetaOptions` is declared with :func:`option`: its default, the values it takes and its
+help text. Everything else is derived from that one description:
+
+- validation (``HetaOptions(...)`` and ``replace`` reject wrong types, non-finite and out-of-range values);
+- the command-line flags of ``heta-fast attribute`` and ``heta-fast batch`` (:func:`add_option_flags`,
+  read back with :func:`overrides_from_args`);
+- the service's request schema (:mod:`heta_fast.service.schema`) and batch-record checks;
+- the README's options table (:func:`options_markdown`).
+
+A new option is one new field here; every front end picks it up (``tests/test_options.py`` checks that).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import HetaInputError
 
@@ -12,95 +26,253 @@ COMPONENTS = ("M", "S", "I")
 
 
 @dataclass(frozen=True)
-class HetaOptions:
-    """Options of one attribution run.
+class OptionSpec:
+    """What one option takes, how it is written on a command line, and what it means.
 
     Attributes:
-        beta, gamma: weights of S and I in ``Attr = M * (beta*S + gamma*I)`` (SPEC §4).
-        num_probes: Hutchinson probes m per token (SPEC §2).
-        seed: seeds the probe generator (and every other random draw).
-        rollout: ``"flow"`` (default, target-conditioned) or ``"reference"`` (official per-head chain).
-        hessian: ``"exact"`` (all t*m block HVPs) or ``"lowrank"`` (randomized range finder of ``rank``).
-        curvature: ``"hessian"`` or ``"gauss_newton"`` (J^T (diag pi - pi pi^T) J, PSD).
-        layers: restrict rollout sum and curvature to the last k layers; ``None`` = all (curvature with
-            respect to the embedding rows X); ``"auto"`` (default) = the paper's recipe, the last
-            :data:`AUTO_LAYERS` layers, or all of them on a model with no more layers than that (README,
-            *Default preset*, says why).
-        mask: ``"zero"``, ``"mean"`` or ``"token"`` (uses ``mask_token_id``) for the KL term (SPEC §3).
-        normalize: ``"sum"`` (default: S and I divided by their sums first) or ``"none"`` (the paper's formula).
-        components: which of M, S, I to compute; missing ones are reported as None and the score uses
-            what is there (M alone, or the S/I mix with M = 1).
-        window, overlap: long-input windowing (SPEC §4); None = one window of the whole context.
-        sink_token: ``"auto"`` (default: the tokenizer's <|endoftext|>/BOS, unless the input already starts
-            with it or there is no tokenizer), a token id, or ``None`` (off): prepended to every window as an
-            attention sink and dropped from M, S and I (:mod:`heta_fast.sinks`).
-        engine: ``"fast"`` (batched kernels) or ``"reference"`` (plain float64 loops, the oracle).
-        max_memory: bytes the batched passes may use for intermediates (chunk sizes follow from it).
+        name: the :class:`HetaOptions` field.
+        default: its default value.
+        help: one line (command-line help, README table, service schema description).
+        number: ``int`` or ``float`` when the option takes a number, else None.
+        minimum, maximum: inclusive bounds of the number; ``below``: exclusive upper bound.
+        words: the strings the option takes: its choices, or words beside a number (``"auto"``).
+        many: a list of ``words`` (one or more, case-insensitive): ``components``.
+        nullable: None is a value of its own (not "unset"); ``none_word`` spells it on a command line.
+        metavar: how the command-line flag shows its value.
+        affects_result: False for options that only tune the machine (``max_memory``): a resumed batch job
+            may change them.
     """
 
-    beta: float = 0.5
-    gamma: float = 0.5
-    num_probes: int = 10
-    seed: int = 0
-    rollout: Literal["flow", "reference"] = "flow"
-    hessian: Literal["exact", "lowrank"] = "exact"
-    rank: int = 64
-    curvature: Literal["hessian", "gauss_newton"] = "hessian"
-    layers: int | Literal["auto"] | None = "auto"
-    mask: Literal["zero", "mean", "token"] = "zero"
-    mask_token_id: int | None = None
-    normalize: Literal["none", "sum"] = "sum"
-    components: tuple[str, ...] = COMPONENTS
-    window: int | None = None
-    overlap: float = 0.5
-    sink_token: int | Literal["auto"] | None = "auto"
-    engine: Literal["fast", "reference"] = "fast"
-    max_memory: int = 2 * 1024**3
-    extra: dict = field(default_factory=dict, compare=False)
+    name: str
+    default: Any
+    help: str
+    number: type | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    below: float | None = None
+    words: tuple[str, ...] = ()
+    many: bool = False
+    nullable: bool = False
+    none_word: str = "none"
+    metavar: str | None = None
+    affects_result: bool = True
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag: ``--num-probes``."""
+        return "--" + self.name.replace("_", "-")
+
+    # ---------------------------------------------------------------------------- what it takes
+    def allowed(self) -> str:
+        """The values it takes, in words: ``"an integer >= 1, 'auto' or None"``."""
+        if self.many:
+            return f"a list of one or more of {', '.join(map(repr, self.words))}"
+        parts = []
+        if self.number is not None:
+            parts.append(("an integer" if self.number is int else "a finite number") + self._range_text())
+        parts += [repr(w) for w in self.words]
+        if self.nullable:
+            parts.append("None")
+        if self.number is None and not self.nullable:
+            return "one of " + ", ".join(parts)
+        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
+
+    def _range_text(self) -> str:
+        lo, hi, below = self.minimum, self.maximum, self.below
+        fmt = _number_text
+        if lo is not None and hi is not None:
+            return f" from {fmt(lo)} to {fmt(hi)}"
+        if lo is not None and below is not None:
+            return f" >= {fmt(lo)} and < {fmt(below)}"
+        if lo is not None:
+            return f" >= {fmt(lo)}"
+        return ""
+
+    def error(self, value) -> HetaInputError:
+        return HetaInputError(f"{self.name} must be {self.allowed()}, got {value!r}", field=self.name)
+
+    def check(self, value):
+        """``value`` as the option holds it (ints as int, numbers as float, lists as tuples), or an error.
+
+        Raises:
+            HetaInputError: naming the option (``.field``) and what it takes.
+        """
+        if value is None:
+            if self.nullable:
+                return None
+            raise self.error(value)
+        if self.many:
+            if isinstance(value, str) or not isinstance(value, (list, tuple)) or \
+                    not all(isinstance(v, str) for v in value):
+                raise self.error(value)
+            picked = tuple(dict.fromkeys(v.strip().upper() for v in value))
+            if not picked or any(p not in self.words for p in picked):
+                raise self.error(value)
+            return picked
+        if isinstance(value, str):
+            if value in self.words:
+                return value
+            raise self.error(value)
+        if self.number is None or isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise self.error(value)
+        if self.number is int:
+            if not isinstance(value, numbers.Integral):
+                raise self.error(value)
+            value = int(value)
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise self.error(value)
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum) \
+                or (self.below is not None and value >= self.below):
+            raise self.error(value)
+        return value
+
+    # ------------------------------------------------------------------------------ command line
+    def parse_cli(self, text: str):
+        """The option's value from its command-line spelling (argparse ``type=``); None is :data:`CLI_NONE`."""
+        import argparse
+
+        if self.many:
+            value = [c for c in (p.strip() for p in text.split(",")) if c]
+        elif self.nullable and text == self.none_word:
+            return CLI_NONE
+        elif text in self.words or self.number is None:
+            value = text
+        else:
+            try:
+                value = self.number(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"must be {self.cli_allowed()}, got {text!r}") from None
+        try:
+            return self.check(value)
+        except HetaInputError:
+            raise argparse.ArgumentTypeError(f"must be {self.cli_allowed()}, got {text!r}") from None
+
+    def cli_allowed(self) -> str:
+        """:meth:`allowed` as a command line spells it (None is the ``none_word``)."""
+        text = self.allowed()
+        if self.many:
+            return text.replace("a list of", "a comma-separated list of")
+        return text.replace("None", repr(self.none_word)) if self.nullable else text
+
+    def cli_metavar(self) -> str:
+        if self.metavar:
+            return self.metavar
+        if self.number is None and not self.many:
+            return "{" + ",".join(self.words) + "}"
+        return self.name.upper()
+
+
+class _CliNone:
+    """argparse cannot tell an explicit None from a flag left out, so ``--layers all`` parses to this."""
+
+    def __repr__(self) -> str:
+        return "CLI_NONE"
+
+
+CLI_NONE = _CliNone()
+
+
+def _number_text(x: float) -> str:
+    if x == 2**63 - 1:
+        return "2^63 - 1"
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def option(default, help: str, **spec) -> Any:
+    """A :class:`HetaOptions` field with its :class:`OptionSpec` (the name is filled in from the field)."""
+    return field(default=default, metadata={"spec": dict(default=default, help=help, **spec)})
+
+
+@dataclass(frozen=True)
+class HetaOptions:
+    """Options of one attribution run (every field is described by its :func:`option` line).
+
+    ``layers="auto"`` (default) is the paper's recipe, the last :data:`AUTO_LAYERS` layers, or all of them on a
+    model with no more layers than that (README, *Default preset*, says why). ``components`` missing from a run
+    are reported as None and the score uses what is there (M alone, or the S/I mix with M = 1).
+    ``sink_token="auto"`` uses the tokenizer's <|endoftext|>/BOS unless the input already starts with it or
+    there is no tokenizer (:mod:`heta_fast.sinks`).
+    """
+
+    # SPEC §4: Attr = M * (beta*S + gamma*I).
+    beta: float = option(0.5, "weight of S in the score", number=float, minimum=0, maximum=1e6)
+    gamma: float = option(0.5, "weight of I in the score", number=float, minimum=0, maximum=1e6)
+    # SPEC §2: Hutchinson probes m per token.
+    num_probes: int = option(10, "Hutchinson probes per token (m)", number=int, minimum=1, metavar="M")
+    seed: int = option(0, "seeds the Rademacher probes (drawn in (i, k) order) and the low-rank test matrix",
+                       number=int, minimum=0, maximum=2**63 - 1, metavar="SEED")
+    rollout: Literal["flow", "reference"] = option(
+        "flow", "gate M: attention-value flow, or the official per-head chain 'reference' (needs H_kv = H)",
+        words=("flow", "reference"))
+    hessian: Literal["exact", "lowrank"] = option(
+        "exact", "S from every block HVP, or a randomized range finder of `rank` HVPs ('lowrank')",
+        words=("exact", "lowrank"))
+    rank: int = option(64, "number of range-finder directions for hessian='lowrank'", number=int, minimum=1,
+                       metavar="K")
+    curvature: Literal["hessian", "gauss_newton"] = option(
+        "hessian", "the Hessian, or the PSD Gauss-Newton matrix J^T (diag pi - pi pi^T) J",
+        words=("hessian", "gauss_newton"))
+    layers: int | Literal["auto"] | None = option(
+        "auto", "rollout and curvature over the last K layers; 'auto': the last 6 (every layer of a model with 6 "
+        "or fewer); None (command line: all): every layer, curvature with respect to the embedding rows",
+        number=int, minimum=1, words=("auto",), nullable=True, none_word="all", metavar="K|auto|all")
+    # SPEC §3: the row that replaces a masked token in the KL term.
+    mask: Literal["zero", "mean", "token"] = option(
+        "zero", "masked row for I: zeros, the mean input row, or the embedding of mask_token_id ('token')",
+        words=("zero", "mean", "token"))
+    mask_token_id: int | None = option(None, "token whose embedding masks for mask='token'", number=int, minimum=0,
+                                       nullable=True, metavar="ID")
+    normalize: Literal["none", "sum"] = option(
+        "sum", "S and I divided by their sums before mixing, or the paper's raw formula ('none')",
+        words=("none", "sum"))
+    components: tuple[str, ...] = option(COMPONENTS, "which of M, S, I to compute (the score uses what is there)",
+                                         words=COMPONENTS, many=True, metavar="M,S,I")
+    # SPEC §4: long inputs in windows of W context tokens overlapping by a fraction rho.
+    window: int | None = option(None, "long inputs: windows of W context tokens (None: one window)", number=int,
+                                minimum=1, nullable=True, metavar="W")
+    overlap: float = option(0.5, "overlap of consecutive windows, as a fraction of W", number=float, minimum=0,
+                            below=1, metavar="RHO")
+    sink_token: int | Literal["auto"] | None = option(
+        "auto", "attention-sink token prepended to every window and dropped from M, S, I: 'auto' (the "
+        "tokenizer's <|endoftext|>/BOS), a token id, or None (command line: none)",
+        number=int, minimum=0, words=("auto",), nullable=True, metavar="auto|ID|none")
+    engine: Literal["fast", "reference"] = option(
+        "fast", "batched kernels, or the plain float64 loops of the oracle ('reference')", words=("fast", "reference"))
+    max_memory: int = option(2 * 1024**3, "bytes the batched passes may use for intermediates (sets chunk sizes; "
+                             "results do not change)", number=int, minimum=1 << 20, metavar="BYTES",
+                             affects_result=False)
 
     def __post_init__(self):
-        def choice(name, allowed):
-            val = getattr(self, name)
-            if val not in allowed:
-                raise HetaInputError(f"{name}={val!r} is not one of {', '.join(map(repr, allowed))}")
-
-        choice("rollout", ("flow", "reference"))
-        choice("hessian", ("exact", "lowrank"))
-        choice("curvature", ("hessian", "gauss_newton"))
-        choice("mask", ("zero", "mean", "token"))
-        choice("normalize", ("none", "sum"))
-        choice("engine", ("fast", "reference"))
-        comps = tuple(dict.fromkeys(c.upper() for c in self.components))
-        if not comps or any(c not in COMPONENTS for c in comps):
-            raise HetaInputError(f"components={self.components!r}: choose one or more of M, S, I")
-        object.__setattr__(self, "components", comps)
-        if self.num_probes < 1:
-            raise HetaInputError(f"num_probes must be >= 1, got {self.num_probes}")
-        if self.hessian == "lowrank" and self.rank < 1:
-            raise HetaInputError(f"rank must be >= 1 for hessian='lowrank', got {self.rank}")
-        lay = self.layers
-        if lay is not None and lay != "auto" and (isinstance(lay, bool) or not isinstance(lay, int) or lay < 1):
-            raise HetaInputError(f"layers must be None, 'auto' or a positive number of final layers, got {lay!r}")
+        for spec in OPTION_SPECS:
+            object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name)))
         if self.mask == "token" and self.mask_token_id is None:
-            raise HetaInputError("mask='token' needs mask_token_id (e.g. the tokenizer's pad/unk/eos id)")
-        if self.window is not None and self.window < 1:
-            raise HetaInputError(f"window must be >= 1 token, got {self.window}")
-        if not 0.0 <= self.overlap < 1.0:
-            raise HetaInputError(f"overlap must be in [0, 1), got {self.overlap}")
-        sink = self.sink_token
-        if sink is not None and sink != "auto" and (isinstance(sink, bool) or not isinstance(sink, int) or sink < 0):
-            raise HetaInputError(f"sink_token must be None, 'auto' or a token id >= 0, got {sink!r}")
-        if self.max_memory < 1 << 20:
-            raise HetaInputError(f"max_memory={self.max_memory} bytes is too small; give at least 1 MiB")
+            raise HetaInputError("mask='token' needs mask_token_id (e.g. the tokenizer's pad/unk/eos id)", field="mask")
 
     def replace(self, **changes) -> HetaOptions:
+        """These options with ``changes`` (validated; an unknown name is a :class:`HetaInputError`)."""
+        _check_names(changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["components"] = list(self.components)
-        d.pop("extra")
         return d
+
+
+OPTION_SPECS: tuple[OptionSpec, ...] = tuple(
+    OptionSpec(name=f.name, **f.metadata["spec"]) for f in dataclasses.fields(HetaOptions)
+)
+OPTION_NAMES: tuple[str, ...] = tuple(s.name for s in OPTION_SPECS)
+SPECS_BY_NAME: dict[str, OptionSpec] = {s.name: s for s in OPTION_SPECS}
+
+
+def _check_names(changes: dict) -> None:
+    unknown = [k for k in changes if k not in SPECS_BY_NAME]
+    if unknown:
+        raise HetaInputError(f"unknown option {unknown[0]!r}; valid options: {', '.join(OPTION_NAMES)}",
+                             field=unknown[0])
 
 
 # layers="auto": curvature (and rollout) over the last 6 layers, as in the paper's large-model recipe.
@@ -109,9 +281,15 @@ AUTO_LAYERS = 6
 
 def resolve_layers(layers: int | str | None, num_layers: int) -> int | None:
     """The ``layers`` option as run: ``"auto"`` becomes :data:`AUTO_LAYERS`, or None (all layers, curvature
-    with respect to X) on a model with no more layers than that; other values are returned as given."""
+    with respect to X) on a model with no more layers than that; other values are returned as given.
+
+    Raises:
+        HetaInputError: (field ``layers``) more layers than the model has, before any work is done.
+    """
     if layers == "auto":
         return AUTO_LAYERS if num_layers > AUTO_LAYERS else None
+    if layers is not None and layers > num_layers:
+        raise HetaInputError(f"layers={layers} but the model has only {num_layers} layers", field="layers")
     return layers
 
 
@@ -131,51 +309,60 @@ PRESETS: dict[str, dict] = {
 
 def options_from_preset(preset: str = "default", **overrides) -> HetaOptions:
     if preset not in PRESETS:
-        raise HetaInputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise HetaInputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}", field="preset")
+    _check_names(overrides)
     return HetaOptions(**{**PRESETS[preset], **overrides})
 
 
-def layers_arg(value: str) -> int | str:
-    """Command-line form of ``layers``: a number of final layers, ``auto``, or ``all`` (the option's None;
-    :func:`cli_layers` turns it into None after argparse, which cannot tell None from "not given")."""
-    if value in ("auto", "all"):
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        import argparse
+# ------------------------------------------------------------------------------------ command line
+def add_option_flags(parser, names: tuple[str, ...] | None = None, defaults: dict | None = None) -> None:
+    """One flag per option on an argparse parser (``dest`` = the option; left out = None = not given).
 
-        raise argparse.ArgumentTypeError(f"--layers takes a number of final layers, 'auto' or 'all', got {value!r}") from None
-
-
-def cli_layers(value: int | str) -> int | str | None:
-    """``layers`` from :func:`layers_arg`'s value: ``"all"`` is None."""
-    return None if value == "all" else value
+    ``names`` picks a subset (a front end that varies only some options); ``defaults`` gives flags a default
+    of the front end's own instead of None.
+    """
+    defaults = defaults or {}
+    group = parser.add_argument_group("HETA options" + ("" if defaults else " (default: the preset's value)"))
+    for spec in OPTION_SPECS:
+        if names is not None and spec.name not in names:
+            continue
+        shown = f" (default: {defaults[spec.name]})" if spec.name in defaults else ""
+        group.add_argument(spec.flag, dest=spec.name, type=spec.parse_cli, metavar=spec.cli_metavar(),
+                           default=defaults.get(spec.name), help=f"{spec.help}; {spec.cli_allowed()}{shown}")
 
 
 def overrides_from_args(args) -> dict:
     """The :class:`HetaOptions` fields given on a parsed command line (flags left out are absent).
 
-    ``--layers all`` becomes None and ``--components M,I`` a tuple; every front end (``heta-fast explain``,
-    ``heta-fast batch``) reads its options through this one function.
+    Every front end (``heta-fast attribute``, ``heta-fast batch``) reads its options through this one
+    function; ``--layers all`` and the other ``none`` words become None.
     """
-    names = {f.name for f in dataclasses.fields(HetaOptions)} - {"components", "extra"}
-    out = {n: getattr(args, n) for n in sorted(names) if getattr(args, n, None) is not None}
-    if "layers" in out:
-        out["layers"] = cli_layers(out["layers"])
-    components = getattr(args, "components", None)
-    if components:
-        out["components"] = tuple(c.strip() for c in components.split(",") if c.strip())
+    out = {}
+    for spec in OPTION_SPECS:
+        value = getattr(args, spec.name, None)
+        if value is not None:
+            out[spec.name] = None if value is CLI_NONE else value
     return out
 
 
-def sink_token_arg(value: str) -> int | str:
-    """Command-line form of ``sink_token``: ``auto`` or a token id (argparse ``type=``)."""
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        import argparse
+# ------------------------------------------------------------------------------------------ docs
+def _doc_value(value) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, tuple):
+        return ", ".join(value)
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    if isinstance(value, int) and value >= 1 << 20 and value % (1 << 30) == 0:
+        return f"{value >> 30} GiB"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
-        raise argparse.ArgumentTypeError(f"--sink-token takes 'auto' or a token id, got {value!r}") from None
+
+def options_markdown() -> str:
+    """The README's options table, one row per option (``tests/test_options.py`` keeps the README equal)."""
+    rows = ["| option | default | values | meaning | command line |", "|---|---|---|---|---|"]
+    for s in OPTION_SPECS:
+        cells = [f"`{s.name}`", _doc_value(s.default), s.allowed().replace("'", '"'), s.help,
+                 f"`{s.flag} {s.cli_metavar()}`"]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")  # a bare | would end the cell
+    return "\n".join(rows) + "\n"

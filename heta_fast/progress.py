@@ -1,6 +1,19 @@
-"""Progress bars for long work: one per stage (targets, windows, Hessian–vector products, masked tokens)."""
+"""Progress bars for long work (one per stage: targets, windows, Hessian–vector products, masked tokens), and
+the caller's stop check, which runs at the same places: between chunks of work."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+from .errors import HetaCancelled
+
+StopCheck = Callable[[], bool]
+
+
+def check_stop(should_stop: StopCheck | None) -> None:
+    """Raise :class:`~heta_fast.errors.HetaCancelled` when the caller's ``should_stop()`` says so."""
+    if should_stop is not None and should_stop():
+        raise HetaCancelled("the attribution was stopped by its should_stop check")
 
 
 def progress_bar(total: int, desc: str, enabled: bool):
@@ -11,14 +24,15 @@ def progress_bar(total: int, desc: str, enabled: bool):
 
 class StageBars:
     """One bar per long stage of a component run, created on first use; ``update`` is the engine's
-    ``progress(stage, n)`` callback."""
+    ``progress(stage, n)`` callback, called between chunks of work, so it also checks ``should_stop``."""
 
     LABELS = {"S": "Hessian-vector products", "I": "masked tokens (KL)"}
 
-    def __init__(self, enabled: bool, totals: dict):
-        self.enabled, self.totals, self.bars = enabled, totals, {}
+    def __init__(self, enabled: bool, totals: dict, should_stop: StopCheck | None = None):
+        self.enabled, self.totals, self.bars, self.should_stop = enabled, totals, {}, should_stop
 
     def update(self, stage: str, n: int) -> None:
+        check_stop(self.should_stop)
         if not self.enabled:
             return
         if stage not in self.bars:

@@ -21,7 +21,8 @@ def default_sink_id(tokenizer) -> int:
     """A token the model saw at the start of training sequences: one of :data:`SINK_CANDIDATES`, else the
     tokenizer's BOS, else its EOS."""
     if tokenizer is None:
-        raise HetaInputError("sink_token='auto' needs a tokenizer: pass the sink's token id instead")
+        raise HetaInputError("sink_token='auto' needs a tokenizer: pass the sink's token id instead",
+                             field="sink_token")
     vocab = tokenizer.get_vocab()
     for name in SINK_CANDIDATES:
         if name in vocab:
@@ -29,7 +30,8 @@ def default_sink_id(tokenizer) -> int:
     for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if tid is not None:
             return int(tid)
-    raise HetaInputError("the tokenizer has no BOS/EOS/<|endoftext|> token: pass the sink's token id")
+    raise HetaInputError("the tokenizer has no BOS/EOS/<|endoftext|> token: pass the sink's token id",
+                         field="sink_token")
 
 
 def resolve_sink(sink_token, tokenizer, vocab_size: int, first_id: int) -> int | None:
@@ -52,5 +54,6 @@ def resolve_sink(sink_token, tokenizer, vocab_size: int, first_id: int) -> int |
         return None if sink == first_id else sink
     sink = int(sink_token)
     if not 0 <= sink < vocab_size:
-        raise HetaInputError(f"sink_token {sink} is outside the model vocabulary (size {vocab_size})")
+        raise HetaInputError(f"sink_token {sink} is outside the model vocabulary (size {vocab_size})",
+                             field="sink_token")
     return sink

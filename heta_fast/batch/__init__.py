@@ -9,8 +9,9 @@ Python::
         print(line["key"], line["result"]["scores"])
 """
 
+from ..errors import BatchError
 from .distributed import DistContext, setup
-from .jobs import BatchError, BatchSummary, errors_path, parts_dir, read_results, run_batch
+from .jobs import BatchSummary, errors_path, parts_dir, read_results, run_batch
 
 __all__ = [
     "BatchError",

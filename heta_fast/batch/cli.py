@@ -11,30 +11,8 @@ import argparse
 import sys
 
 from ..errors import HetaError
-from ..options import PRESETS, layers_arg, overrides_from_args, sink_token_arg
-from ..testing import CharTokenizer
-
-# Option flags exactly as ``heta-fast attribute`` spells them (dest = the HetaOptions field).
-_OPTION_FLAGS: list[tuple[str, dict]] = [
-    ("--num-probes", {"type": int}),
-    ("--seed", {"type": int}),
-    ("--rollout", {"choices": ["flow", "reference"]}),
-    ("--hessian", {"choices": ["exact", "lowrank"]}),
-    ("--rank", {"type": int, "help": "low-rank size (not the process rank: that comes from torchrun)"}),
-    ("--curvature", {"choices": ["hessian", "gauss_newton"]}),
-    ("--layers", {"type": layers_arg, "metavar": "K|auto|all", "help": "curvature and rollout over the last K layers"}),
-    ("--mask", {"choices": ["zero", "mean", "token"]}),
-    ("--mask-token-id", {"type": int}),
-    ("--normalize", {"choices": ["none", "sum"]}),
-    ("--beta", {"type": float}),
-    ("--gamma", {"type": float}),
-    ("--window", {"type": int}),
-    ("--overlap", {"type": float}),
-    ("--sink-token", {"type": sink_token_arg, "metavar": "auto|ID", "help": "prepend an attention-sink token, drop it"}),
-    ("--components", {"help": "subset of M,S,I, e.g. 'M,I'"}),
-    ("--engine", {"choices": ["fast", "reference"]}),
-    ("--max-memory", {"type": int, "help": "bytes for batched intermediates (does not change results)"}),
-]
+from ..options import PRESETS, add_option_flags, options_from_preset, overrides_from_args
+from ..tokenizers import CharTokenizer
 
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -48,8 +26,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct) or a local HF folder")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    for flag, kw in _OPTION_FLAGS:
-        p.add_argument(flag, **kw)
+    add_option_flags(p)
     p.add_argument(
         "--device", default="auto", help="auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda, cuda:N"
     )
@@ -92,10 +69,10 @@ def make_factory(args):
     import torch
 
     from ..api import Attributor
-    from ..options import options_from_preset
 
     dtype = getattr(torch, args.dtype)
     overrides = overrides_from_args(args)
+    options_from_preset(args.preset, **overrides)  # bad options fail before any model is loaded
 
     def factory(device):
         if args.tiny_model:

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from ..errors import BatchError
 
 
 @dataclass
@@ -153,3 +157,29 @@ def setup(
     )
     ctx.owns_group = True
     return ctx
+
+
+def agree(ctx, fn: Callable[[], Any], *, main_only: bool) -> Any:
+    """Run ``fn`` (on rank 0 only, or on every rank) and fail on every rank if it failed on any.
+
+    Without this, a rank that raised would leave the others waiting at the next barrier.
+    """
+    value, failure = None, None
+    if ctx.is_main or not main_only:
+        try:
+            value = fn()
+        except Exception as e:
+            failure = e
+    n_failed = ctx.all_sum([int(failure is not None)])[0]
+    if main_only:
+        msg = ctx.broadcast(None if failure is None else f"{type(failure).__name__}: {failure}")
+        if failure is not None:
+            raise failure
+        if msg is not None:
+            raise BatchError(f"rank 0 failed: {msg}")
+        return value
+    if failure is not None:
+        raise failure
+    if n_failed:
+        raise BatchError(f"{n_failed} other rank(s) failed; see their messages")
+    return value

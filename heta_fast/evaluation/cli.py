@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..options import add_option_flags
+
 
 def add_parser(subparsers) -> None:
     """Register ``eval`` (with ``curated``) on the top-level sub-parsers."""
@@ -22,10 +24,9 @@ def add_parser(subparsers) -> None:
     c.add_argument("--limit", type=int, help="only the first N examples")
     c.add_argument("--methods", nargs="+", default=["all"], help="method names (space or comma separated) or 'all'")
     c.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct) or a local HF folder")
-    c.add_argument("--hessian", choices=["exact", "lowrank"], default="lowrank")
-    c.add_argument("--rank", type=int, default=16)
-    c.add_argument("--num-probes", type=int, default=4)
-    c.add_argument("--seed", type=int, default=0)
+    # Like the "fast" preset: every method runs on every example, so the default is a cheap S.
+    add_option_flags(c, names=("hessian", "rank", "num_probes", "seed"),
+                     defaults={"hessian": "lowrank", "rank": 16, "num_probes": 4, "seed": 0})
     c.add_argument("--sink-token-id", type=int, help="sink for the heta_sink* methods (default: <|endoftext|>/BOS)")
     c.add_argument("--stability", type=int, default=0, metavar="N",
                    help="also measure stability (noise on X, another seed) on the first N examples")

@@ -9,119 +9,77 @@ Request body (every field but ``text``/``ids`` optional)::
      "options": {"num_probes": 4, "hessian": "lowrank", "rank": 16}}   # any HetaOptions field
 
 Response: one ``Attribution.to_dict()`` for a single target, or ``{"schema_version", "targets": [...]}``
-for a continuation or a generation. Errors are 4xx with FastAPI's shape plus a one-line summary::
+for a continuation or a generation. Errors name the request field they are about::
 
-    {"error": "options.num_probes: num_probes must be >= 1, got 0",
+    {"error": "options.num_probes: num_probes must be an integer >= 1, got 0",
      "detail": [{"loc": ["body", "options", "num_probes"], "msg": "...", "type": "value_error"}]}
 
+422: a value the library refuses; 413: over one of the operator's limits (:class:`ServiceLimits`: tokens,
+probes, rank, windows, generated tokens, estimated work, memory, time); 503 with ``Retry-After``: the queue
+is full. Every check runs before the request waits for the model, so a bad request is answered at once.
+
 One model serves every request, one request at a time: the model is not thread-safe while heta_fast
-records its attention, so requests wait on a lock (at most ``max_queue`` of them; more get 503).
+records its attention, so requests wait on a lock. A running request is stopped between chunks of work
+when it passes the time limit or its client disconnects (``Attributor.attribute(should_stop=...)``).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
+import math
 import threading
-from typing import Any, Literal
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
-from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..errors import HetaError, HetaInputError, MemoryBudgetError
-from ..options import PRESETS, HetaOptions, options_from_preset
+from ..errors import HetaCancelled, HetaError, HetaInputError, MemoryBudgetError
+from ..options import OPTION_NAMES, PRESETS, HetaOptions, options_from_preset, resolve_layers
 from ..result import SCHEMA_VERSION
+from ..tokenizers import check_text
+from .errors import ClientGone, FieldError, ServiceBusy
+from .limits import REFERENCE_MAX_TOKENS, ServiceLimits, WorkEstimate, estimate_work, window_count
+from .schema import AttributeOptions, AttributeRequest, TokenizeRequest
 
-MAX_GENERATE = 64
-OPTION_NAMES = tuple(f.name for f in dataclasses.fields(HetaOptions) if f.name != "extra")
+__all__ = ["AttributeOptions", "AttributionService", "ClientGone", "FieldError", "ServiceBusy", "ServiceLimits",
+           "create_app"]
 
-
-class FieldError(HetaInputError):
-    """Bad input, with the request field it concerns (``"options.num_probes"``) and the HTTP status."""
-
-    def __init__(self, field: str, message: str, status: int = 422):
-        super().__init__(message)
-        self.field = field
-        self.status = status
+REQUEST_FIELDS = ("text", "ids", "target", "generate", "preset")
 
 
-class ServiceBusy(HetaError):
-    """Too many requests are already waiting for the model."""
+@dataclass
+class Job:
+    """A request that passed every check, ready to run."""
+
+    source: str | list[int]
+    target: int | str | None
+    generate: int | None
+    preset: str | None
+    options: dict
+    resolved: HetaOptions
+    work: WorkEstimate
+    cost_field: str  # the request field that drives the cost most (named when a limit stops it)
 
 
-# ------------------------------------------------------------------------------------------ schema
-class AttributeOptions(BaseModel):
-    """Every :class:`~heta_fast.HetaOptions` field; unknown names are rejected (422 naming the field).
+class Ticket:
+    """A place among the requests admitted to the model (running or waiting); released exactly once."""
 
-    Defaults are ``None`` only as "not given" markers: ``model_dump(exclude_unset=True)`` passes just the
-    fields the client sent, and an explicit ``null`` is checked against the real type.
-    """
+    def __init__(self, service: AttributionService):
+        self._service = service
+        self._released = False
 
-    model_config = ConfigDict(extra="forbid")
-
-    beta: float = None
-    gamma: float = None
-    num_probes: int = None
-    seed: int = None
-    rollout: Literal["flow", "reference"] = None
-    hessian: Literal["exact", "lowrank"] = None
-    rank: int = None
-    curvature: Literal["hessian", "gauss_newton"] = None
-    layers: int | Literal["auto"] | None = None
-    mask: Literal["zero", "mean", "token"] = None
-    mask_token_id: int | None = None
-    normalize: Literal["none", "sum"] = None
-    components: list[Literal["M", "S", "I"]] = None
-    window: int | None = None
-    overlap: float = None
-    sink_token: int | Literal["auto"] | None = None
-    engine: Literal["fast", "reference"] = None
-    max_memory: int = None
-
-
-class AttributeRequest(BaseModel):
-    """Body of ``POST /attribute`` (see the module docstring)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    text: str | None = Field(None, description="input text (needs the model's tokenizer)")
-    ids: list[int] | None = Field(None, description="input token ids, instead of text")
-    target: int | str | None = Field(
-        None, description="position (int, negative from the end), continuation (string), or omitted: last token"
-    )
-    generate: int | None = Field(None, ge=1, le=MAX_GENERATE, description="greedy-generate N tokens, explain each")
-    preset: str | None = Field(None, description=f"one of {', '.join(PRESETS)}")
-    options: AttributeOptions = Field(default_factory=AttributeOptions)
-
-
-class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str
-
-
-# ----------------------------------------------------------------------------------------- service
-def _option_in_message(message: str) -> str | None:
-    """The option a :class:`HetaOptions` validation message is about (they start with its name)."""
-    head = message.split(" ", 1)[0].split("=", 1)[0]
-    if head in OPTION_NAMES:
-        return head
-    # e.g. "mask='token' needs mask_token_id": name the option the client has to add.
-    found = [n for n in OPTION_NAMES if n in message]
-    return max(found, key=len) if found else None
-
-
-def _input_field(message: str, has_text: bool) -> str:
-    """Which request field an input error from :meth:`Attributor.attribute` is about."""
-    m = message.lower()
-    if "generate" in m:
-        return "generate"
-    if "target" in m or "continuation" in m:
-        return "target"
-    if "token id" in m:
-        return "ids"
-    return "text" if has_text else "ids"
+    def release(self) -> None:
+        with self._service._count_lock:
+            if not self._released:
+                self._released = True
+                self._service._active -= 1
 
 
 class AttributionService:
@@ -129,48 +87,29 @@ class AttributionService:
 
     Args:
         attributor: the loaded model.
-        max_tokens: longest input (prompt + continuation or generated tokens) accepted; a CPU server
-            would otherwise be tied up for hours by one long request.
-        max_queue: requests allowed to wait for the model at once; more are refused with 503.
+        limits: what one request may cost (:class:`ServiceLimits`); keyword overrides of its fields
+            (``max_tokens=64``) are applied on top.
     """
 
-    def __init__(self, attributor, *, max_tokens: int = 1024, max_queue: int = 16):
+    def __init__(self, attributor, limits: ServiceLimits | None = None, **limit_overrides):
         self.attributor = attributor
-        self.max_tokens = max_tokens
-        self.max_queue = max_queue
-        self._lock = threading.Lock()
-        self._waiting = 0
-        self._count_lock = threading.Lock()
+        self.limits = replace(limits or ServiceLimits(), **limit_overrides)
+        self._lock = threading.Lock()  # the model
+        self._count_lock = threading.RLock()
+        self._active = 0  # admitted requests: the running one and those waiting
+        self._mean_seconds = 1.0  # running mean of a request's time on the model (for Retry-After)
+        self.stats: Counter = Counter()
 
     @property
     def model_name(self) -> str:
         return self.attributor.name
 
-    def run_exclusive(self, fn, *args, **kwargs):
-        """Call ``fn`` while holding the model; raises :class:`ServiceBusy` when the queue is full."""
-        with self._count_lock:
-            if self._waiting >= self.max_queue:
-                raise ServiceBusy(f"{self._waiting} requests are already waiting for the model; retry later")
-            self._waiting += 1
-        try:
-            with self._lock:
-                return fn(*args, **kwargs)
-        finally:
-            with self._count_lock:
-                self._waiting -= 1
+    @property
+    def budget(self) -> int:
+        """The largest ``max_memory`` a request may ask for."""
+        return self.limits.max_memory or self.attributor.options.max_memory
 
-    def tokenize(self, text: str) -> list[dict]:
-        """Tokens of ``text`` as the attributor encodes them: ``[{"position", "id", "token"}, ...]``."""
-        tok = self.attributor.tokenizer
-        if tok is None:
-            raise FieldError("text", "this model has no tokenizer; send token ids instead")
-        enc = tok(text, return_offsets_mapping=True)
-        out = []
-        for i, (tid, (s, e)) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
-            shown = text[s:e] if e > s else tok.decode([tid])
-            out.append({"position": i, "id": int(tid), "token": shown})
-        return out
-
+    # ------------------------------------------------------------------------------------ checks
     def check_options(self, preset: str | None, options: dict[str, Any]) -> HetaOptions:
         """Build the options the attribution will use, naming the offending field on error."""
         if preset is not None and preset not in PRESETS:
@@ -180,77 +119,302 @@ class AttributionService:
                 return options_from_preset(preset, **options)
             return self.attributor.options.replace(**options)
         except HetaInputError as e:
-            name = _option_in_message(str(e))
-            raise FieldError(f"options.{name}" if name else "options", str(e)) from e
+            raise FieldError(_option_field(e), str(e)) from e
 
-    def _count_tokens(self, text, ids, target, generate) -> int | None:
+    def _check_option_limits(self, opts: HetaOptions) -> None:
+        lim, adapter = self.limits, self.attributor.adapter
+        if opts.engine == "reference" and not lim.allow_reference_engine:
+            raise FieldError("options.engine", "engine='reference' (the float64 oracle) is off on this server "
+                             "(the operator can allow it with --allow-reference-engine)")
+        over = [("num_probes", opts.num_probes, lim.max_probes, "--max-probes"),
+                ("rank", opts.rank, lim.max_rank, "--max-rank"),
+                ("max_memory", opts.max_memory, self.budget, "--max-memory")]
+        for name, value, cap, flag in over:
+            if value > cap:
+                raise FieldError(f"options.{name}", f"{name}={value} is over this server's limit of {cap} ({flag})",
+                                 status=413)
+        try:
+            resolve_layers(opts.layers, adapter.num_layers)
+        except HetaInputError as e:
+            raise FieldError("options.layers", str(e)) from e
+        for name in ("sink_token", "mask_token_id"):
+            value = getattr(opts, name)
+            if isinstance(value, int) and value >= adapter.vocab_size:
+                raise FieldError(f"options.{name}", f"{name} {value} is outside the model vocabulary "
+                                 f"(size {adapter.vocab_size})")
+        if opts.rollout == "reference" and "M" in opts.components and adapter.num_kv_heads != adapter.num_heads:
+            raise FieldError("options.rollout", f"rollout='reference' needs H_kv = H; this model has "
+                             f"{adapter.num_kv_heads} kv heads for {adapter.num_heads} query heads; use rollout='flow'")
+
+    def _count(self, text: str, **kw) -> int:
         tok = self.attributor.tokenizer
-        if ids is not None:
-            n = len(ids)
-        elif tok is not None:
-            n = len(tok(text)["input_ids"])
-        else:
-            return None
-        if isinstance(target, str) and tok is not None:
-            n += len(tok(target, add_special_tokens=False)["input_ids"])
-        return n + (generate or 0)
+        if tok is None:
+            raise FieldError("text", "this model has no tokenizer; send token ids instead")
+        return len(tok(text, **kw)["input_ids"])
 
-    def attribute(self, *, text: str | None = None, ids: list[int] | None = None, target=None,
-                  generate: int | None = None, preset: str | None = None, options: dict | None = None):
-        """Validate, then run :meth:`Attributor.attribute` holding the model.
+    def prepare(self, *, text: str | None = None, ids: list[int] | None = None, target=None,
+                generate: int | None = None, preset: str | None = None, options: dict | None = None) -> Job:
+        """Every check of a request, before any model call: input, options, model fit, limits, estimated work.
+
+        Raises:
+            FieldError: naming the request field (``"options.layers"``) with status 422 or 413.
+        """
+        lim, vocab = self.limits, self.attributor.adapter.vocab_size
+        options = dict(options or {})
+        if (text is None) == (ids is None):
+            raise FieldError("text", "give exactly one of text or ids")
+        src_field = "text" if text is not None else "ids"
+        if text is not None:
+            if not text.strip():
+                raise FieldError("text", "text is empty: there is nothing to explain")
+            _checked_text(text, "text")
+        else:
+            if not ids:
+                raise FieldError("ids", "ids is empty: there is nothing to explain")
+            if len(ids) > lim.max_tokens:
+                raise _too_many_tokens("ids", len(ids), lim.max_tokens)
+            bad = next((i for i, x in enumerate(ids) if not 0 <= x < vocab), None)
+            if bad is not None:
+                raise FieldError("ids", f"token id {ids[bad]} at position {bad} is outside the model vocabulary "
+                                 f"(size {vocab})")
+        if generate is not None:
+            if target is not None:
+                raise FieldError("generate", "give either target or generate, not both")
+            if generate > lim.max_generate:
+                raise FieldError("generate", f"generate={generate} is over this server's limit of "
+                                 f"{lim.max_generate} tokens (--max-generate)", status=413)
+        if isinstance(target, str):
+            if not target:
+                raise FieldError("target", "target is an empty string; give a continuation, a position, or omit it")
+            _checked_text(target, "target")
+        opts = self.check_options(preset, options)
+        self._check_option_limits(opts)
+
+        n_prompt = self._count(text) if text is not None else len(ids)
+        n_cont = self._count(target, add_special_tokens=False) if isinstance(target, str) else 0
+        if isinstance(target, str) and n_cont == 0:
+            raise FieldError("target", f"the continuation {target!r} has no tokens")
+        n_total = n_prompt + n_cont + (generate or 0)
+        if n_total > lim.max_tokens:
+            raise _too_many_tokens(src_field, n_total, lim.max_tokens)
+        if opts.engine == "reference" and n_total > REFERENCE_MAX_TOKENS:
+            raise FieldError("options.engine", f"engine='reference' is the slow float64 oracle; this server "
+                             f"allows it for inputs of at most {REFERENCE_MAX_TOKENS} tokens", status=413)
+        positions = self._positions(n_prompt, n_cont, target, generate, src_field)
+
+        windows = max(window_count(t, opts.window, opts.overlap) for t in positions)
+        if windows > lim.max_windows:
+            raise FieldError("options.window", f"window={opts.window}, overlap={opts.overlap} make {windows} windows; "
+                             f"this server allows at most {lim.max_windows} (--max-windows)", status=413)
+        work = estimate_work(opts, num_layers=self.attributor.adapter.num_layers, positions=positions,
+                             prompt_tokens=n_prompt, generate=generate or 0)
+        cost_field = _cost_field(work, opts, src_field)
+        if work.total > lim.max_work:
+            raise FieldError(cost_field, f"this request needs about {work.total:,.0f} token passes ({work.summary()}), "
+                             f"over this server's limit of {lim.max_work:,} (--max-work); ask for less: "
+                             f"{_cheaper(cost_field)}", status=413)
+        return Job(source=text if text is not None else list(ids), target=target, generate=generate, preset=preset,
+                   options=options, resolved=opts, work=work, cost_field=cost_field)
+
+    @staticmethod
+    def _positions(n_prompt: int, n_cont: int, target, generate: int | None, src_field: str) -> list[int]:
+        """The target positions (= context lengths) a request explains; the library's target checks, early."""
+        if generate is not None:
+            return list(range(n_prompt, n_prompt + generate))
+        if isinstance(target, str):
+            return list(range(n_prompt, n_prompt + n_cont))
+        if n_prompt < 2:
+            raise FieldError(src_field, "the input has a single token: there is no context to attribute to")
+        pos = n_prompt - 1 if target is None else int(target)
+        pos = pos + n_prompt if pos < 0 else pos
+        if pos == 0:
+            raise FieldError("target", "target position 0 has no context before it; choose a position >= 1")
+        if not 1 <= pos <= n_prompt - 1:
+            raise FieldError("target", f"target position {target} is out of range for {n_prompt} tokens "
+                             f"(valid: 1 … {n_prompt - 1})")
+        return [pos]
+
+    # ------------------------------------------------------------------------------------ queue
+    def admit(self) -> Ticket:
+        """A place in the queue, or :class:`ServiceBusy` at once when ``max_queue`` requests already wait."""
+        with self._count_lock:
+            if self._active > self.limits.max_queue:
+                self._note("busy")
+                raise ServiceBusy(f"the model is busy and {self._active - 1} requests are already waiting "
+                                  f"(--max-queue {self.limits.max_queue}); retry later",
+                                  retry_after=self._retry_after())
+            self._active += 1
+        return Ticket(self)
+
+    def _note(self, outcome: str) -> None:
+        with self._count_lock:
+            self.stats[outcome] += 1
+
+    def _retry_after(self) -> int:
+        """Seconds until the queue has probably moved on: the running mean time per request, times the queue."""
+        return max(1, min(3600, math.ceil(self._mean_seconds * max(1, self._active))))
+
+    def run(self, job: Job, ticket: Ticket, cancel: threading.Event | None = None):
+        """Wait for the model (at most ``max_wait``), then explain ``job`` within ``time_limit``.
+
+        ``cancel`` set (the client went away) drops the request from the queue or stops it between chunks.
+        Always releases ``ticket``.
+        """
+        lim = self.limits
+        try:
+            give_up = time.monotonic() + lim.max_wait
+            while not self._lock.acquire(timeout=0.05):
+                if cancel is not None and cancel.is_set():
+                    self._note("disconnected")
+                    raise ClientGone("the client disconnected while its request waited for the model")
+                if time.monotonic() > give_up:
+                    self._note("busy")
+                    raise ServiceBusy(f"waited {lim.max_wait:g} s for the model (--max-wait); retry later",
+                                      retry_after=self._retry_after())
+            try:
+                return self._run_locked(job, cancel)
+            finally:
+                self._lock.release()
+        finally:
+            ticket.release()
+
+    def _run_locked(self, job: Job, cancel: threading.Event | None):
+        start = time.monotonic()
+        deadline = start + self.limits.time_limit
+
+        def should_stop() -> bool:
+            return (cancel is not None and cancel.is_set()) or time.monotonic() > deadline
+
+        kw = dict(job.options)
+        if job.preset is not None:
+            kw["preset"] = job.preset
+        try:
+            res = self.attributor.attribute(job.source, job.target, generate=job.generate, should_stop=should_stop,
+                                            **kw)
+        except HetaCancelled as e:
+            if cancel is not None and cancel.is_set():
+                self._note("disconnected")
+                raise ClientGone("the client disconnected; its request was stopped") from e
+            self._note("time_limit")
+            raise FieldError(job.cost_field, f"stopped after {time.monotonic() - start:.1f} s: this server allows "
+                             f"{self.limits.time_limit:g} s per request (--time-limit); ask for less: "
+                             f"{_cheaper(job.cost_field)}", status=413) from e
+        except MemoryBudgetError as e:
+            raise FieldError("options.max_memory", str(e), status=413) from e
+        except HetaInputError as e:
+            raise FieldError(_input_field(e, isinstance(job.source, str)), str(e)) from e
+        finally:
+            self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (time.monotonic() - start)
+        self._note("served")
+        return res
+
+    def attribute(self, *, cancel: threading.Event | None = None, **request):
+        """Check, queue and run one request (``text``/``ids``, ``target``, ``generate``, ``preset``, ``options``).
 
         Returns:
             An :class:`~heta_fast.Attribution` or :class:`~heta_fast.AttributionSequence`.
 
         Raises:
-            FieldError: bad input (the field is named); ServiceBusy: the queue is full.
+            FieldError: bad input or over a limit (the field is named); ServiceBusy: the queue is full;
+            ClientGone: ``cancel`` was set.
         """
-        options = dict(options or {})
-        if options.get("components") is not None:
-            options["components"] = tuple(options["components"])
-        if (text is None) == (ids is None):
-            raise FieldError("text", "give exactly one of text or ids")
-        if text is not None and not text.strip():
-            raise FieldError("text", "text is empty: there is nothing to explain")
-        if ids is not None and not ids:
-            raise FieldError("ids", "ids is empty: there is nothing to explain")
-        if generate is not None and target is not None:
-            raise FieldError("generate", "give either target or generate, not both")
-        if isinstance(target, str) and not target:
-            raise FieldError("target", "target is an empty string; give a continuation, a position, or omit it")
-        opts = self.check_options(preset, options)
-        n = self._count_tokens(text, ids, target, generate)
-        if n is not None and n > self.max_tokens:
-            raise FieldError("ids" if ids is not None else "text",
-                             f"the input has {n} tokens; this server accepts at most {self.max_tokens} "
-                             "(start it with a larger --max-tokens)", status=413)
-        if opts.engine == "reference" and n is not None and n > 64:
-            raise FieldError("options.engine", "engine='reference' is the slow float64 oracle; "
-                             "this server allows it for inputs of at most 64 tokens")
+        job = self.prepare(**request)
+        return self.run(job, self.admit(), cancel)
 
-        def run():
-            kw = dict(options)
-            if preset is not None:
-                kw["preset"] = preset
-            return self.attributor.attribute(text if text is not None else ids, target, generate=generate, **kw)
+    def tokenize(self, text: str) -> list[dict]:
+        """Tokens of ``text`` as the attributor encodes them: ``[{"position", "id", "token"}, ...]``."""
+        tok = self.attributor.tokenizer
+        if tok is None:
+            raise FieldError("text", "this model has no tokenizer; send token ids instead")
+        _checked_text(text, "text")
+        enc = tok(text, return_offsets_mapping=True)
+        if len(enc["input_ids"]) > self.limits.max_tokens:
+            raise _too_many_tokens("text", len(enc["input_ids"]), self.limits.max_tokens)
+        out = []
+        for i, (tid, (s, e)) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
+            shown = text[s:e] if e > s else tok.decode([tid])
+            out.append({"position": i, "id": int(tid), "token": shown})
+        return out
 
-        try:
-            return self.run_exclusive(run)
-        except MemoryBudgetError as e:
-            raise FieldError("options.max_memory", str(e), status=413) from e
-        except FieldError:
-            raise
-        except HetaInputError as e:
-            raise FieldError(_input_field(str(e), text is not None), str(e)) from e
+    def health(self) -> dict:
+        with self._count_lock:
+            active = self._active
+        return {
+            "status": "ok",
+            "model": self.model_name,
+            "schema_version": SCHEMA_VERSION,
+            "heta_fast": __version__,
+            "max_tokens": self.limits.max_tokens,
+            "limits": {**self.limits.to_dict(), "max_memory": self.budget},
+            "queue": {"running": int(self._lock.locked()), "admitted": active},
+            "requests": dict(self.stats),
+            "options": self.attributor.options.to_dict(),
+        }
+
+
+# ------------------------------------------------------------------------------------ field names
+def _checked_text(text: str, field: str) -> None:
+    try:
+        check_text(text, field)
+    except HetaInputError as e:
+        raise FieldError(field, str(e)) from e
+
+
+def _too_many_tokens(field: str, n: int, cap: int) -> FieldError:
+    return FieldError(field, f"the input has {n} tokens; this server accepts at most {cap} "
+                      "(start it with a larger --max-tokens)", status=413)
+
+
+def _option_field(e: HetaInputError) -> str:
+    """``options.<name>`` for an options error (the library names the option in ``e.field``)."""
+    if e.field == "preset":
+        return "preset"
+    return f"options.{e.field}" if e.field in OPTION_NAMES else "options"
+
+
+def _input_field(e: HetaInputError, has_text: bool) -> str:
+    """Which request field an input error from :meth:`Attributor.attribute` is about."""
+    if e.field in OPTION_NAMES:
+        return f"options.{e.field}"
+    if e.field in REQUEST_FIELDS:
+        return e.field
+    m = str(e).lower()
+    if "generate" in m:
+        return "generate"
+    if "target" in m or "continuation" in m:
+        return "target"
+    if "token id" in m:
+        return "ids"
+    return "text" if has_text else "ids"
+
+
+def _cost_field(work: WorkEstimate, opts: HetaOptions, src_field: str) -> str:
+    """The request field that drives the cost most: probes or rank for S, generated tokens, or the input."""
+    stage = work.dominant()
+    if stage == "S":
+        return "options.num_probes" if opts.hessian == "exact" else "options.rank"
+    if stage == "generate":
+        return "generate"
+    return src_field
+
+
+def _cheaper(field: str) -> str:
+    return {
+        "options.num_probes": "fewer num_probes, hessian='lowrank' with a small rank, layers=6, or a shorter input",
+        "options.rank": "a smaller rank, layers=6, or a shorter input",
+        "generate": "fewer generated tokens",
+    }.get(field, "a shorter input, or a window (options.window) for long inputs, or fewer components")
 
 
 # --------------------------------------------------------------------------------------------- app
-def _error_response(status: int, field: str, message: str, kind: str = "value_error") -> JSONResponse:
+def _error_response(status: int, field: str, message: str, kind: str = "value_error",
+                    headers: dict | None = None) -> JSONResponse:
     loc = ["body", *field.split(".")] if field else ["body"]
     return JSONResponse(
         status_code=status,
         content={"error": f"{field}: {message}" if field else message,
                  "detail": [{"loc": loc, "msg": message, "type": kind}]},
+        headers=headers,
     )
 
 
@@ -272,11 +436,63 @@ def _validation_handler(request: Request, exc: RequestValidationError) -> JSONRe
     return JSONResponse(status_code=422, content={"error": "; ".join(lines), "detail": errors})
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_body`` bytes is refused with 413 before it is parsed."""
+
+    def __init__(self, app, max_body: int):
+        self.app, self.max_body = app, max_body
+
+    def _message(self, n: int | str) -> str:
+        return f"the request body is {n} bytes; this server accepts at most {self.max_body} (--max-body)"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await _error_response(413, "body", self._message(int(length)))(scope, receive, send)
+        seen = 0
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:  # a chunked body with no Content-Length
+                    raise HTTPException(413, self._message(f"more than {self.max_body}"))
+            return message
+
+        return await self.app(scope, counted_receive, send)
+
+
+async def _run_until_disconnect(request: Request, fn, cancel: threading.Event, limiter):
+    """``fn()`` in a worker thread while watching the connection: a disconnect sets ``cancel``."""
+
+    async def watch():
+        while not cancel.is_set():
+            if await request.is_disconnected():
+                cancel.set()
+                return
+            await anyio.sleep(0.1)
+
+    outcome: dict = {}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        try:
+            outcome["value"] = await anyio.to_thread.run_sync(fn, limiter=limiter)
+        except Exception as e:  # re-raised outside the task group, so it is not wrapped in an ExceptionGroup
+            outcome["error"] = e
+        tg.cancel_scope.cancel()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def create_app(service: AttributionService, *, demo: bool = False) -> FastAPI:
     """The FastAPI app around one :class:`AttributionService`.
 
     Args:
-        service: the model and its lock (build it with ``AttributionService(Attributor(...))``).
+        service: the model, its lock and its limits (``AttributionService(Attributor(...), ServiceLimits(...))``).
         demo: also mount the Gradio demo at ``/demo`` (and redirect ``/`` there).
     """
     app = FastAPI(
@@ -286,7 +502,10 @@ def create_app(service: AttributionService, *, demo: bool = False) -> FastAPI:
                     f"Attribution schema (schema_version {SCHEMA_VERSION}).",
     )
     app.state.service = service
+    app.add_middleware(BodyLimit, max_body=service.limits.max_body)
     app.add_exception_handler(RequestValidationError, _validation_handler)
+    # Threads for model work: the running request plus every waiting one, so admission alone decides who waits.
+    model_threads = anyio.CapacityLimiter(service.limits.max_queue + 1)
 
     @app.exception_handler(FieldError)
     def _field_error(request: Request, exc: FieldError):
@@ -294,7 +513,16 @@ def create_app(service: AttributionService, *, demo: bool = False) -> FastAPI:
 
     @app.exception_handler(ServiceBusy)
     def _busy(request: Request, exc: ServiceBusy):
-        return _error_response(503, "", str(exc), kind="busy")
+        return _error_response(503, "", str(exc), kind="busy", headers={"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(ClientGone)
+    def _gone(request: Request, exc: ClientGone):
+        return _error_response(499, "", str(exc), kind="client_gone")  # nobody reads it; logs show 499
+
+    @app.exception_handler(HTTPException)  # Starlette's: FastAPI's own, 404 and 405 too
+    def _http_error(request: Request, exc: HTTPException):
+        field = "body" if exc.status_code in (400, 413) else ""
+        return _error_response(exc.status_code, field, str(exc.detail), kind="http_error", headers=exc.headers)
 
     @app.exception_handler(HetaError)
     def _heta_error(request: Request, exc: HetaError):
@@ -302,23 +530,21 @@ def create_app(service: AttributionService, *, demo: bool = False) -> FastAPI:
         return _error_response(500, "", f"{type(exc).__name__}: {exc}", kind="model_error")
 
     @app.get("/health")
-    def health() -> dict:
-        return {
-            "status": "ok",
-            "model": service.model_name,
-            "schema_version": SCHEMA_VERSION,
-            "heta_fast": __version__,
-            "max_tokens": service.max_tokens,
-            "options": service.attributor.options.to_dict(),
-        }
+    async def health() -> dict:  # async: answered by the event loop even when every worker thread is busy
+        return service.health()
 
-    # Plain ``def`` endpoints run in FastAPI's thread pool; the service lock serialises model use.
     @app.post("/attribute")
-    def attribute(req: AttributeRequest) -> JSONResponse:
-        res = service.attribute(
-            text=req.text, ids=req.ids, target=req.target, generate=req.generate, preset=req.preset,
-            options=req.options.model_dump(exclude_unset=True),
-        )
+    async def attribute(req: AttributeRequest, request: Request) -> JSONResponse:
+        job = await anyio.to_thread.run_sync(functools.partial(
+            service.prepare, text=req.text, ids=req.ids, target=req.target, generate=req.generate,
+            preset=req.preset, options=req.options.model_dump(exclude_unset=True)))
+        ticket = service.admit()
+        cancel = threading.Event()
+        try:
+            res = await _run_until_disconnect(request, functools.partial(service.run, job, ticket, cancel), cancel,
+                                              model_threads)
+        finally:
+            ticket.release()
         return JSONResponse(res.to_dict())
 
     @app.post("/tokenize")

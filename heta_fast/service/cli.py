@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..options import PRESETS
-from ..testing import CharTokenizer
+from .limits import add_limit_flags, limits_from_args
 
 
 def load_attributor(model: str = "default", tiny_model: str | None = None, preset: str = "default"):
@@ -14,7 +14,8 @@ def load_attributor(model: str = "default", tiny_model: str | None = None, prese
     from ..options import options_from_preset
 
     if tiny_model:
-        from ..testing import tiny_model as make_tiny
+        from ..models import tiny_model as make_tiny
+        from ..tokenizers import CharTokenizer
 
         return Attributor(make_tiny(tiny_model), CharTokenizer(), options=options_from_preset(preset),
                           name=f"tiny-{tiny_model}")
@@ -26,9 +27,8 @@ def _add_common(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--port", type=int, default=default_port)
     p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct) or a local HF folder")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="the server's default options")
-    p.add_argument("--max-tokens", type=int, default=1024, help="longest input a request may send")
-    p.add_argument("--max-queue", type=int, default=16, help="requests that may wait for the model (more: 503)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_limit_flags(p)
     # Tests and smoke runs: a tiny random-weight model with a character tokenizer, no model files needed.
     p.add_argument("--tiny-model", metavar="ARCH", help=argparse.SUPPRESS)
 
@@ -48,8 +48,9 @@ def _run(args, *, demo: bool) -> int:
 
     from .app import AttributionService, create_app
 
+    limits = limits_from_args(args)  # bad limits fail before the model loads
     attributor = load_attributor(args.model, args.tiny_model, args.preset)
-    service = AttributionService(attributor, max_tokens=args.max_tokens, max_queue=args.max_queue)
+    service = AttributionService(attributor, limits)
     app = create_app(service, demo=demo)
     where = f"http://{args.host}:{args.port}"
     print(f"heta-fast: serving {attributor.name} at {where}" + (f" (demo: {where}/demo/)" if demo else ""), flush=True)

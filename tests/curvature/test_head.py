@@ -1,4 +1,4 @@
-"""The LM head's derivatives in closed form (heta_fast.head_curvature) against autograd, in float64."""
+"""The LM head's derivatives in closed form (heta_fast.curvature.head) against autograd, in float64."""
 
 import pytest
 import torch

@@ -1,82 +1,30 @@
 """The JSON service on a real uvicorn server on loopback, with a tiny model: results, errors, queueing."""
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
-
-from heta_fast import Attribution, HetaOptions  # noqa: E402
-from heta_fast.result import SCHEMA_VERSION  # noqa: E402
-from heta_fast.service.app import AttributeOptions, AttributionService, FieldError, create_app  # noqa: E402
-from heta_fast.service.cli import load_attributor  # noqa: E402
-
-TIMEOUT = 30  # seconds per request: a tiny-model attribution takes well under one
+from heta_fast import Attribution, HetaOptions
+from heta_fast.result import SCHEMA_VERSION
+from heta_fast.service.app import AttributeOptions, AttributionService, FieldError, create_app
+from heta_fast.service.cli import load_attributor
 
 
-def _loopback_socket() -> socket.socket:
-    # Bound here and handed to uvicorn, so there is no race for a "free" port.
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", 0))
-    return s
+@pytest.fixture(scope="module")
+def api(http_request):
+    """(status, body) of one request (this module does not look at headers)."""
 
+    def call(*args, **kwargs):
+        status, body, _ = http_request(*args, **kwargs)
+        return status, body
 
-class ServerThread:
-    """A real uvicorn server for ``app`` in a daemon thread; ``stop()`` shuts it down."""
-
-    def __init__(self, app):
-        self.sock = _loopback_socket()
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def start(self):
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-        assert not self.thread.is_alive(), "server thread did not stop"
-
-
-def request(url, method="GET", body=None, raw: bytes | None = None, timeout=TIMEOUT):
-    """(status, parsed JSON body) of one HTTP request; 4xx/5xx are returned, not raised."""
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from a second thread, and on a shared 2-core machine OpenMP threads
-    # oversubscribed by other processes make one attribution take seconds instead of a fraction of one.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+    return call
 
 
 @pytest.fixture(scope="module")
@@ -85,21 +33,19 @@ def service():
 
 
 @pytest.fixture(scope="module")
-def server(service):
-    srv = ServerThread(create_app(service)).start()
-    yield srv.url
-    srv.stop()
+def server(service, serve_module):
+    return serve_module(create_app(service)).url
 
 
-def test_health(server):
-    status, body = request(server + "/health")
+def test_health(server, api):
+    status, body = api(server + "/health")
     assert status == 200
     assert body["status"] == "ok" and body["model"] == "tiny-llama"
     assert body["schema_version"] == SCHEMA_VERSION and body["max_tokens"] == 64
 
 
-def test_attribute_returns_the_result_schema(server, service):
-    status, body = request(server + "/attribute", "POST", {"text": "hello world", "options": {"num_probes": 2}})
+def test_attribute_returns_the_result_schema(server, service, api):
+    status, body = api(server + "/attribute", "POST", {"text": "hello world", "options": {"num_probes": 2}})
     assert status == 200
     assert body["schema_version"] == SCHEMA_VERSION
     r = Attribution.from_dict(body)
@@ -111,18 +57,18 @@ def test_attribute_returns_the_result_schema(server, service):
     assert max(abs(a - b) for a, b in zip(r.scores, direct.scores, strict=True)) < 1e-9
 
 
-def test_targets_ids_presets_and_continuations(server):
-    status, body = request(server + "/attribute", "POST",
+def test_targets_ids_presets_and_continuations(server, api):
+    status, body = api(server + "/attribute", "POST",
                            {"ids": [0, 5, 9, 13, 40, 2], "target": -2, "options": {"components": ["M", "I"]}})
     assert status == 200 and body["target"]["position"] == 4 and body["S"] is None and body["text"] is None
-    status, body = request(server + "/attribute", "POST",
+    status, body = api(server + "/attribute", "POST",
                            {"text": "abc", "target": "xy", "preset": "fast", "options": {"num_probes": 1}})
     assert status == 200 and [t["target"]["token"] for t in body["targets"]] == ["x", "y"]
     assert body["targets"][0]["options"]["hessian"] == "lowrank"  # from the preset
-    status, body = request(server + "/attribute", "POST", {"text": "abc", "generate": 2, "options": {"num_probes": 1}})
+    status, body = api(server + "/attribute", "POST", {"text": "abc", "generate": 2, "options": {"num_probes": 1}})
     assert status == 200 and len(body["targets"]) == 2
     for layers in ("auto", None, 1):  # the tiny model has 2 layers: "auto" is all of them (None)
-        status, body = request(server + "/attribute", "POST", {"text": "abc", "options": {"layers": layers}})
+        status, body = api(server + "/attribute", "POST", {"text": "abc", "options": {"layers": layers}})
         assert status == 200 and body["options"]["layers"] == (1 if layers == 1 else None)
 
 
@@ -143,7 +89,7 @@ def test_targets_ids_presets_and_continuations(server):
         ({"text": "abc", "options": {"overlap": 1.5}}, "options.overlap", "overlap"),
         ({"text": "abc", "options": {"components": ["X"]}}, "options.components", "M"),
         ({"text": "abc", "options": {"layers": "some"}}, "options.layers", ""),
-        ({"text": "abc", "options": {"layers": 0}}, "options.layers", "positive"),
+        ({"text": "abc", "options": {"layers": 0}}, "options.layers", ">= 1"),
         ({"text": "abc", "target": 99}, "target", "out of range"),
         ({"text": "abc", "target": 0}, "target", "no context"),
         ({"text": "abc", "target": ""}, "target", "empty"),
@@ -155,31 +101,31 @@ def test_targets_ids_presets_and_continuations(server):
         ({"text": "x" * 100}, "text", "at most 64"),
     ],
 )
-def test_bad_requests_get_4xx_naming_the_field(server, body, field, words):
-    status, resp = request(server + "/attribute", "POST", body)
+def test_bad_requests_get_4xx_naming_the_field(server, body, field, words, api):
+    status, resp = api(server + "/attribute", "POST", body)
     assert 400 <= status < 500, resp
     assert resp["error"].startswith(field), resp["error"]  # "options.components.0: ..." is fine
     assert words in resp["error"]
     assert ".".join(p for p in resp["detail"][0]["loc"] if p != "body").startswith(field)
 
 
-def test_too_long_input_is_413(server):
-    status, resp = request(server + "/attribute", "POST", {"text": "x" * 100})
+def test_too_long_input_is_413(server, api):
+    status, resp = api(server + "/attribute", "POST", {"text": "x" * 100})
     assert status == 413 and "--max-tokens" in resp["error"]
 
 
-def test_malformed_json_is_422(server):
-    status, resp = request(server + "/attribute", "POST", raw=b"{not json")
+def test_malformed_json_is_422(server, api):
+    status, resp = api(server + "/attribute", "POST", raw=b"{not json")
     assert status == 422 and resp["detail"]
 
 
 def test_options_schema_matches_heta_options():
-    # A new HetaOptions field must be added to the service's request schema too.
-    fields = {f for f in HetaOptions.__dataclass_fields__ if f != "extra"}
+    # The request schema is generated from the options (tests/test_options.py checks every front end).
+    fields = set(HetaOptions.__dataclass_fields__)
     assert set(AttributeOptions.model_fields) == fields
 
 
-def test_concurrent_requests_are_serialised(server, service):
+def test_concurrent_requests_are_serialised(server, service, api):
     """Requests from 6 threads all succeed, give the sequential answer, and never overlap on the model."""
     active = {"now": 0, "max": 0}
     guard = threading.Lock()
@@ -201,7 +147,7 @@ def test_concurrent_requests_are_serialised(server, service):
     service.attributor.attribute = counting
     try:
         with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(request, server + "/attribute", "POST", {"text": t, "options": {"num_probes": 1}})
+            futures = [pool.submit(api, server + "/attribute", "POST", {"text": t, "options": {"num_probes": 1}})
                        for t in texts]
             results = [f.result(timeout=60) for f in futures]
     finally:
@@ -212,30 +158,18 @@ def test_concurrent_requests_are_serialised(server, service):
     assert active["max"] == 1
 
 
-def test_full_queue_gets_503(service):
-    app = create_app(AttributionService(service.attributor, max_queue=0))
-    srv = ServerThread(app).start()
-    try:
-        status, resp = request(srv.url + "/attribute", "POST", {"text": "abc"})
-        assert status == 503 and "waiting" in resp["error"]
-    finally:
-        srv.stop()
-
-
-def test_tokenize_endpoint(server):
-    status, body = request(server + "/tokenize", "POST", {"text": "ab"})
+def test_tokenize_endpoint(server, api):
+    status, body = api(server + "/tokenize", "POST", {"text": "ab"})
     assert status == 200 and [t["token"] for t in body["tokens"][1:]] == ["a", "b"]
 
 
-def test_serve_command_starts_a_server_process():
+def test_serve_command_starts_a_server_process(free_port, api):
     """``heta-fast serve --tiny-model llama`` in a subprocess answers /health and /attribute, then stops."""
-    sock = _loopback_socket()
-    port = sock.getsockname()[1]
-    sock.close()  # the child binds it; a clash would show up as a start-up failure below
+    port = free_port  # the child binds it; a clash would show up as a start-up failure below
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "heta_fast.cli", "serve", "--tiny-model", "llama", "--port", str(port),
-         "--log-level", "warning"],
+         "--log-level", "warning", "--max-probes", "7", "--time-limit", "5"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
     )
     url = f"http://127.0.0.1:{port}"
@@ -244,13 +178,16 @@ def test_serve_command_starts_a_server_process():
         while True:
             assert proc.poll() is None, proc.stdout.read().decode()
             try:
-                status, body = request(url + "/health", timeout=2)
+                status, body = api(url + "/health", timeout=2)
                 break
             except (urllib.error.URLError, ConnectionError):
                 assert time.monotonic() < deadline, "server did not come up in 60 s"
                 time.sleep(0.2)
         assert status == 200 and body["model"] == "tiny-llama"
-        status, body = request(url + "/attribute", "POST", {"text": "hello", "options": {"num_probes": 1}})
+        assert body["limits"]["max_probes"] == 7 and body["limits"]["time_limit"] == 5  # the operator's flags
+        status, body = api(url + "/attribute", "POST", {"text": "hello", "options": {"num_probes": 8}})
+        assert status == 413 and body["error"].startswith("options.num_probes:") and "--max-probes" in body["error"]
+        status, body = api(url + "/attribute", "POST", {"text": "hello", "options": {"num_probes": 1}})
         assert status == 200 and body["target"]["token"] == "o"
     finally:
         proc.terminate()
@@ -263,7 +200,7 @@ def test_serve_command_starts_a_server_process():
 
 def test_context_over_the_memory_budget_is_413_naming_max_memory():
     """A context whose Hessian–vector products do not fit ``max_memory`` is refused, not run out of memory."""
-    service = AttributionService(load_attributor(tiny_model="llama"), max_tokens=256)
+    service = AttributionService(load_attributor(tiny_model="llama"), max_tokens=256, max_work=10**9)
     ids = [1 + (i * 7) % 90 for i in range(150)]
     with pytest.raises(FieldError) as info:
         service.attribute(ids=ids, options={"max_memory": 2**20, "components": ["S"]})

@@ -14,7 +14,9 @@ import torch
 
 from heta_fast import Attributor, HetaOptions, cli
 from heta_fast.batch import BatchError, errors_path, parts_dir, read_results, run_batch
-from heta_fast.batch.jobs import job_fingerprint, part_paths, run_shard, scan_input
+from heta_fast.batch.outputs import part_paths
+from heta_fast.batch.records import job_fingerprint, scan_input
+from heta_fast.batch.shard import run_shard
 from heta_fast.testing import CharTokenizer, tiny_model
 
 PY = sys.executable
@@ -301,7 +303,7 @@ def test_two_process_gloo_run_matches_single_process(reference_run, tmp_path):
 
 
 def test_option_overrides_are_type_checked():
-    from heta_fast.batch.jobs import parse_line
+    from heta_fast.batch.records import parse_line
 
     def parsed(name, value):
         raw = json.dumps({"text": "abc", name: value}).encode()
