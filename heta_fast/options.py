@@ -34,6 +34,10 @@ class HetaOptions:
         sink_token: ``"auto"`` (default: the tokenizer's <|endoftext|>/BOS, unless the input already starts
             with it or there is no tokenizer), a token id, or ``None`` (off): prepended to every window as an
             attention sink and dropped from M, S and I (:mod:`heta_fast.sinks`).
+        special_tokens: what to do with special tokens the tokenizer adds in front of the text (a BOS):
+            ``"sink"`` (default) treats them like the sink token: not context tokens (positions count the
+            text's tokens), put in front of every window, left out of M, S and I, their gate mass reported as
+            ``sink_gate_mass``; ``"keep"`` leaves them in the context as visible tokens.
         engine: ``"fast"`` (batched kernels) or ``"reference"`` (plain float64 loops, the oracle).
         max_memory: bytes the batched passes may use for intermediates (chunk sizes follow from it).
     """
@@ -54,6 +58,7 @@ class HetaOptions:
     window: int | None = None
     overlap: float = 0.5
     sink_token: int | Literal["auto"] | None = "auto"
+    special_tokens: Literal["sink", "keep"] = "sink"
     engine: Literal["fast", "reference"] = "fast"
     max_memory: int = 2 * 1024**3
     extra: dict = field(default_factory=dict, compare=False)
@@ -70,6 +75,7 @@ class HetaOptions:
         choice("mask", ("zero", "mean", "token"))
         choice("normalize", ("none", "sum"))
         choice("engine", ("fast", "reference"))
+        choice("special_tokens", ("sink", "keep"))
         comps = tuple(dict.fromkeys(c.upper() for c in self.components))
         if not comps or any(c not in COMPONENTS for c in comps):
             raise HetaInputError(f"components={self.components!r}: choose one or more of M, S, I")

@@ -77,6 +77,7 @@ class AttributeOptions(BaseModel):
     window: int | None = None
     overlap: float = None
     sink_token: int | Literal["auto"] | None = None
+    special_tokens: Literal["sink", "keep"] = None
     engine: Literal["fast", "reference"] = None
     max_memory: int = None
 
