@@ -246,18 +246,46 @@ class ModelAdapter:
             return _conv1d_or_linear_weight(attn.qkv_proj)[q + kv : q + 2 * kv]
         if hasattr(attn, "c_attn"):  # GPT-2: Conv1D with columns [q | k | v]
             return _conv1d_or_linear_weight(attn.c_attn)[q + kv : q + 2 * kv]
-        raise UnsupportedModelError(f"{type(attn).__name__} has no v_proj/qkv_proj/c_attn value projection")
+        if hasattr(attn, "query_key_value") and self.num_kv_heads == self.num_heads:
+            # GPT-NeoX: rows grouped per head, [q_h | k_h | v_h] for head h.
+            w = _conv1d_or_linear_weight(attn.query_key_value)
+            return w.reshape(self.num_heads, 3, self.head_dim, -1)[:, 2].reshape(q, -1)
+        raise UnsupportedModelError(
+            f"{type(attn).__name__} has no v_proj/qkv_proj/c_attn/query_key_value value projection"
+        )
+
+    @property
+    def logit_multiplier(self) -> float:
+        """The factor a model applies to its LM head's output: Cohere multiplies by ``logit_scale``, Granite
+        divides by ``logits_scaling``; 1 for every other model."""
+        factor = 1.0
+        scale = getattr(self.config, "logit_scale", None)
+        if scale is not None:
+            factor *= float(scale)
+        divisor = getattr(self.config, "logits_scaling", None)
+        if divisor is not None:
+            factor /= float(divisor)
+        return factor
 
     def lm_head(self) -> tuple[Tensor, Tensor | None, float]:
-        """``(weight [V, d], bias [V] | None, final logit softcap or 0)``, checked against the model elsewhere."""
+        """``(weight [V, d], bias [V] | None, final logit softcap or 0)`` such that
+        :func:`~heta_fast.hf.head.head_logits` gives the model's logits (checked against the model where used).
+
+        A logit multiplier (:attr:`logit_multiplier`) is folded into the weight and bias: a scaled copy of the
+        output table, made once per view (the memory of one more LM head, for those models only).
+        """
         head = self.model.get_output_embeddings()
         if head is None:
             raise UnsupportedModelError("model has no output embedding (LM head)")
-        for attr in ("logit_scale", "logits_scaling"):
-            if getattr(self.config, attr, None) not in (None, 1, 1.0):
-                raise UnsupportedModelError(f"logit scaling ({attr}) is not supported by the fast KL path yet")
-        softcap = getattr(self.config, "final_logit_softcapping", None) or 0.0
-        return head.weight, getattr(head, "bias", None), float(softcap)
+        softcap = float(getattr(self.config, "final_logit_softcapping", None) or 0.0)
+        weight, bias = head.weight, getattr(head, "bias", None)
+        factor = self.logit_multiplier
+        if factor == 1.0:
+            return weight, bias, softcap
+        if self._scaled_head is None:
+            with torch.no_grad():
+                self._scaled_head = (weight * factor, None if bias is None else bias * factor)
+        return (*self._scaled_head, softcap)
 
     def first_layer(self, last_k: int | None) -> int:
         """Index of the first of the last ``last_k`` layers (0 for None: every layer); the ``layers`` option's
