@@ -225,6 +225,8 @@ class Attributor:
         ``special_tokens="sink"``)."""
         first = enc.specials[0] if enc.specials else int(enc.ids[0])
         sink = resolve_sink(opts.sink_token, self.tokenizer, self.adapter.vocab_size, first)
+        if opts.sink_token == "auto" and enc.specials:  # the tokenizer put the model's sink (a BOS) in place
+            sink = None
         lead = list(enc.specials)
         if sink is not None and not (lead and lead[0] == sink):
             lead = [sink, *lead]

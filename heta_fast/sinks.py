@@ -22,13 +22,19 @@ SINK_CANDIDATES = ("<|endoftext|>", "<s>", "<|begin_of_text|>", "<bos>")
 
 
 def default_sink_id(tokenizer) -> int:
-    """A token the model saw at the start of training sequences: one of :data:`SINK_CANDIDATES`, else the
-    tokenizer's BOS, else its EOS."""
+    """A token the model saw at the start of training sequences: one of :data:`SINK_CANDIDATES` that is a
+    special token of the tokenizer, else the tokenizer's BOS, else its EOS.
+
+    Only special tokens count where the tokenizer lists them (``all_special_ids``): Gemma's vocabulary has an
+    ordinary text piece ``<s>``, which is no sequence start.
+    """
     if tokenizer is None:
         raise HetaInputError("sink_token='auto' needs a tokenizer: pass the sink's token id instead")
     vocab = tokenizer.get_vocab()
+    listed = getattr(tokenizer, "all_special_ids", None)
+    special = None if listed is None else {int(i) for i in listed}
     for name in SINK_CANDIDATES:
-        if name in vocab:
+        if name in vocab and (special is None or int(vocab[name]) in special):
             return int(vocab[name])
     for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if tid is not None:
