@@ -6,7 +6,7 @@ and building results. The numbers come from :class:`heta_fast.engine.Engine`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -18,7 +18,7 @@ from .hf import ModelAdapter
 from .options import HetaOptions, options_from_preset, resolve_layers
 from .progress import StopCheck, check_stop
 from .result import Attribution, AttributionSequence, floats
-from .sinks import resolve_sink
+from .sinks import leading_special_count, resolve_sink
 
 
 @dataclass
@@ -27,6 +27,7 @@ class _Encoded:
     offsets: list[tuple[int, int]] | None
     text: str | None
     prompt_len: int  # number of prompt tokens
+    specials: list[int] = field(default_factory=list)  # special tokens the tokenizer added in front, split off
 
 
 class Attributor:
@@ -38,16 +39,15 @@ class Attributor:
         options: default :class:`HetaOptions` (``attribute`` may override any of them).
         progress: show progress bars for long work.
 
-    The model is put in eval mode, its parameters stop requiring gradients (HETA differentiates with
-    respect to the inputs only), and its attention implementation becomes heta_fast's recording one
-    (numerically the model's own attention; it keeps working for ordinary use).
+    The model is not changed: heta_fast runs on a working view of it that shares its weights
+    (:func:`heta_fast.hf.adapter.working_view`: eval mode, frozen parameters and heta_fast's recording
+    attention on the view only), so its outputs, ``output_attentions``, train/eval mode and ``requires_grad``
+    flags are the same before, during and after an attribution, for this thread and any other. One
+    Attributor runs one call at a time (other threads wait); several Attributors may share a model.
     """
 
     def __init__(self, model, tokenizer=None, *, options: HetaOptions | None = None, progress: bool = False,
                  name: str | None = None):
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
         self.model = model
         self.tokenizer = tokenizer
         self.options = options or HetaOptions()
@@ -77,7 +77,9 @@ class Attributor:
         return cls(model, tok, options=options_from_preset(preset, **options), progress=progress, name=name)
 
     # ------------------------------------------------------------------------------------ encoding
-    def _encode(self, text_or_ids) -> _Encoded:
+    def _encode(self, text_or_ids, special_tokens: str = "keep") -> _Encoded:
+        """Token ids (and offsets) of the input; with ``special_tokens="sink"`` the special tokens the
+        tokenizer added in front (a BOS) are split off into ``specials`` (they become the lead)."""
         if isinstance(text_or_ids, str):
             if not text_or_ids.strip():
                 raise HetaInputError("empty text: there is nothing to explain")
@@ -95,7 +97,11 @@ class Attributor:
             raise HetaInputError("empty input: there are no tokens to explain")
         t = torch.tensor(ids, dtype=torch.long, device=self.adapter.device)
         self.adapter.check_ids(t)
-        return _Encoded(ids=t, offsets=offsets, text=text, prompt_len=len(ids))
+        k = leading_special_count(ids, offsets, self.tokenizer) if special_tokens == "sink" else 0
+        if k == len(ids):
+            raise HetaInputError("the input holds only special tokens: there is no text to explain")
+        return _Encoded(ids=t[k:], offsets=None if offsets is None else offsets[k:], text=text,
+                        prompt_len=len(ids) - k, specials=ids[:k])
 
     def _with_continuation(self, prompt: _Encoded, continuation: str) -> _Encoded:
         """The encoded prompt followed by the tokens of a continuation string (appended, not re-tokenised)."""
@@ -111,7 +117,7 @@ class Attributor:
             base = len(text)
             offsets = offsets + [(s + base, e + base) for s, e in cenc["offset_mapping"]]
             text = text + continuation
-        return _Encoded(ids=ids, offsets=offsets, text=text, prompt_len=prompt.prompt_len)
+        return _Encoded(ids=ids, offsets=offsets, text=text, prompt_len=prompt.prompt_len, specials=prompt.specials)
 
     def _token_text(self, enc: _Encoded, i: int) -> str:
         if enc.offsets is not None and enc.text is not None:
@@ -123,12 +129,14 @@ class Attributor:
             return self.tokenizer.decode([tid])
         return f"<{tid}>"
 
-    def _generate(self, ids: Tensor, n_new: int, sink: int | None = None,
+    def _generate(self, ids: Tensor, n_new: int, sink: int | None = None, lead: list[int] | None = None,
                   should_stop: StopCheck | None = None) -> list[int]:
-        """Greedy continuation of ``ids`` (after the sink token, if any) by ``n_new`` tokens."""
+        """Greedy continuation of ``ids`` (after the lead: the sink token and special tokens, if any) by ``n_new``
+        tokens."""
         new: list[int] = []
-        seq = ids if sink is None else torch.cat([ids.new_tensor([sink]), ids])
-        with torch.no_grad():
+        lead = list(lead or []) if sink is None else [sink, *(lead or [])]
+        seq = torch.cat([ids.new_tensor(lead), ids])
+        with torch.no_grad(), self.adapter.attached():
             for _ in range(n_new):
                 check_stop(should_stop)
                 logits = self.adapter.last_logits(self.adapter.embed(seq))
@@ -160,7 +168,7 @@ class Attributor:
                 (a server uses it for time limits and disconnected clients).
             **overrides: any :class:`HetaOptions` field (beta, gamma, num_probes, seed, rollout, hessian,
                 rank, curvature, layers, mask, mask_token_id, normalize, components, window, overlap,
-                sink_token, engine, max_memory).
+                sink_token, special_tokens, engine, max_memory).
 
         Returns:
             :class:`Attribution` for one target, :class:`AttributionSequence` for a continuation.
@@ -168,17 +176,21 @@ class Attributor:
         opts = options_from_preset(preset, **overrides) if preset else self.options.replace(**overrides)
         if generate is not None and target is not None:
             raise HetaInputError("give either target= or generate=, not both")
-        base = self._encode(text_or_ids)
-        # Record the sink and the layers actually used (an id or None, a number or None), not "auto".
-        opts = opts.replace(sink_token=resolve_sink(opts.sink_token, self.tokenizer, self.adapter.vocab_size,
-                                                    int(base.ids[0])),
+        with self.adapter.attached():  # one call at a time on this Attributor; the model itself is not touched
+            return self._attribute(text_or_ids, target, generate, probes, opts, should_stop)
+
+    def _attribute(self, text_or_ids, target, generate, probes, opts: HetaOptions, should_stop: StopCheck | None):
+        base = self._encode(text_or_ids, opts.special_tokens)
+        lead = self._lead(base, opts)
+        # Record the sink (the lead's first token) and the layers actually used, not "auto".
+        opts = opts.replace(sink_token=lead[0] if lead else None,
                             layers=resolve_layers(opts.layers, self.adapter.num_layers))
         if generate is not None:
             if generate < 1:
                 raise HetaInputError(f"generate must be >= 1, got {generate}")
             enc = base
-            # Generated with the same sink the explanation runs with, so the targets are the model's own.
-            new_ids = self._generate(enc.ids, generate, sink=opts.sink_token, should_stop=should_stop)
+            # Generated after the same lead the explanation runs with, so the targets are the model's own.
+            new_ids = self._generate(enc.ids, generate, lead=lead, should_stop=should_stop)
             cont = self.tokenizer.decode(new_ids) if self.tokenizer is not None else None
             if cont is not None and enc.text is not None:
                 retok = self.tokenizer(cont, add_special_tokens=False)["input_ids"]
@@ -209,11 +221,25 @@ class Attributor:
             positions = [pos]
         if probes is not None and len(positions) != 1:
             raise HetaInputError("probes= can only be given for a single target")
-        explained = self.engine.explain(enc.ids, positions, opts, probes=probes, should_stop=should_stop)
+        explained = self.engine.explain(enc.ids, positions, opts, probes=probes, lead=enc.ids.new_tensor(lead),
+                                        should_stop=should_stop)
         results = AttributionSequence(self._build(enc, t, opts, ex) for t, ex in zip(positions, explained, strict=True))
         return results[0] if len(positions) == 1 and not isinstance(target, str) and generate is None else results
 
     # ---------------------------------------------------------------------------------- internals
+    def _lead(self, enc: _Encoded, opts: HetaOptions) -> list[int]:
+        """The tokens put in front of every window and left out of M, S and I: the sink token (unless the
+        tokenised input already starts with it), then the special tokens the tokenizer added (split off by
+        ``special_tokens="sink"``)."""
+        first = enc.specials[0] if enc.specials else int(enc.ids[0])
+        sink = resolve_sink(opts.sink_token, self.tokenizer, self.adapter.vocab_size, first)
+        if opts.sink_token == "auto" and enc.specials:  # the tokenizer put the model's sink (a BOS) in place
+            sink = None
+        lead = list(enc.specials)
+        if sink is not None and not (lead and lead[0] == sink):
+            lead = [sink, *lead]
+        return lead
+
     def _build(self, enc: _Encoded, t: int, opts: HetaOptions, ex: Explanation) -> Attribution:
         return Attribution(
             tokens=[self._token_text(enc, i) for i in range(t)],

@@ -219,25 +219,36 @@ class Engine:
         self.adapter = adapter
         self.progress = progress
         self._reference_adapter: ModelAdapter | None = None
+        self._reference_of = None  # the fast view's state the float64 copy was made from
 
     def adapter_for(self, opts: HetaOptions) -> ModelAdapter:
-        """The model as the engine named by ``opts.engine`` runs it (the reference: a float64 copy, made once)."""
+        """The model as the engine named by ``opts.engine`` runs it (the reference: a float64 copy, made once
+        per state of the model's weights)."""
         if opts.engine == "fast":
             return self.adapter
-        if self._reference_adapter is None:
+        if self._reference_adapter is None or self._reference_of != self.adapter._signature:
             self._reference_adapter = ModelAdapter(copy.deepcopy(self.adapter.model).to(torch.float64))
+            self._reference_of = self.adapter._signature
         return self._reference_adapter
 
     def explain(self, ids: Tensor, positions: list[int], opts: HetaOptions, *, probes: Tensor | None = None,
-                should_stop: StopCheck | None = None) -> list[Explanation]:
+                lead: Tensor | None = None, should_stop: StopCheck | None = None) -> list[Explanation]:
         """One :class:`Explanation` per target position of ``ids [n]`` (each 1 ≤ t ≤ n−1).
 
-        ``opts`` must be resolved (``sink_token`` an id or None, ``layers`` a number or None).
-        ``should_stop()`` is checked between chunks of work; when it returns True the call raises
-        :class:`~heta_fast.errors.HetaCancelled`.
+        ``opts`` must be resolved (``sink_token`` an id or None, ``layers`` a number or None). ``lead``: the
+        tokens put in front of every window and left out of M, S and I (the sink, and special tokens such as
+        a BOS); by default ``[opts.sink_token]``, or nothing. The model is used only through the adapter's
+        working view (:meth:`ModelAdapter.attached`), never changed. ``should_stop()`` is checked between
+        chunks of work; when it returns True the call raises :class:`~heta_fast.errors.HetaCancelled`.
         """
+        with self.adapter.attached():
+            return self._explain(ids, positions, opts, probes, lead, should_stop)
+
+    def _explain(self, ids: Tensor, positions: list[int], opts: HetaOptions, probes: Tensor | None,
+                 lead: Tensor | None, should_stop: StopCheck | None) -> list[Explanation]:
         adapter = self.adapter_for(opts)
-        lead = ids.new_tensor([] if opts.sink_token is None else [opts.sink_token])
+        if lead is None:
+            lead = ids.new_tensor([] if opts.sink_token is None else [opts.sink_token])
         t_start = time.perf_counter()
         mask_vec = None
         if "I" in opts.components:

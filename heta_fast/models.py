@@ -117,17 +117,25 @@ def random_model(shape: str, *, dtype: torch.dtype = torch.float32, device: str 
 
 
 TINY_ARCHS = ("llama", "qwen2", "mistral", "gemma", "gemma2", "phi3", "gpt2")
+# More families, each with what sets it apart: q/k norms (qwen3, olmo2, gemma3), logit scaling (granite divides,
+# cohere multiplies), embedding/residual/attention multipliers (granite), partial rotary and a fused per-head
+# QKV (gpt_neox), q/k/v biases with partial rotary (stablelm), sliding windows with biases (starcoder2),
+# alternating sliding/full layers (gemma3), parallel attention and MLP (cohere, gpt_neox). Covered by a lighter
+# whole-pipeline test (tests/hf/test_families.py) than TINY_ARCHS' per-component ones.
+MORE_TINY_ARCHS = ("qwen3", "olmo2", "granite", "gpt_neox", "stablelm", "starcoder2", "gemma3", "cohere")
 
 
 def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
     """A tiny random-weight causal LM built from a config in-process (tests, examples, benchmarks).
 
-    ``arch`` is one of :data:`TINY_ARCHS`. Weights use ``initializer_range=0.3`` (not HF's 0.02) so that
-    the next-token distribution is far from uniform and masking a token moves it measurably.
+    ``arch`` is one of :data:`TINY_ARCHS` or :data:`MORE_TINY_ARCHS`. Weights use ``initializer_range=0.3``
+    (not HF's 0.02) so that the next-token distribution is far from uniform and masking a token moves it
+    measurably.
     """
     import transformers as tf
 
     common = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
+    ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)  # inside the tiny vocabulary
     configs = {
         "llama": lambda: tf.LlamaConfig(**common, num_key_value_heads=2, max_position_embeddings=256),
         "qwen2": lambda: tf.Qwen2Config(**common, num_key_value_heads=2, max_position_embeddings=256),
@@ -139,6 +147,27 @@ def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
         ),
         "phi3": lambda: tf.Phi3Config(**common, num_key_value_heads=2, pad_token_id=0, max_position_embeddings=256),
         "gpt2": lambda: tf.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=256),
+        "qwen3": lambda: tf.Qwen3Config(**common, **ids, num_key_value_heads=2, head_dim=8, max_position_embeddings=256),
+        "olmo2": lambda: tf.Olmo2Config(**common, **ids, num_key_value_heads=2, max_position_embeddings=256),
+        "granite": lambda: tf.GraniteConfig(
+            **common, **ids, num_key_value_heads=2, max_position_embeddings=256, embedding_multiplier=2.0,
+            residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=4.0,
+        ),
+        "gpt_neox": lambda: tf.GPTNeoXConfig(**common, **ids, max_position_embeddings=256, rotary_pct=0.5),
+        "stablelm": lambda: tf.StableLmConfig(
+            **common, **ids, num_key_value_heads=2, max_position_embeddings=256, partial_rotary_factor=0.5,
+            use_qkv_bias=True,
+        ),
+        "starcoder2": lambda: tf.Starcoder2Config(
+            **common, **ids, num_key_value_heads=2, max_position_embeddings=256, sliding_window=4,
+        ),
+        "gemma3": lambda: tf.Gemma3TextConfig(
+            **common, **ids, num_key_value_heads=1, head_dim=8, sliding_window=4, max_position_embeddings=256,
+            query_pre_attn_scalar=8, layer_types=["sliding_attention", "full_attention"],
+        ),
+        "cohere": lambda: tf.CohereConfig(
+            **common, **ids, num_key_value_heads=2, max_position_embeddings=256, logit_scale=0.5,
+        ),
     }
     if arch not in configs:
         raise HetaInputError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(configs)}")

@@ -238,6 +238,10 @@ class HetaOptions:
         "auto", "attention-sink token prepended to every window and dropped from M, S, I: 'auto' (the "
         "tokenizer's <|endoftext|>/BOS), a token id, or None (command line: none)",
         number=int, minimum=0, words=("auto",), nullable=True, metavar="auto|ID|none")
+    special_tokens: Literal["sink", "keep"] = option(
+        "sink", "special tokens the tokenizer adds in front (a BOS): 'sink' treats them like the sink token (not "
+        "positions of the result, in front of every window, left out of M, S, I, mass in sink_gate_mass); 'keep': "
+        "visible context tokens", words=("sink", "keep"))
     engine: Literal["fast", "reference"] = option(
         "fast", "batched kernels, or the plain float64 loops of the oracle ('reference')", words=("fast", "reference"))
     max_memory: int = option(2 * 1024**3, "bytes the batched passes may use for intermediates (sets chunk sizes; "

@@ -21,13 +21,14 @@ def attributor():
 def test_text_default_target_is_last_token(attributor):
     r = attributor.attribute("hello world", num_probes=2)
     assert isinstance(r, Attribution)
-    n = 12  # BOS + 11 characters
+    n = 11  # 11 characters; the BOS CharTokenizer adds is the sink (special_tokens="sink"), not a position
     assert r.target_position == n - 1 and r.target_token == "d"
     assert len(r.tokens) == len(r.scores) == len(r.M) == len(r.S) == len(r.I) == n - 1
-    assert r.tokens[1:] == list("hello worl") and r.offsets[1] == (0, 1)
+    assert r.tokens == list("hello worl") and r.offsets[0] == (0, 1)
     assert abs(sum(r.M) - 1) < 1e-5
-    # Default preset: normalize="sum"; CharTokenizer adds BOS, so "auto" adds no sink token.
-    assert r.options["normalize"] == "sum" and r.options["sink_token"] is None and r.sink_gate_mass is None
+    # Default preset: normalize="sum"; the BOS (id 0) is the sink, no other sink token is added.
+    assert r.options["normalize"] == "sum" and r.options["special_tokens"] == "sink"
+    assert r.options["sink_token"] == 0 and 0 < r.sink_gate_mass < 1
     sS, sI = sum(r.S), sum(r.I)
     expected = [m * (0.5 * s / sS + 0.5 * i / sI) for m, s, i in zip(r.M, r.S, r.I)]
     assert max(abs(a - b) for a, b in zip(r.scores, expected)) < 1e-9
@@ -40,7 +41,7 @@ def test_text_default_target_is_last_token(attributor):
 
 def test_integer_and_negative_targets(attributor):
     a = attributor.attribute("abcdefg", target=4, num_probes=1)
-    b = attributor.attribute("abcdefg", target=-4, num_probes=1)
+    b = attributor.attribute("abcdefg", target=-3, num_probes=1)
     assert a.target_position == b.target_position == 4 and len(a.scores) == 4
     assert a.scores == b.scores
 
@@ -55,9 +56,9 @@ def test_continuation_is_teacher_forced_token_by_token(attributor):
     res = attributor.attribute("abc", target="xyz", num_probes=1)
     assert isinstance(res, AttributionSequence) and len(res) == 3
     assert [r.target_token for r in res] == ["x", "y", "z"]
-    assert [r.target_position for r in res] == [4, 5, 6]
+    assert [r.target_position for r in res] == [3, 4, 5]
     # The targets of a continuation share their forwards (engine.evaluate_many); same numbers as alone.
-    single = attributor.attribute("abcxyz", target=6, num_probes=1)
+    single = attributor.attribute("abcxyz", target=5, num_probes=1)
     for name in ("M", "S", "I", "scores"):
         a, b = getattr(res[2], name), getattr(single, name)
         assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5 * max(map(abs, b)), name
@@ -65,7 +66,7 @@ def test_continuation_is_teacher_forced_token_by_token(attributor):
 
 def test_generate_explains_each_new_token(attributor):
     res = attributor.attribute("abc", generate=2, num_probes=1, components=["M"])
-    assert len(res) == 2 and res[0].target_position == 4 and res[1].target_position == 5
+    assert len(res) == 2 and res[0].target_position == 3 and res[1].target_position == 4
 
 
 def test_ids_without_tokenizer():
@@ -93,7 +94,7 @@ def test_same_seed_same_result_and_probes_passed_in(attributor):
     assert a.S != c.S
     from heta_fast.probes import draw_probes
 
-    probes = draw_probes(8, 3, 32, seed=11)
+    probes = draw_probes(7, 3, 32, seed=11)
     d = attributor.attribute("abcdefgh", probes=probes)
     assert max(abs(x - y) for x, y in zip(d.S, a.S)) <= 1e-6 * max(a.S)
 
@@ -101,7 +102,7 @@ def test_same_seed_same_result_and_probes_passed_in(attributor):
 def test_windowing_averages_and_renormalises(attributor):
     text = "the quick brown fox jumps"
     full = attributor.attribute(text, num_probes=1, window=8, overlap=0.5)
-    assert abs(sum(full.M) - 1) < 1e-6 and len(full.scores) == len(text)
+    assert abs(sum(full.M) - 1) < 1e-6 and len(full.scores) == len(text) - 1
     # A window as large as the context is the plain run.
     one = attributor.attribute(text, num_probes=1, window=100)
     plain = attributor.attribute(text, num_probes=1)
@@ -142,7 +143,7 @@ def test_outputs_json_html_heatmap_topk(attributor, tmp_path):
         (lambda a: a.attribute("abc", rollout="magic"), "rollout"),
         (lambda a: a.attribute("abc", layers=5), "only 2 layers"),
         (lambda a: a.attribute("abc", generate=0), "generate"),
-        (lambda a: a.attribute("abc", probes=torch.ones(2, 1, 32)), "probes must have shape"),
+        (lambda a: a.attribute("abc", probes=torch.ones(3, 1, 32)), "probes must have shape"),
     ],
 )
 def test_bad_input_raises_clear_errors(attributor, call, message):

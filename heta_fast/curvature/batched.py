@@ -116,7 +116,7 @@ class CurvatureOperator:
             # G = Jᵀ C J with J = ∂out/∂x; C is the head's Fisher matrix (h) or diag π − π πᵀ (z).
             self.out = out
             if self.head is None:
-                self.pi = torch.softmax(z.detach().float(), -1).to(z.dtype)
+                self.pi = torch.softmax(z.detach().float(), -1)  # float32: the softmax and its products below
             self.u0 = torch.zeros_like(out, requires_grad=True)
             (self.jt,) = torch.autograd.grad(out, self.x, self.u0, create_graph=True)
 
@@ -134,7 +134,8 @@ class CurvatureOperator:
         if self.head is not None:
             W = (JV.to(self.head.fisher.dtype) @ self.head.fisher).to(JV.dtype)
         else:
-            W = self.pi * JV - self.pi * (JV @ self.pi)[:, None]
+            pi, JV32 = self.pi.to(torch.promote_types(JV.dtype, torch.float32)), JV.to(self.pi.dtype)
+            W = (pi * JV32 - pi * (JV32 @ pi)[:, None]).to(JV.dtype)
         return batched_vjp(self.out, self.x, W)
 
 
@@ -189,9 +190,11 @@ def sensitivity_batched(
     probes = probes.to(point)
     m = probes.shape[1]
     dev = point.device
+    # Products run in the model's dtype; S and the range finder's algebra accumulate in float32 or better.
+    acc = torch.promote_types(point.dtype, torch.float32)
 
     if hessian == "exact":
-        S = torch.zeros(t, dtype=point.dtype, device=dev)
+        S = torch.zeros(t, dtype=acc, device=dev)
         chunk = token_chunk(t, m, batch)
         for a in range(0, t, chunk):
             b = min(a + chunk, t)
@@ -207,7 +210,7 @@ def sensitivity_batched(
                 V = torch.zeros(len(part), s, d, dtype=point.dtype, device=dev)
                 V[ar, rows - a] = probes[rows, ks]
                 HV = op(V)
-                S.index_add_(0, rows, HV[ar, rows - a].abs().sum(-1))
+                S.index_add_(0, rows, HV[ar, rows - a].to(acc).abs().sum(-1))
                 if progress is not None:
                     progress(len(part))
             del op
@@ -218,15 +221,16 @@ def sensitivity_batched(
     # Randomized range finder (Halko et al.): Y = C Ω, Q = orth(Y), B = Qᵀ C Q, C ≈ Q B Qᵀ.
     op = CurvatureOperator(adapter, X, point, target_id, curvature, layer=layer, head=head)
 
-    def apply_all(directions: Tensor) -> Tensor:  # [N, t, d] -> [N, t, d]
+    def apply_all(directions: Tensor) -> Tensor:  # [N, t, d] -> [N, t, d] in acc
         out = []
         for lo in range(0, directions.shape[0], batch):
-            out.append(op(directions[lo : lo + batch]))
+            out.append(op(directions[lo : lo + batch].to(point.dtype)).to(acc))
             if progress is not None:
                 progress(min(batch, directions.shape[0] - lo))
         return torch.cat(out)
 
-    omega = draw_range_finder(t, d, rank, seed).to(point)
+    omega = draw_range_finder(t, d, rank, seed).to(device=dev, dtype=acc)
+    probes = probes.to(acc)
     Y = apply_all(omega.T.reshape(rank, t, d)).reshape(rank, t * d).T
     Q, _ = torch.linalg.qr(Y)
     CQ = apply_all(Q.T.reshape(-1, t, d)).reshape(-1, t * d).T

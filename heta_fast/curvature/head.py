@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UnsupportedModelError
-from ..hf.head import head_logits
+from ..hf.head import head_check_tolerance, head_logits
 
 # Rows of the output table per block when forming F: bounds the temporary to ≈ 8192·d floats.
 VOCAB_BLOCK = 8192
@@ -84,7 +84,8 @@ def clean_head_curvature(adapter, h: Tensor, model_logits: Tensor, target: int) 
     with torch.no_grad():
         z = head_logits(h[None], weight, bias, softcap)[0]
         ref = model_logits.float()
-        if z.shape != ref.shape or not torch.allclose(z.float(), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max())):
+        tol = head_check_tolerance(z.dtype, 1e-4)
+        if z.shape != ref.shape or not torch.allclose(z.float(), ref, rtol=tol, atol=tol * float(ref.abs().max())):
             return None
         return head_curvature(h, weight, bias, softcap, target)
 

@@ -10,9 +10,11 @@ from ..hf import ModelAdapter
 
 
 def value_norms(adapter: ModelAdapter, layer: int, value: Tensor) -> Tensor:
-    """ν^{l,h}_i = ‖W_O^h v^{l,h}_i‖_1 from the model's own value vectors ``value [H_kv, n, d_h]`` → ``[H, n]``."""
+    """ν^{l,h}_i = ‖W_O^h v^{l,h}_i‖_1 from the model's own value vectors ``value [H_kv, n, d_h]`` → ``[H, n]``,
+    in float32 or better (a half-precision model's values are upcast before the product and the sum)."""
     H, dh = adapter.num_heads, adapter.head_dim
     group = H // adapter.num_kv_heads
+    value = value.to(torch.promote_types(value.dtype, torch.float32))
     W_O = adapter.output_projection(adapter.attentions[layer]).to(value.dtype)
     out = []
     for h in range(H):
@@ -25,6 +27,7 @@ def raw_value_norms(adapter: ModelAdapter, layer: int, resid: Tensor) -> Tensor:
     """Official-code value norms: ‖(h_i W_V^{h,T}) W_O^{h,T}‖_1 from the raw residual ``resid [n, d]`` → ``[H, n]``."""
     H, dh = adapter.num_heads, adapter.head_dim
     attn = adapter.attentions[layer]
+    resid = resid.to(torch.promote_types(resid.dtype, torch.float32))
     W_V = adapter.value_projection(attn).to(resid.dtype)  # [H*dh, d] when H_kv == H
     W_O = adapter.output_projection(attn).to(resid.dtype)
     out = []

@@ -8,7 +8,7 @@ This is the only package that knows about transformers' internals; the HETA comp
 from .adapter import ModelAdapter
 from .attention import ATTN_IMPL, LayerRecord, Recorder, heta_attention, plain_attention
 from .cache import cache_kwargs, cut_cache, new_full_cache
-from .head import head_logits
+from .head import head_check_tolerance, head_logits
 
 __all__ = [
     "ATTN_IMPL",
@@ -17,6 +17,7 @@ __all__ = [
     "Recorder",
     "cache_kwargs",
     "cut_cache",
+    "head_check_tolerance",
     "head_logits",
     "heta_attention",
     "new_full_cache",

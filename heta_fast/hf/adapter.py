@@ -4,11 +4,20 @@ Embeddings, output and value projections, the LM head and the decoder layers are
 clear error when a model does not have them; forwards run through heta_fast's recording attention
 (:mod:`heta_fast.hf.attention`), and the residual stream entering a layer can be swapped for curvature with
 respect to the last k layers.
+
+The user's model is never changed. heta_fast runs on a *working view* of it (:func:`working_view`): a copy
+of the module tree that shares every weight and buffer (no memory for weights), in eval mode, with
+parameters that do not require gradients and heta_fast's attention implementation on its own configs. Hooks
+heta_fast registers live on the view's modules. So the model's own outputs, its ``output_attentions``, its
+train/eval mode and its grad flags are exactly what they were, during and after an attribution, for the
+caller and for any other thread or :class:`~heta_fast.Attributor` using it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import threading
 
 import torch
 from torch import Tensor, nn
@@ -50,22 +59,98 @@ def _find_attention(layer: nn.Module) -> nn.Module:
     raise UnsupportedModelError(f"cannot find the attention module of {type(layer).__name__}")
 
 
+def _text_config(model: nn.Module):
+    cfg = model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def check_supported(model: nn.Module) -> None:
+    """Refuse, before any work, a model heta_fast cannot explain, naming the reason."""
+    cfg = _text_config(model)
+    if getattr(cfg, "is_encoder_decoder", False):
+        raise UnsupportedModelError("encoder-decoder models are not supported; HETA needs a decoder-only model")
+    if getattr(cfg, "use_bidirectional_attention", False):
+        raise UnsupportedModelError("this model uses bidirectional attention; HETA needs causal attention")
+    # transformers' own test of whether a model dispatches attention through AttentionInterface (Falcon,
+    # for one, computes attention inline); heta_fast sees attention only through that interface.
+    can_set = getattr(type(model), "_can_set_attn_implementation", None)
+    if can_set is not None and not can_set():
+        raise UnsupportedModelError(
+            f"{type(model).__name__} computes attention inside its own modules instead of through transformers' "
+            "attention interface (AttentionInterface), so heta_fast cannot see its attention probabilities, "
+            "values or second derivatives; this architecture is not supported"
+        )
+    for p in model.parameters():
+        if p.device.type == "meta":
+            raise UnsupportedModelError(
+                "some weights are offloaded (on the 'meta' device, e.g. device_map with disk or CPU offload); "
+                "heta_fast needs every weight in memory on a real device"
+            )
+
+
+def _state_signature(model: nn.Module) -> tuple:
+    """What a working view depends on: the module objects and every weight's identity, storage, dtype, device
+    and in-place version. A change means the view must be rebuilt."""
+    tensors = tuple(
+        (id(t), t.data_ptr(), t.dtype, t.device, tuple(t.shape), t._version)
+        for t in (*model.parameters(), *model.buffers())
+    )
+    return tuple(id(m) for m in model.modules()), tensors
+
+
+def working_view(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s module tree that shares its weights and buffers, for heta_fast to run on.
+
+    Parameters that require gradients are shared through a frozen alias (same storage, ``requires_grad``
+    off: HETA differentiates with respect to inputs only); everything else (buffers, frozen or integer
+    weights) is the same tensor. The modules and configs are copies, so the view's eval mode, attention
+    implementation and hooks never reach the model. Costs a few tens of milliseconds on a 30-layer model.
+    """
+    memo: dict[int, object] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(p.detach(), requires_grad=False) if p.requires_grad else p
+    for b in model.buffers():
+        memo[id(b)] = b
+    view = copy.deepcopy(model, memo)
+    view.eval()
+    if hasattr(view, "set_attn_implementation"):
+        view.set_attn_implementation(ATTN_IMPL)
+    configs = {id(view.config): view.config, id(_text_config(view)): _text_config(view)}
+    for c in configs.values():
+        c._attn_implementation = ATTN_IMPL
+    return view
+
+
 class ModelAdapter:
     """A HuggingFace causal LM seen through HETA's eyes.
 
     Args:
         model: any ``AutoModelForCausalLM`` whose attention goes through transformers' attention interface.
+
+    ``model`` itself is left untouched: the adapter runs a :func:`working_view` of it (``self.model``;
+    ``self.source`` is the model given). Enter :meth:`attached` around each piece of work: it refreshes the view
+    when the model's weights or modules changed since (``model.to(...)``, an optimizer step, a swapped
+    module) and runs one caller at a time on this adapter.
     """
 
     def __init__(self, model: nn.Module):
         register_attention()
+        check_supported(model)
+        self.source = model
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._scaled_head = None
+        self._build_view()
+        self._check_wiring()
+        self._check_attention_interface()
+
+    def _build_view(self) -> None:
+        """(Re)build the working view and every module reference into it."""
+        self._signature = _state_signature(self.source)
+        model = working_view(self.source)
         self.model = model
-        cfg = model.config
-        self.config = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        if getattr(self.config, "is_encoder_decoder", False):
-            raise UnsupportedModelError("encoder-decoder models are not supported; HETA needs a decoder-only model")
-        if getattr(self.config, "use_bidirectional_attention", False):
-            raise UnsupportedModelError("this model uses bidirectional attention; HETA needs causal attention")
+        self._scaled_head = None
+        self.config = _text_config(model)
         self.num_layers = int(self.config.num_hidden_layers)
         self.layers = _find_layer_list(model, self.num_layers)
         self.attentions = [_find_attention(layer) for layer in self.layers]
@@ -80,22 +165,40 @@ class ModelAdapter:
         # Gemma-style models scale the embedding inside the embedding module; SPEC.md defines X before it.
         scale = getattr(emb, "embed_scale", None)
         self.embed_scale = float(scale) if scale is not None else 1.0
-        self._set_attn_impl()
-        self._check_wiring()
+
+    @contextlib.contextmanager
+    def attached(self):
+        """The block's work runs on an up-to-date working view, one caller at a time (re-entrant).
+
+        Other threads using this adapter wait; other code (and other adapters) using the model do not, since
+        nothing of heta_fast's is on the model itself.
+        """
+        with self._lock:
+            if self._depth == 0 and _state_signature(self.source) != self._signature:
+                self._build_view()
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
 
     # ------------------------------------------------------------------ setup
-    def _set_attn_impl(self) -> None:
-        if hasattr(self.model, "set_attn_implementation"):
-            self.model.set_attn_implementation(ATTN_IMPL)
-        else:  # older transformers
-            self.model.config._attn_implementation = ATTN_IMPL
-        for c in {id(self.model.config): self.model.config, id(self.config): self.config}.values():
-            c._attn_implementation = ATTN_IMPL
-
     def _check_wiring(self) -> None:
         # Output projections must exist for the value norms; refuse rather than fall back to ones.
         for attn in self.attentions:
             self.output_projection(attn)
+
+    def _check_attention_interface(self) -> None:
+        """One two-token forward must reach heta_fast's attention in every layer, or the model is refused now
+        (rather than with a missing layer deep inside an attribution)."""
+        ids = torch.zeros(2, dtype=torch.long, device=self.device)
+        with torch.no_grad(), self.record() as rec:
+            self.forward(self.embed(ids))
+        if not rec.layers:
+            raise UnsupportedModelError(
+                f"{type(self.source).__name__} never called transformers' attention interface (AttentionInterface), "
+                "so heta_fast cannot see its attention; this architecture is not supported"
+            )
 
     @property
     def device(self) -> torch.device:
@@ -143,18 +246,46 @@ class ModelAdapter:
             return _conv1d_or_linear_weight(attn.qkv_proj)[q + kv : q + 2 * kv]
         if hasattr(attn, "c_attn"):  # GPT-2: Conv1D with columns [q | k | v]
             return _conv1d_or_linear_weight(attn.c_attn)[q + kv : q + 2 * kv]
-        raise UnsupportedModelError(f"{type(attn).__name__} has no v_proj/qkv_proj/c_attn value projection")
+        if hasattr(attn, "query_key_value") and self.num_kv_heads == self.num_heads:
+            # GPT-NeoX: rows grouped per head, [q_h | k_h | v_h] for head h.
+            w = _conv1d_or_linear_weight(attn.query_key_value)
+            return w.reshape(self.num_heads, 3, self.head_dim, -1)[:, 2].reshape(q, -1)
+        raise UnsupportedModelError(
+            f"{type(attn).__name__} has no v_proj/qkv_proj/c_attn/query_key_value value projection"
+        )
+
+    @property
+    def logit_multiplier(self) -> float:
+        """The factor a model applies to its LM head's output: Cohere multiplies by ``logit_scale``, Granite
+        divides by ``logits_scaling``; 1 for every other model."""
+        factor = 1.0
+        scale = getattr(self.config, "logit_scale", None)
+        if scale is not None:
+            factor *= float(scale)
+        divisor = getattr(self.config, "logits_scaling", None)
+        if divisor is not None:
+            factor /= float(divisor)
+        return factor
 
     def lm_head(self) -> tuple[Tensor, Tensor | None, float]:
-        """``(weight [V, d], bias [V] | None, final logit softcap or 0)``, checked against the model elsewhere."""
+        """``(weight [V, d], bias [V] | None, final logit softcap or 0)`` such that
+        :func:`~heta_fast.hf.head.head_logits` gives the model's logits (checked against the model where used).
+
+        A logit multiplier (:attr:`logit_multiplier`) is folded into the weight and bias: a scaled copy of the
+        output table, made once per view (the memory of one more LM head, for those models only).
+        """
         head = self.model.get_output_embeddings()
         if head is None:
             raise UnsupportedModelError("model has no output embedding (LM head)")
-        for attr in ("logit_scale", "logits_scaling"):
-            if getattr(self.config, attr, None) not in (None, 1, 1.0):
-                raise UnsupportedModelError(f"logit scaling ({attr}) is not supported by the fast KL path yet")
-        softcap = getattr(self.config, "final_logit_softcapping", None) or 0.0
-        return head.weight, getattr(head, "bias", None), float(softcap)
+        softcap = float(getattr(self.config, "final_logit_softcapping", None) or 0.0)
+        weight, bias = head.weight, getattr(head, "bias", None)
+        factor = self.logit_multiplier
+        if factor == 1.0:
+            return weight, bias, softcap
+        if self._scaled_head is None:
+            with torch.no_grad():
+                self._scaled_head = (weight * factor, None if bias is None else bias * factor)
+        return (*self._scaled_head, softcap)
 
     def first_layer(self, last_k: int | None) -> int:
         """Index of the first of the last ``last_k`` layers (0 for None: every layer); the ``layers`` option's

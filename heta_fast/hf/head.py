@@ -10,6 +10,15 @@ import torch
 from torch import Tensor
 
 
+def head_check_tolerance(dtype: torch.dtype, floor: float) -> float:
+    """Relative tolerance for checking :func:`head_logits` against the model's own logits in ``dtype``.
+
+    ``floor`` in float32 and wider; in half precision a few units of rounding (the two products may round
+    differently), still far below what a missed logit transform (a scale, a cap) changes.
+    """
+    return max(floor, 4 * torch.finfo(dtype).eps)
+
+
 def head_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, softcap: float) -> Tensor:
     """The LM head on final hidden states ``[R, d]``: ``s(h Wᵀ + b)``, s the final logit soft-cap (0: none)."""
     z = hidden @ weight.T if bias is None else torch.addmm(bias, hidden, weight.T)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import MemoryBudgetError, NumericalError, UnsupportedModelError
-from ..hf import ModelAdapter, cache_kwargs, cut_cache, head_logits, new_full_cache
+from ..hf import ModelAdapter, cache_kwargs, cut_cache, head_check_tolerance, head_logits, new_full_cache
 
 
 def mask_chunk_size(adapter: ModelAdapter, t: int, max_memory: int) -> int:
@@ -96,8 +96,8 @@ def information_multi(
         if not torch.isfinite(model_logits).all():
             raise NumericalError("the model produced non-finite logits (NaN/Inf); check its weights and dtype")
         z_last = z[predict_at.index(n - 1)]
-        if not torch.allclose(z_last.float(), model_logits.float(), rtol=1e-3,
-                              atol=1e-3 * float(model_logits.abs().max())):
+        tol = head_check_tolerance(z.dtype, 1e-3)
+        if not torch.allclose(z_last.float(), model_logits.float(), rtol=tol, atol=tol * float(model_logits.abs().max())):
             raise UnsupportedModelError(
                 "this model transforms its logits in a way heta_fast's fused LM head does not reproduce; "
                 "use engine='reference'"

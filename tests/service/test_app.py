@@ -49,7 +49,8 @@ def test_attribute_returns_the_result_schema(server, service, api):
     assert status == 200
     assert body["schema_version"] == SCHEMA_VERSION
     r = Attribution.from_dict(body)
-    assert r.target_position == 11 and r.target_token == "d" and len(r.scores) == 11
+    # CharTokenizer's BOS is the sink (special_tokens="sink"), not a position.
+    assert r.target_position == 10 and r.target_token == "d" and len(r.scores) == 10
     assert body["options"]["num_probes"] == 2 and body["seed"] == 0
     assert set(body["timings"]) >= {"gate", "hessian", "kl", "total"}
     # Same numbers as the library called directly.
@@ -60,7 +61,8 @@ def test_attribute_returns_the_result_schema(server, service, api):
 def test_targets_ids_presets_and_continuations(server, api):
     status, body = api(server + "/attribute", "POST",
                            {"ids": [0, 5, 9, 13, 40, 2], "target": -2, "options": {"components": ["M", "I"]}})
-    assert status == 200 and body["target"]["position"] == 4 and body["S"] is None and body["text"] is None
+    # The leading 0 is the tokenizer's BOS: the sink, so positions count from the 5.
+    assert status == 200 and body["target"]["position"] == 3 and body["S"] is None and body["text"] is None
     status, body = api(server + "/attribute", "POST",
                            {"text": "abc", "target": "xy", "preset": "fast", "options": {"num_probes": 1}})
     assert status == 200 and [t["target"]["token"] for t in body["targets"]] == ["x", "y"]

@@ -1,0 +1,70 @@
+"""More model families than TINY_ARCHS: the whole pipeline, fast engine against the float64 reference engine,
+the fused LM head (logit scaling folded in) against the model's own logits, and a clear refusal for a model
+whose attention does not go through transformers' attention interface (Falcon).
+
+Lighter than the per-component tests that run on TINY_ARCHS: each family runs the whole pipeline twice
+(default options; curvature over the last layer with Gauss–Newton and the mean mask), about a second each.
+"""
+
+import pytest
+import torch
+
+from heta_fast import Attributor, UnsupportedModelError
+from heta_fast.hf import ModelAdapter, head_logits
+from heta_fast.models import MORE_TINY_ARCHS, tiny_model
+from heta_fast.probes import draw_probes
+from heta_fast.testing import random_ids, rel_err
+
+T = 9  # context tokens; the target is token T
+
+
+@pytest.fixture(scope="module", params=MORE_TINY_ARCHS)
+def family(request):
+    return request.param, Attributor(tiny_model(request.param))
+
+
+@pytest.mark.parametrize("options", [{}, {"layers": 1, "curvature": "gauss_newton", "mask": "mean"}],
+                         ids=["default", "last-layer-gauss-newton-mean"])
+def test_fast_engine_equals_reference_engine(family, options):
+    arch, attributor = family
+    ids = random_ids(T + 1, seed=2)
+    probes = draw_probes(T, 2, attributor.adapter.hidden_size, seed=3).float()
+    fast = attributor.attribute(ids, probes=probes, **options)
+    ref = attributor.attribute(ids, probes=probes, engine="reference", **options)
+    for name in ("M", "S", "I", "scores"):
+        assert rel_err(getattr(fast, name), getattr(ref, name)) < 1e-4, (arch, name)
+    assert fast.target_logprob == pytest.approx(ref.target_logprob, abs=1e-5)
+
+
+def test_fused_head_reproduces_the_models_logits(family):
+    """The fast KL pass and the closed-form head curvature use head_logits(h, *lm_head()); Cohere's logit_scale
+    and Granite's logits_scaling are folded into it, so it must give the model's own logits."""
+    arch, attributor = family
+    adapter = attributor.adapter
+    X = adapter.embed(random_ids(T, seed=4))
+    with torch.no_grad(), adapter.head_input() as seen:
+        logits = adapter.forward(X, keep_last=False).logits[0]
+    z = head_logits(seen[-1][0], *adapter.lm_head())
+    torch.testing.assert_close(z, logits, rtol=1e-5, atol=1e-5)
+    expected = {"granite": 1 / 4.0, "cohere": 0.5}.get(arch, 1.0)
+    assert adapter.logit_multiplier == pytest.approx(expected)
+
+
+def test_rollout_reference_reads_gpt_neox_fused_value_projection():
+    """GPT-NeoX packs q, k, v per head in one projection; the official per-head chain needs W_V from it."""
+    attributor = Attributor(tiny_model("gpt_neox"))
+    ids = random_ids(T + 1, seed=6)
+    fast = attributor.attribute(ids, rollout="reference", components=["M"])
+    ref = attributor.attribute(ids, rollout="reference", components=["M"], engine="reference")
+    assert rel_err(fast.M, ref.M) < 1e-4
+
+
+def test_falcon_is_refused_before_any_work():
+    import transformers as tf
+
+    cfg = tf.FalconConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+    model = tf.AutoModelForCausalLM.from_config(cfg)
+    with pytest.raises(UnsupportedModelError, match="attention interface"):
+        Attributor(model)
+    with pytest.raises(UnsupportedModelError, match="attention interface"):
+        ModelAdapter(model)
