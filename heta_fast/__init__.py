@@ -5,7 +5,14 @@ missing; ``python -m heta_fast.env`` reports what was found.
 """
 
 from .api import Attributor, attribute
-from .errors import HetaError, HetaInputError, MemoryBudgetError, NumericalError, UnsupportedModelError
+from .errors import (
+    HetaCancelled,
+    HetaError,
+    HetaInputError,
+    MemoryBudgetError,
+    NumericalError,
+    UnsupportedModelError,
+)
 from .options import PRESETS, HetaOptions
 from .result import Attribution, AttributionSequence
 
@@ -18,6 +25,7 @@ __all__ = [
     "AttributionSequence",
     "HetaOptions",
     "PRESETS",
+    "HetaCancelled",
     "HetaError",
     "HetaInputError",
     "MemoryBudgetError",

@@ -120,11 +120,15 @@ class CurvatureOperator:
             self.u0 = torch.zeros_like(out, requires_grad=True)
             (self.jt,) = torch.autograd.grad(out, self.x, self.u0, create_graph=True)
 
-    def __call__(self, V: Tensor) -> Tensor:
+    def __call__(self, V: Tensor, progress: Callable[[int], None] | None = None) -> Tensor:
+        """C·V; ``progress(n)`` after each batched second backward of n directions (a slice on the CPU)."""
         step = cpu_slice(V.shape[1]) if V.device.type == "cpu" else V.shape[0]
-        if V.shape[0] <= step:
-            return self._apply(V)
-        return torch.cat([self._apply(V[lo : lo + step]) for lo in range(0, V.shape[0], step)])
+        out = []
+        for lo in range(0, V.shape[0], step):
+            out.append(self._apply(V[lo : lo + step]))
+            if progress is not None:  # between slices: where a caller's should_stop can end the run
+                progress(out[-1].shape[0])
+        return out[0] if len(out) == 1 else torch.cat(out)
 
     def _apply(self, V: Tensor) -> Tensor:
         if self.curvature == "hessian":
@@ -209,10 +213,8 @@ def sensitivity_batched(
                 ar = torch.arange(len(part), device=dev)
                 V = torch.zeros(len(part), s, d, dtype=point.dtype, device=dev)
                 V[ar, rows - a] = probes[rows, ks]
-                HV = op(V)
+                HV = op(V, progress)
                 S.index_add_(0, rows, HV[ar, rows - a].to(acc).abs().sum(-1))
-                if progress is not None:
-                    progress(len(part))
             del op
         return S / m
     if hessian != "lowrank":
@@ -224,9 +226,7 @@ def sensitivity_batched(
     def apply_all(directions: Tensor) -> Tensor:  # [N, t, d] -> [N, t, d] in acc
         out = []
         for lo in range(0, directions.shape[0], batch):
-            out.append(op(directions[lo : lo + batch].to(point.dtype)).to(acc))
-            if progress is not None:
-                progress(min(batch, directions.shape[0] - lo))
+            out.append(op(directions[lo : lo + batch].to(point.dtype), progress).to(acc))
         return torch.cat(out)
 
     omega = draw_range_finder(t, d, rank, seed).to(device=dev, dtype=acc)

@@ -206,6 +206,7 @@ class AttributionService:
         if windows > lim.max_windows:
             raise FieldError("options.window", f"window={opts.window}, overlap={opts.overlap} make {windows} windows; "
                              f"this server allows at most {lim.max_windows} (--max-windows)", status=413)
+        self._check_memory(opts, positions)
         work = estimate_work(opts, num_layers=self.attributor.adapter.num_layers, positions=positions,
                              prompt_tokens=n_prompt, generate=generate or 0)
         cost_field = _cost_field(work, opts, src_field)
@@ -215,6 +216,23 @@ class AttributionService:
                              f"{_cheaper(cost_field)}", status=413)
         return Job(source=text if text is not None else list(ids), target=target, generate=generate, preset=preset,
                    options=options, resolved=opts, work=work, cost_field=cost_field)
+
+    def _check_memory(self, opts: HetaOptions, positions: list[int]) -> None:
+        """The budget checks the batched passes make before their first forward, made before queueing."""
+        from ..hvp import probe_batch_size
+        from ..kl import mask_chunk_size
+
+        adapter = self.attributor.adapter
+        lead = 0 if opts.sink_token is None else 1
+        longest = min(max(positions), opts.window or max(positions)) + lead  # the longest window run
+        try:
+            if "S" in opts.components and opts.engine == "fast":
+                probe_batch_size(adapter, longest, longest, opts.max_memory,
+                                 resolve_layers(opts.layers, adapter.num_layers))
+            if "I" in opts.components and opts.engine == "fast":
+                mask_chunk_size(adapter, longest, opts.max_memory)
+        except MemoryBudgetError as e:
+            raise FieldError("options.max_memory", str(e), status=413) from e
 
     @staticmethod
     def _positions(n_prompt: int, n_cont: int, target, generate: int | None, src_field: str) -> list[int]:

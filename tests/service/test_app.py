@@ -205,7 +205,7 @@ def test_context_over_the_memory_budget_is_413_naming_max_memory():
     service = AttributionService(load_attributor(tiny_model="llama"), max_tokens=256, max_work=10**9)
     ids = [1 + (i * 7) % 90 for i in range(150)]
     with pytest.raises(FieldError) as info:
-        service.attribute(ids=ids, options={"max_memory": 2**20, "components": ["S"]})
+        service.prepare(ids=ids, options={"max_memory": 2**20, "components": ["S"]})  # before it queues
     err = info.value
     assert err.field == "options.max_memory" and err.status == 413
     assert "max_memory" in str(err) and "window" in str(err)
