@@ -161,16 +161,15 @@ class AttributionService:
                 self._waiting -= 1
 
     def tokenize(self, text: str) -> list[dict]:
-        """Tokens of ``text`` as the attributor encodes them: ``[{"position", "id", "token"}, ...]``."""
-        tok = self.attributor.tokenizer
-        if tok is None:
+        """Tokens of ``text`` numbered as the attributor numbers target positions:
+        ``[{"position", "id", "token"}, ...]`` (a BOS the tokenizer adds is the sink, not a position)."""
+        if self.attributor.tokenizer is None:
             raise FieldError("text", "this model has no tokenizer; send token ids instead")
-        enc = tok(text, return_offsets_mapping=True)
-        out = []
-        for i, (tid, (s, e)) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
-            shown = text[s:e] if e > s else tok.decode([tid])
-            out.append({"position": i, "id": int(tid), "token": shown})
-        return out
+        try:
+            tokens = self.attributor.tokenize(text)
+        except HetaInputError as e:
+            raise FieldError("text", str(e)) from e
+        return [{"position": i, "id": tid, "token": shown} for i, tid, shown in tokens]
 
     def check_options(self, preset: str | None, options: dict[str, Any]) -> HetaOptions:
         """Build the options the attribution will use, naming the offending field on error."""
