@@ -103,6 +103,13 @@ class Attributor:
         return _Encoded(ids=t[k:], offsets=None if offsets is None else offsets[k:], text=text,
                         prompt_len=len(ids) - k, specials=ids[:k])
 
+    def tokenize(self, text_or_ids, *, special_tokens: str | None = None) -> list[tuple[int, int, str]]:
+        """``(position, id, token)`` of every input token, numbered as :meth:`attribute` numbers them: special
+        tokens the tokenizer adds in front (a BOS) are the sink under ``special_tokens="sink"`` (the
+        Attributor's default option), not positions."""
+        enc = self._encode(text_or_ids, special_tokens or self.options.special_tokens)
+        return [(i, int(enc.ids[i]), self._token_text(enc, i)) for i in range(enc.ids.numel())]
+
     def _with_continuation(self, prompt: _Encoded, continuation: str) -> _Encoded:
         """The encoded prompt followed by the tokens of a continuation string (appended, not re-tokenised)."""
         if self.tokenizer is None:

@@ -147,7 +147,9 @@ def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
         ),
         "phi3": lambda: tf.Phi3Config(**common, num_key_value_heads=2, pad_token_id=0, max_position_embeddings=256),
         "gpt2": lambda: tf.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=256),
-        "qwen3": lambda: tf.Qwen3Config(**common, **ids, num_key_value_heads=2, head_dim=8, max_position_embeddings=256),
+        "qwen3": lambda: tf.Qwen3Config(
+            **common, **ids, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+        ),
         "olmo2": lambda: tf.Olmo2Config(**common, **ids, num_key_value_heads=2, max_position_embeddings=256),
         "granite": lambda: tf.GraniteConfig(
             **common, **ids, num_key_value_heads=2, max_position_embeddings=256, embedding_multiplier=2.0,

@@ -340,19 +340,18 @@ class AttributionService:
         return self.run(job, self.admit(), cancel)
 
     def tokenize(self, text: str) -> list[dict]:
-        """Tokens of ``text`` as the attributor encodes them: ``[{"position", "id", "token"}, ...]``."""
-        tok = self.attributor.tokenizer
-        if tok is None:
+        """Tokens of ``text`` numbered as the attributor numbers target positions:
+        ``[{"position", "id", "token"}, ...]`` (a BOS the tokenizer adds is the sink, not a position)."""
+        if self.attributor.tokenizer is None:
             raise FieldError("text", "this model has no tokenizer; send token ids instead")
         _checked_text(text, "text")
-        enc = tok(text, return_offsets_mapping=True)
-        if len(enc["input_ids"]) > self.limits.max_tokens:
-            raise _too_many_tokens("text", len(enc["input_ids"]), self.limits.max_tokens)
-        out = []
-        for i, (tid, (s, e)) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
-            shown = text[s:e] if e > s else tok.decode([tid])
-            out.append({"position": i, "id": int(tid), "token": shown})
-        return out
+        try:
+            tokens = self.attributor.tokenize(text)
+        except HetaInputError as e:
+            raise FieldError("text", str(e)) from e
+        if len(tokens) > self.limits.max_tokens:
+            raise _too_many_tokens("text", len(tokens), self.limits.max_tokens)
+        return [{"position": i, "id": tid, "token": shown} for i, tid, shown in tokens]
 
     def health(self) -> dict:
         with self._count_lock:

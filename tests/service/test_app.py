@@ -162,7 +162,8 @@ def test_concurrent_requests_are_serialised(server, service, api):
 
 def test_tokenize_endpoint(server, api):
     status, body = api(server + "/tokenize", "POST", {"text": "ab"})
-    assert status == 200 and [t["token"] for t in body["tokens"][1:]] == ["a", "b"]
+    # Numbered as target positions: CharTokenizer's BOS is the sink, not a position.
+    assert status == 200 and [(t["position"], t["token"]) for t in body["tokens"]] == [(0, "a"), (1, "b")]
 
 
 def test_serve_command_starts_a_server_process(free_port, api):
