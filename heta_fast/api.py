@@ -18,6 +18,7 @@ from .hf import ModelAdapter
 from .options import HetaOptions, options_from_preset, resolve_layers
 from .result import Attribution, AttributionSequence, floats
 from .sinks import resolve_sink
+from .units import context_units, unit_ranges, unit_results
 
 
 @dataclass
@@ -153,7 +154,7 @@ class Attributor:
                 Attributor's options.
             **overrides: any :class:`HetaOptions` field (beta, gamma, num_probes, seed, rollout, hessian,
                 rank, curvature, layers, mask, mask_token_id, normalize, components, window, overlap,
-                sink_token, engine, max_memory).
+                sink_token, engine, max_memory, lowrank_passes, units, spans, refine).
 
         Returns:
             :class:`Attribution` for one target, :class:`AttributionSequence` for a continuation.
@@ -202,8 +203,13 @@ class Attributor:
             positions = [pos]
         if probes is not None and len(positions) != 1:
             raise HetaInputError("probes= can only be given for a single target")
-        explained = self.engine.explain(enc.ids, positions, opts, probes=probes)
+        units = None if opts.units == "token" else [context_units(opts, enc.text, enc.offsets, t) for t in positions]
+        explained = self.engine.explain(enc.ids, positions, opts, probes=probes,
+                                        units=None if units is None else [unit_ranges(u) for u in units])
         results = AttributionSequence(self._build(enc, t, opts, ex) for t, ex in zip(positions, explained, strict=True))
+        if units is not None:
+            for res, spans, ex in zip(results, units, explained, strict=True):
+                res.units = unit_results(spans, ex.units, res.tokens, enc.text)
         return results[0] if len(positions) == 1 and not isinstance(target, str) and generate is None else results
 
     # ---------------------------------------------------------------------------------- internals

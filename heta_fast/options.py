@@ -36,6 +36,14 @@ class HetaOptions:
             attention sink and dropped from M, S and I (:mod:`heta_fast.sinks`).
         engine: ``"fast"`` (batched kernels) or ``"reference"`` (plain float64 loops, the oracle).
         max_memory: bytes the batched passes may use for intermediates (chunk sizes follow from it).
+        lowrank_passes: ``hessian="lowrank"``: 2 (default, ``B = QᵀCQ``, 2·rank products) or 1 (single-pass
+            range finder, ``B = sym((QᵀY)(QᵀΩ)⁺)``, rank products; SPEC §2).
+        units: what is scored (SPEC §6): ``"token"`` (default), ``"sentence"``, ``"paragraph"``, or ``"spans"``
+            (set by giving ``spans``). Units other than tokens run over the whole context in one window.
+        spans: the caller's units as character spans ``[(start, end), ...]`` of the input text (ordered,
+            disjoint, non-empty); text between them becomes units of its own.
+        refine: with units, also score the tokens of the ``refine`` best units (S and I at token level on
+            those tokens only); None = units only.
     """
 
     beta: float = 0.5
@@ -56,6 +64,10 @@ class HetaOptions:
     sink_token: int | Literal["auto"] | None = "auto"
     engine: Literal["fast", "reference"] = "fast"
     max_memory: int = 2 * 1024**3
+    lowrank_passes: int = 2
+    units: Literal["token", "sentence", "paragraph", "spans"] = "token"
+    spans: tuple[tuple[int, int], ...] | None = None
+    refine: int | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -90,8 +102,29 @@ class HetaOptions:
         sink = self.sink_token
         if sink is not None and sink != "auto" and (isinstance(sink, bool) or not isinstance(sink, int) or sink < 0):
             raise HetaInputError(f"sink_token must be None, 'auto' or a token id >= 0, got {sink!r}")
+        self._check_units()
         if self.max_memory < 1 << 20:
             raise HetaInputError(f"max_memory={self.max_memory} bytes is too small; give at least 1 MiB")
+
+    def _check_units(self):
+        if self.lowrank_passes not in (1, 2) or isinstance(self.lowrank_passes, bool):
+            raise HetaInputError(f"lowrank_passes must be 1 or 2, got {self.lowrank_passes!r}")
+        if self.units not in UNIT_KINDS:
+            raise HetaInputError(f"units={self.units!r} is not one of {', '.join(map(repr, UNIT_KINDS))}")
+        if self.spans is not None:
+            if self.units not in ("token", "spans"):
+                raise HetaInputError(f"give either units={self.units!r} or spans=, not both")
+            object.__setattr__(self, "spans", check_spans(self.spans))
+            object.__setattr__(self, "units", "spans")
+        elif self.units == "spans":
+            raise HetaInputError("units='spans' needs spans=[(start, end), ...] (character offsets of the text)")
+        ref = self.refine
+        if ref is not None:
+            if isinstance(ref, bool) or not isinstance(ref, int) or ref < 1:
+                raise HetaInputError(f"refine must be None or a number of units >= 1, got {ref!r}")
+            if self.units == "token":
+                raise HetaInputError("refine= needs units larger than a token: units='sentence', 'paragraph' "
+                                     "or spans=")
 
     def replace(self, **changes) -> HetaOptions:
         return dataclasses.replace(self, **changes)
@@ -99,8 +132,37 @@ class HetaOptions:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["components"] = list(self.components)
+        d["spans"] = None if self.spans is None else [list(s) for s in self.spans]
         d.pop("extra")
         return d
+
+
+UNIT_KINDS = ("token", "sentence", "paragraph", "spans")
+
+
+def check_spans(spans) -> tuple[tuple[int, int], ...]:
+    """Character spans as sorted ``(start, end)`` int pairs: non-empty, non-negative, not overlapping.
+
+    Whether they fit the text is checked where the text is known (:func:`heta_fast.units.partition`).
+    """
+    if isinstance(spans, (str, bytes)) or not hasattr(spans, "__iter__"):
+        raise HetaInputError(f"spans must be a list of (start, end) character offsets, got {spans!r}")
+    out = []
+    for sp in spans:
+        if isinstance(sp, (str, bytes)) or not hasattr(sp, "__len__") or len(sp) != 2 or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in sp):
+            raise HetaInputError(f"each span must be a pair of integer character offsets (start, end), got {sp!r}")
+        start, end = sp
+        if start < 0 or end <= start:
+            raise HetaInputError(f"span ({start}, {end}) is empty or negative: need 0 <= start < end")
+        out.append((start, end))
+    if not out:
+        raise HetaInputError("spans is empty: give at least one (start, end) character span")
+    out.sort()
+    for (a0, b0), (a1, b1) in zip(out, out[1:]):
+        if a1 < b0:
+            raise HetaInputError(f"spans ({a0}, {b0}) and ({a1}, {b1}) overlap; units must not overlap")
+    return tuple(out)
 
 
 # layers="auto": curvature (and rollout) over the last 6 layers, as in the paper's large-model recipe.
@@ -167,6 +229,17 @@ def overrides_from_args(args) -> dict:
     if components:
         out["components"] = tuple(c.strip() for c in components.split(",") if c.strip())
     return out
+
+
+def spans_arg(value: str) -> tuple[tuple[int, int], ...]:
+    """Command-line form of ``spans``: ``START:END,START:END,...`` character offsets (argparse ``type=``)."""
+    import argparse
+
+    try:
+        pairs = [part.split(":") for part in value.split(",") if part.strip()]
+        return tuple((int(a), int(b)) for a, b in pairs)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--spans takes START:END,START:END,... character offsets, got {value!r}") from None
 
 
 def sink_token_arg(value: str) -> int | str:
