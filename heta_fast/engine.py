@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .combine import combine
 from .curvature import sensitivity_batched, sensitivity_reference
-from .errors import HetaInputError, NumericalError
+from .errors import HetaInputError, MemoryBudgetError, NumericalError
 from .gate import gate_fast, gate_fast_many, gate_reference
 from .gate.value_norms import normalise_gate
 from .hf import ModelAdapter
@@ -313,9 +313,13 @@ class Engine:
         run_probes = window_probes(context_probes(probes, opts, adapter.hidden_size, t), 0, t, k)
         run_units = [(0, k)] * bool(k) + [(a + k, b + k) for a, b in ranges]
         totals = {"S": len(run_units) * opts.num_probes if opts.hessian == "exact" else None, "I": len(run_units)}
-        with StageBars(self.progress, totals=totals) as bars:
-            comp = evaluate(adapter, run_ids, target_id, opts, probes=run_probes, mask_vec=mask_vec,
-                            units=run_units, progress=bars.update)
+        try:
+            with StageBars(self.progress, totals=totals) as bars:
+                comp = evaluate(adapter, run_ids, target_id, opts, probes=run_probes, mask_vec=mask_vec,
+                                units=run_units, progress=bars.update)
+        except MemoryBudgetError as e:
+            raise MemoryBudgetError(f"units run over the whole context ({t} tokens) in one window, which does not "
+                                    f"fit max_memory: {str(e).split('; ')[0]}; raise max_memory") from e
         timings = dict(comp.timings)
         M, _, _, sink_mass = drop_lead(comp.M, None, None, k)
         M, S_u, I_u = (None if v is None else v.detach().double().cpu() for v in (M, comp.S, comp.I))

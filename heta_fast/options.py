@@ -159,7 +159,7 @@ def check_spans(spans) -> tuple[tuple[int, int], ...]:
     if not out:
         raise HetaInputError("spans is empty: give at least one (start, end) character span")
     out.sort()
-    for (a0, b0), (a1, b1) in zip(out, out[1:]):
+    for (a0, b0), (a1, b1) in zip(out, out[1:], strict=False):
         if a1 < b0:
             raise HetaInputError(f"spans ({a0}, {b0}) and ({a1}, {b1}) overlap; units must not overlap")
     return tuple(out)

@@ -26,8 +26,8 @@ from torch import Tensor
 
 from ..errors import HetaInputError, MemoryBudgetError
 from ..hf import ModelAdapter, cut_cache, new_full_cache
-from ..units.ranges import check_units, token_units, unit_chunks
 from ..probes import check_probes, draw_range_finder
+from ..units.ranges import check_units, token_units, unit_chunks
 from .head import HeadCurvature, clean_head_curvature, target_log_prob
 
 
@@ -201,7 +201,6 @@ def sensitivity_batched(
             a = units[chunk[0]][0]
             op = CurvatureOperator(adapter, X, point, target_id, curvature, start=a, cache=cache, layer=layer,
                                    head=head)
-            s = t - a
             pos = torch.arange(a, t, device=dev)
             pairs = [(j, k) for j in chunk for k in range(m)]  # (unit, probe) order, as the probes were drawn
             for lo in range(0, len(pairs), batch):

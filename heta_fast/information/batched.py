@@ -23,7 +23,6 @@ from ..units.ranges import Unit, check_units, token_units, unit_chunks
 from .prefix_cache import shared_prefix_cache
 
 
-
 def mask_chunk_size(adapter: ModelAdapter, t: int, max_memory: int) -> int:
     """Tokens per chunk of masks: small enough to re-use most of the clean prefix, within ``max_memory``.
 
@@ -103,7 +102,6 @@ def information_multi(
     n = max(predict_at) + 1
     units = token_units(n) if units is None else check_units(units, n)
     X = adapter.embed(ids[:n])
-    d = X.shape[1]
     scale = adapter.embed_scale
     ps = torch.tensor(predict_at, device=X.device)
     span = chunk_size or mask_chunk_size(adapter, n, max_memory)  # fails before any forward if it cannot fit

@@ -106,6 +106,8 @@ def partition(kind: str, text: str | None, offsets: list[tuple[int, int]] | None
         a, b = _token_range(text, s, e)
         j = bisect.bisect_right(ends, a)  # the first range ending after the token's first character
         labels.append(j if j < len(ranges) and ranges[j][0][0] < b else None)
+    # The context may end inside a unit (a target in the middle of a sentence): its span ends with the context.
+    context_end = max((e for _, e in offsets[:t]), default=0)
     units: list[UnitSpan] = []
     i = 0
     while i < t:
@@ -115,7 +117,7 @@ def partition(kind: str, text: str | None, offsets: list[tuple[int, int]] | None
             while k < t and labels[k] == j:
                 k += 1
             (cs, ce), kd = ranges[j]
-            units.append(UnitSpan(i, k, cs, ce, kd))
+            units.append(UnitSpan(i, k, cs, min(ce, max(context_end, cs + 1)), kd))
         else:
             units.append(UnitSpan(i, k, None, None, "special"))
         i = k

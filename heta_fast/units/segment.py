@@ -25,13 +25,10 @@ import re
 
 # Abbreviations that take a full stop without ending a sentence (compared lower-case, without the dot).
 ABBREVIATIONS = frozenset(
-    """mr mrs ms dr prof sr jr st mt ft ed eds rev gen col lt sgt capt cmdr
-    gov sen rep pres inc ltd co corp dept univ assn bros vs etc al cf ca approx est jan feb mar apr jun jul aug
-    sep sept oct nov dec mon tue wed thu fri sat sun e.g i.e viz a.m p.m u.s u.k u.n ph.d b.a m.a b.sc m.sc
-    op cit ibid""".split()
+    ["mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "ft", "ed", "eds", "rev", "gen", "col", "lt", "sgt", "capt", "cmdr", "gov", "sen", "rep", "pres", "inc", "ltd", "co", "corp", "dept", "univ", "assn", "bros", "vs", "etc", "al", "cf", "ca", "approx", "est", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "mon", "tue", "wed", "thu", "fri", "sat", "sun", "e.g", "i.e", "viz", "a.m", "p.m", "u.s", "u.k", "u.n", "ph.d", "b.a", "m.a", "b.sc", "m.sc", "op", "cit", "ibid"]
 )
 # Abbreviations that are also ordinary words ("No.", "Art.", "Max."): only before a number ("No. 5", "p. 12").
-NUMBER_ABBREVIATIONS = frozenset("no nos fig figs eq eqs vol vols ch sec pp p para art ex min max".split())
+NUMBER_ABBREVIATIONS = frozenset(["no", "nos", "fig", "figs", "eq", "eqs", "vol", "vols", "ch", "sec", "pp", "p", "para", "art", "ex", "min", "max"])
 
 _FENCE = re.compile(r"^[ \t]*(```|~~~)[^\n]*\n.*?^[ \t]*\1[^\n]*$", re.M | re.S)
 _BLANK = re.compile(r"\n[ \t]*\n\s*")
