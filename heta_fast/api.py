@@ -167,6 +167,8 @@ class Attributor:
         opts = opts.replace(sink_token=resolve_sink(opts.sink_token, self.tokenizer, self.adapter.vocab_size,
                                                     int(base.ids[0])),
                             layers=resolve_layers(opts.layers, self.adapter.num_layers))
+        if opts.units != "token":  # units run over the whole context in one window (SPEC §6)
+            opts = opts.replace(window=None)
         if generate is not None:
             if generate < 1:
                 raise HetaInputError(f"generate must be >= 1, got {generate}")

@@ -79,6 +79,10 @@ class AttributeOptions(BaseModel):
     sink_token: int | Literal["auto"] | None = None
     engine: Literal["fast", "reference"] = None
     max_memory: int = None
+    lowrank_passes: Literal[1, 2] = None
+    units: Literal["token", "sentence", "paragraph", "spans"] = None
+    spans: list[tuple[int, int]] | None = None
+    refine: int | None = None
 
 
 class AttributeRequest(BaseModel):

@@ -114,7 +114,10 @@ def _sentence_ends(text: str, a: int, b: int) -> list[int]:
         line_start = text.rfind("\n", a, nl) + 1 if text.rfind("\n", a, nl) >= 0 else a
         line = text[line_start:nl].rstrip()
         nxt = nl + 1
-        if line and (line.endswith(":") or _LIST_OR_HEADING.match(text, nxt) or _LIST_OR_HEADING.match(line)):
+        following = text[nxt:b].lstrip()[:1]
+        # A list item or heading line ends its sentence unless the next line continues it in lower case.
+        item_ends = _LIST_OR_HEADING.match(line) and not following.islower()
+        if line and (line.endswith(":") or _LIST_OR_HEADING.match(text, nxt) or item_ends):
             ends.append(line_start + len(line))
         pos = nxt
     return sorted(set(ends))

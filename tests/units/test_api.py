@@ -105,3 +105,11 @@ def test_terminal_view_lists_units(attributor, capsys):
     _print_result(r, SimpleNamespace(by="scores", no_color=True, top=3))
     out = capsys.readouterr().out
     assert "rank" in out and "Ann met Bob." in out and "refined tokens" in out
+
+
+def test_units_run_the_whole_context_in_one_window(attributor):
+    """The `long` preset's windows are not used with units, and the result says so."""
+    r = attributor.attribute(TEXT, preset="long", units="sentence", num_probes=1, rank=4)
+    assert r.options["window"] is None and r.options["units"] == "sentence"
+    tok = attributor.attribute(TEXT, preset="long", units="sentence", num_probes=1, rank=4, window=8)
+    assert tok.options["window"] is None and [u.M for u in tok.units] == pytest.approx([u.M for u in r.units])

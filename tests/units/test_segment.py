@@ -31,9 +31,10 @@ def test_sentences(text, expect):
 
 def test_newlines_lists_headings_and_hard_wrapping():
     text = ("# Results\nThe method works well\nacross the board. It is fast.\nSteps:\n- load the model\n"
-            "- run it\n1. first\n2) second")
+            "- run it\n1. first\n2) second, wrapped\n   over two lines\n* last")
     assert sentences(text) == ["# Results", "The method works well\nacross the board.", "It is fast.", "Steps:",
-                               "- load the model", "- run it", "1. first", "2) second"]
+                               "- load the model", "- run it", "1. first", "2) second, wrapped\n   over two lines",
+                               "* last"]
 
 
 def test_fenced_code_is_one_unit_and_blank_lines_end_paragraphs():
