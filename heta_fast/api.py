@@ -19,6 +19,7 @@ from .options import HetaOptions, options_from_preset, resolve_layers
 from .progress import StopCheck, check_stop
 from .result import Attribution, AttributionSequence, floats
 from .sinks import leading_special_count, resolve_sink
+from .units import context_units, unit_ranges, unit_results
 
 
 @dataclass
@@ -175,7 +176,7 @@ class Attributor:
                 (a server uses it for time limits and disconnected clients).
             **overrides: any :class:`HetaOptions` field (beta, gamma, num_probes, seed, rollout, hessian,
                 rank, curvature, layers, mask, mask_token_id, normalize, components, window, overlap,
-                sink_token, special_tokens, engine, max_memory).
+                sink_token, special_tokens, engine, max_memory, lowrank_passes, units, spans, refine).
 
         Returns:
             :class:`Attribution` for one target, :class:`AttributionSequence` for a continuation.
@@ -192,6 +193,8 @@ class Attributor:
         # Record the sink (the lead's first token) and the layers actually used, not "auto".
         opts = opts.replace(sink_token=lead[0] if lead else None,
                             layers=resolve_layers(opts.layers, self.adapter.num_layers))
+        if opts.units != "token":  # units run over the whole context in one window (SPEC §6)
+            opts = opts.replace(window=None)
         if generate is not None:
             if generate < 1:
                 raise HetaInputError(f"generate must be >= 1, got {generate}")
@@ -228,9 +231,14 @@ class Attributor:
             positions = [pos]
         if probes is not None and len(positions) != 1:
             raise HetaInputError("probes= can only be given for a single target")
+        units = None if opts.units == "token" else [context_units(opts, enc.text, enc.offsets, t) for t in positions]
         explained = self.engine.explain(enc.ids, positions, opts, probes=probes, lead=enc.ids.new_tensor(lead),
+                                        units=None if units is None else [unit_ranges(u) for u in units],
                                         should_stop=should_stop)
         results = AttributionSequence(self._build(enc, t, opts, ex) for t, ex in zip(positions, explained, strict=True))
+        if units is not None:
+            for res, spans, ex in zip(results, units, explained, strict=True):
+                res.units = unit_results(spans, ex.units, res.tokens, enc.text)
         return results[0] if len(positions) == 1 and not isinstance(target, str) and generate is None else results
 
     # ---------------------------------------------------------------------------------- internals

@@ -72,9 +72,24 @@ def _print_result(res, args) -> None:
         if r.sink_gate_mass is not None:
             print(f"attention sink (token id {r.options['sink_token']}) prepended: it took {r.sink_gate_mass:.2f} of the "
                   "gate, dropped from the result (M re-normalised over the context)")
+        if r.units:
+            print(f"{'rank':>4}  {'tokens':>11}  {'unit':<44} {'score':>10} {'M':>8} {'S':>10} {'I':>10}")
+            for u in r.top_units(args.top):
+                cols = ["-" if getattr(u, c) is None else f"{getattr(u, c):.4g}" for c in ("M", "S", "I")]
+                text = " ".join(u.text.split())
+                text = text if len(text) <= 44 else text[:41] + "..."
+                rng = f"{u.token_range[0]}-{u.token_range[1] - 1}"
+                print(f"{u.rank:>4}{'*' if u.refined else ' '} {rng:>11}  {text:<44} {u.score:>10.4g} {cols[0]:>8} "
+                      f"{cols[1]:>10} {cols[2]:>10}")
+            if not r.topk(1):  # no refined tokens: the units are the result
+                print("timings: " + ", ".join(f"{k}={v:.2f}s" for k, v in r.timings.items()))
+                print()
+                continue
+            print("refined tokens (* units):")
         print(f"{'pos':>4}  {'token':<16} {'score':>10} {'M':>8} {'S':>10} {'I':>10}")
         for i, tok, v in r.topk(args.top):
-            cols = [f"{getattr(r, c)[i]:.4g}" if getattr(r, c) is not None else "-" for c in ("M", "S", "I")]
+            cols = [f"{getattr(r, c)[i]:.4g}" if getattr(r, c) is not None and getattr(r, c)[i] is not None else "-"
+                    for c in ("M", "S", "I")]
             print(f"{i:>4}  {tok!r:<16} {v:>10.4g} {cols[0]:>8} {cols[1]:>10} {cols[2]:>10}")
         print("timings: " + ", ".join(f"{k}={v:.2f}s" for k, v in r.timings.items()))
         print()

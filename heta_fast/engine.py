@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .combine import combine
 from .curvature import sensitivity_batched, sensitivity_reference
-from .errors import NumericalError
+from .errors import HetaInputError, MemoryBudgetError, NumericalError
 from .gate import gate_fast, gate_fast_many, gate_reference
 from .gate.value_norms import normalise_gate
 from .hf import ModelAdapter
@@ -35,6 +35,7 @@ from .information import information_batched, information_multi, information_ref
 from .options import HetaOptions
 from .probes import check_probes, draw_probes
 from .progress import StageBars, StopCheck, check_stop, progress_bar
+from .units.ranges import check_units, unit_sums
 
 
 @dataclass
@@ -58,6 +59,21 @@ class Explanation:
     target_logprob: float
     sink_gate_mass: float | None
     timings: dict
+    units: UnitScores | None = None
+
+
+@dataclass
+class UnitScores:
+    """Unit-level numbers of one target (SPEC §6), float64 on the CPU: the units as token ranges over the
+    context, ``M_u = Σ M_i``, S_u, I_u, ``scores = M_u (β S_u + γ I_u)``, and the units refined token by
+    token (indices into ``ranges``, best first; empty without ``refine``)."""
+
+    ranges: list[tuple[int, int]]
+    M: Tensor | None
+    S: Tensor | None
+    I: Tensor | None
+    scores: Tensor
+    refined: list[int]
 
 
 # ------------------------------------------------------------------------------------------ one run
@@ -69,12 +85,14 @@ def evaluate(
     *,
     probes: Tensor | None,
     mask_vec: Tensor | None,
+    units: list[tuple[int, int]] | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> Components:
     """The requested components for context ``ids [t]`` (prediction position t−1) and ``target_id``.
 
     ``opts.engine == "fast"`` runs the batched paths, ``"reference"`` the float64 loops; both take the same
     probes and give the same numbers up to floating-point error (the tests hold them to that).
+    With ``units`` (``(start, end)`` ranges, SPEC §6) S and I are per unit; M is always per token.
     """
     timings: dict[str, float] = {}
     M = S = I = None
@@ -90,8 +108,8 @@ def evaluate(
         timings["gate"] = time.perf_counter() - t0
     if "S" in opts.components:
         t0 = time.perf_counter()
-        kw = dict(probes=probes, hessian=opts.hessian, rank=opts.rank, curvature=opts.curvature,
-                  layers=opts.layers, seed=opts.seed)
+        kw = dict(probes=probes, units=units, hessian=opts.hessian, rank=opts.rank,
+                  lowrank_passes=opts.lowrank_passes, curvature=opts.curvature, layers=opts.layers, seed=opts.seed)
         if fast:
             S = sensitivity_batched(adapter, ids, target_id, max_memory=opts.max_memory, progress=tick("S"), **kw)
         else:
@@ -100,9 +118,10 @@ def evaluate(
     if "I" in opts.components:
         t0 = time.perf_counter()
         if fast:
-            I = information_batched(adapter, ids, mask_vec, max_memory=opts.max_memory, progress=tick("I"))
+            I = information_batched(adapter, ids, mask_vec, units=units, max_memory=opts.max_memory,
+                                    progress=tick("I"))
         else:
-            I = information_reference(adapter, ids, mask_vec)
+            I = information_reference(adapter, ids, mask_vec, units)
         timings["kl"] = time.perf_counter() - t0
     return Components(M=M, S=S, I=I, timings=timings)
 
@@ -232,20 +251,24 @@ class Engine:
         return self._reference_adapter
 
     def explain(self, ids: Tensor, positions: list[int], opts: HetaOptions, *, probes: Tensor | None = None,
-                lead: Tensor | None = None, should_stop: StopCheck | None = None) -> list[Explanation]:
+                lead: Tensor | None = None, units: list[list[tuple[int, int]]] | None = None,
+                should_stop: StopCheck | None = None) -> list[Explanation]:
         """One :class:`Explanation` per target position of ``ids [n]`` (each 1 ≤ t ≤ n−1).
 
         ``opts`` must be resolved (``sink_token`` an id or None, ``layers`` a number or None). ``lead``: the
         tokens put in front of every window and left out of M, S and I (the sink, and special tokens such as
-        a BOS); by default ``[opts.sink_token]``, or nothing. The model is used only through the adapter's
-        working view (:meth:`ModelAdapter.attached`), never changed. ``should_stop()`` is checked between
-        chunks of work; when it returns True the call raises :class:`~heta_fast.errors.HetaCancelled`.
+        a BOS); by default ``[opts.sink_token]``, or nothing. ``units``: one partition of each target's
+        context into ``(start, end)`` token ranges (SPEC §6), or None for tokens; units run over the whole
+        context in one window. The model is used only through the adapter's working view
+        (:meth:`ModelAdapter.attached`), never changed. ``should_stop()`` is checked between chunks of work;
+        when it returns True the call raises :class:`~heta_fast.errors.HetaCancelled`.
         """
         with self.adapter.attached():
-            return self._explain(ids, positions, opts, probes, lead, should_stop)
+            return self._explain(ids, positions, opts, probes, lead, units, should_stop)
 
     def _explain(self, ids: Tensor, positions: list[int], opts: HetaOptions, probes: Tensor | None,
-                 lead: Tensor | None, should_stop: StopCheck | None) -> list[Explanation]:
+                 lead: Tensor | None, units: list[list[tuple[int, int]]] | None,
+                 should_stop: StopCheck | None) -> list[Explanation]:
         adapter = self.adapter_for(opts)
         if lead is None:
             lead = ids.new_tensor([] if opts.sink_token is None else [opts.sink_token])
@@ -265,7 +288,10 @@ class Engine:
         setup = time.perf_counter() - t_start
 
         shared = len(positions) > 1 and opts.engine == "fast" and (opts.window is None or max(positions) <= opts.window)
-        if shared:  # several targets of one text: gate and KL share their forwards
+        if units is not None:
+            parts = [self._units(adapter, ids, t, opts, probes, mask_vec, lead, ranges, should_stop)
+                     for t, ranges in zip(positions, units, strict=True)]
+        elif shared:  # several targets of one text: gate and KL share their forwards
             d, k = adapter.hidden_size, lead.numel()
             comps = evaluate_many(adapter, torch.cat([lead, ids]), [t + k for t in positions], opts, mask_vec=mask_vec,
                                   probes=[window_probes(context_probes(None, opts, d, t), 0, t, k) for t in positions],
@@ -279,10 +305,76 @@ class Engine:
                 bar.update(1)
             bar.close()
         out = []
-        for logprob, (M, S, I, sink_mass, timings) in zip(target_logprobs, parts, strict=True):
+        for logprob, (M, S, I, sink_mass, timings, *unit_scores) in zip(target_logprobs, parts, strict=True):
             timings["total"] = sum(timings.values()) + setup / len(positions)
-            out.append(_finish(M, S, I, opts, logprob, sink_mass, timings))
+            if unit_scores:
+                out.append(Explanation(M=M, S=S, I=I, scores=unit_scores[1], target_logprob=logprob,
+                                       sink_gate_mass=sink_mass, timings=timings, units=unit_scores[0]))
+            else:
+                out.append(_finish(M, S, I, opts, logprob, sink_mass, timings))
         return out
+
+    def _units(self, adapter: ModelAdapter, ids: Tensor, t: int, opts: HetaOptions, probes: Tensor | None,
+               mask_vec: Tensor | None, lead: Tensor, ranges: list[tuple[int, int]], should_stop: StopCheck | None = None):
+        """Unit-level M, S, I and scores over the whole context of target t (SPEC §6), then, with
+        ``refine=k``, token-level S and I on the tokens of the k best units only.
+
+        The lead (sink) runs as a unit of its own and is dropped again. Returns ``(M, S, I, sink gate mass,
+        timings, UnitScores, token scores)``: token-level M over the context; token S, I and scores NaN
+        outside the refined units.
+        """
+        ranges = check_units(ranges, t)
+        if [r for u in ranges for r in range(*u)] != list(range(t)):
+            raise HetaInputError(f"units must partition the context 0 … {t - 1}; got {ranges}")
+        k = lead.numel()
+        run_ids = torch.cat([lead, ids[:t]])
+        target_id = int(ids[t])
+        run_probes = window_probes(context_probes(probes, opts, adapter.hidden_size, t), 0, t, k)
+        run_units = [(0, k)] * bool(k) + [(a + k, b + k) for a, b in ranges]
+        totals = {"S": len(run_units) * opts.num_probes if opts.hessian == "exact" else None, "I": len(run_units)}
+        try:
+            with StageBars(self.progress, totals=totals, should_stop=should_stop) as bars:
+                comp = evaluate(adapter, run_ids, target_id, opts, probes=run_probes, mask_vec=mask_vec,
+                                units=run_units, progress=bars.update)
+        except MemoryBudgetError as e:
+            raise MemoryBudgetError(f"units run over the whole context ({t} tokens) in one window, which does not "
+                                    f"fit max_memory: {str(e).split('; ')[0]}; raise max_memory") from e
+        timings = dict(comp.timings)
+        M, _, _, sink_mass = drop_lead(comp.M, None, None, k)
+        M, S_u, I_u = (None if v is None else v.detach().double().cpu() for v in (M, comp.S, comp.I))
+        S_u, I_u = (None if v is None else v[bool(k):] for v in (S_u, I_u))
+        M_u = None if M is None else unit_sums(M, ranges)
+        for name, val in (("M", M), ("S", S_u), ("I", I_u)):
+            if val is not None and not torch.isfinite(val).all():
+                raise NumericalError(f"component {name} has non-finite values; check the model's weights and dtype")
+        unit_scores = combine(M_u, S_u, I_u, opts.beta, opts.gamma, opts.normalize)
+
+        nan = torch.full((t,), float("nan"), dtype=torch.float64)
+        S_tok, I_tok, tok_scores = nan.clone(), nan.clone(), nan.clone()
+        refined: list[int] = []
+        if opts.refine:
+            refined = sorted(range(len(ranges)), key=lambda j: -float(unit_scores[j]))[: opts.refine]
+            tokens = sorted(i for j in refined for i in range(*ranges[j]))
+            fine = tuple(c for c in opts.components if c in ("S", "I"))
+            S_r = I_r = None
+            if fine:
+                comp_r = evaluate(adapter, run_ids, target_id, opts.replace(components=fine), probes=run_probes,
+                                  mask_vec=mask_vec, units=[(i + k, i + k + 1) for i in tokens],
+                                  progress=StageBars(False, {}, should_stop).update)
+                timings.update({f"{name}_refine": v for name, v in comp_r.timings.items()})
+                S_r, I_r = (None if v is None else v.detach().double().cpu() for v in (comp_r.S, comp_r.I))
+                for name, val in (("S", S_r), ("I", I_r)):
+                    if val is not None and not torch.isfinite(val).all():
+                        raise NumericalError(f"refined {name} has non-finite values; check the model's weights")
+            idx = torch.tensor(tokens, dtype=torch.long)
+            if S_r is not None:
+                S_tok[idx] = S_r
+            if I_r is not None:
+                I_tok[idx] = I_r
+            tok_scores[idx] = combine(None if M is None else M[idx], S_r, I_r, opts.beta, opts.gamma, opts.normalize)
+        units = UnitScores(ranges=ranges, M=M_u, S=S_u, I=I_u, scores=unit_scores, refined=refined)
+        keep = "S" in opts.components, "I" in opts.components
+        return (M, S_tok if keep[0] else None, I_tok if keep[1] else None, sink_mass, timings, units, tok_scores)
 
     def _windowed(self, adapter: ModelAdapter, ids: Tensor, t: int, opts: HetaOptions, probes: Tensor | None,
                   mask_vec: Tensor | None, lead: Tensor, should_stop: StopCheck | None = None):

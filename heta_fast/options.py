@@ -23,6 +23,7 @@ from typing import Any, Literal
 from .errors import HetaInputError
 
 COMPONENTS = ("M", "S", "I")
+UNIT_KINDS = ("token", "sentence", "paragraph", "spans")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class OptionSpec:
         minimum, maximum: inclusive bounds of the number; ``below``: exclusive upper bound.
         words: the strings the option takes: its choices, or words beside a number (``"auto"``).
         many: a list of ``words`` (one or more, case-insensitive): ``components``.
+        spans: a list of ``(start, end)`` character spans: ``spans``.
         nullable: None is a value of its own (not "unset"); ``none_word`` spells it on a command line.
         metavar: how the command-line flag shows its value.
         affects_result: False for options that only tune the machine (``max_memory``): a resumed batch job
@@ -56,6 +58,7 @@ class OptionSpec:
     none_word: str = "none"
     metavar: str | None = None
     affects_result: bool = True
+    spans: bool = False
 
     @property
     def flag(self) -> str:
@@ -67,6 +70,8 @@ class OptionSpec:
         """The values it takes, in words: ``"an integer >= 1, 'auto' or None"``."""
         if self.many:
             return f"a list of one or more of {', '.join(map(repr, self.words))}"
+        if self.spans:
+            return "a list of (start, end) character spans" + (" or None" if self.nullable else "")
         parts = []
         if self.number is not None:
             parts.append(("an integer" if self.number is int else "a finite number") + self._range_text())
@@ -101,6 +106,11 @@ class OptionSpec:
             if self.nullable:
                 return None
             raise self.error(value)
+        if self.spans:
+            try:
+                return check_spans(value)
+            except HetaInputError as e:
+                raise HetaInputError(f"{self.name} must be {self.allowed()}: {e}", field=self.name) from None
         if self.many:
             if isinstance(value, str) or not isinstance(value, (list, tuple)) or \
                     not all(isinstance(v, str) for v in value):
@@ -135,6 +145,12 @@ class OptionSpec:
 
         if self.many:
             value = [c for c in (p.strip() for p in text.split(",")) if c]
+        elif self.spans:
+            try:
+                value = [tuple(int(x) for x in part.split(":")) for part in text.split(",") if part.strip()]
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"must be START:END,START:END,... character offsets, got {text!r}") \
+                    from None
         elif self.nullable and text == self.none_word:
             return CLI_NONE
         elif text in self.words or self.number is None:
@@ -154,6 +170,8 @@ class OptionSpec:
         text = self.allowed()
         if self.many:
             return text.replace("a list of", "a comma-separated list of")
+        if self.spans:
+            return "START:END,START:END,... character offsets"
         return text.replace("None", repr(self.none_word)) if self.nullable else text
 
     def cli_metavar(self) -> str:
@@ -178,6 +196,31 @@ def _number_text(x: float) -> str:
     if x == 2**63 - 1:
         return "2^63 - 1"
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def check_spans(spans) -> tuple[tuple[int, int], ...]:
+    """Character spans as sorted ``(start, end)`` int pairs: non-empty, non-negative, not overlapping.
+
+    Whether they fit the text is checked where the text is known (:func:`heta_fast.units.partition`).
+    """
+    if isinstance(spans, (str, bytes, dict)) or not hasattr(spans, "__iter__"):
+        raise HetaInputError(f"spans must be a list of (start, end) character offsets, got {spans!r}")
+    out = []
+    for sp in spans:
+        if isinstance(sp, (str, bytes, dict)) or not hasattr(sp, "__len__") or len(sp) != 2 or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in sp):
+            raise HetaInputError(f"each span must be a pair of integer character offsets (start, end), got {sp!r}")
+        start, end = sp
+        if start < 0 or end <= start:
+            raise HetaInputError(f"span ({start}, {end}) is empty or negative: need 0 <= start < end")
+        out.append((start, end))
+    if not out:
+        raise HetaInputError("spans is empty: give at least one (start, end) character span")
+    out.sort()
+    for (a0, b0), (a1, b1) in zip(out, out[1:], strict=False):
+        if a1 < b0:
+            raise HetaInputError(f"spans ({a0}, {b0}) and ({a1}, {b1}) overlap; units must not overlap")
+    return tuple(out)
 
 
 def option(default, help: str, **spec) -> Any:
@@ -244,6 +287,19 @@ class HetaOptions:
         "visible context tokens", words=("sink", "keep"))
     engine: Literal["fast", "reference"] = option(
         "fast", "batched kernels, or the plain float64 loops of the oracle ('reference')", words=("fast", "reference"))
+    # SPEC §2: the single-pass range finder (1) or the two-pass one (2).
+    lowrank_passes: int = option(2, "hessian='lowrank': 2 (B = Q^T C Q, 2*rank products) or 1 (single-pass range "
+                                 "finder, rank products, less accurate)", number=int, minimum=1, maximum=2,
+                                 metavar="{1,2}")
+    # SPEC §6: units larger than a token.
+    units: Literal["token", "sentence", "paragraph", "spans"] = option(
+        "token", "what is scored: tokens, sentences, paragraphs, or 'spans' (set by giving spans); units other than "
+        "tokens run over the whole context in one window", words=UNIT_KINDS)
+    spans: tuple[tuple[int, int], ...] | None = option(
+        None, "the caller's units as character spans of the text (text between them becomes units of its own)",
+        spans=True, nullable=True, metavar="S:E,S:E,...")
+    refine: int | None = option(None, "with units: also score the tokens of the K best units (S and I at token "
+                                "level on those tokens only)", number=int, minimum=1, nullable=True, metavar="K")
     max_memory: int = option(2 * 1024**3, "bytes the batched passes may use for intermediates (sets chunk sizes; "
                              "results do not change)", number=int, minimum=1 << 20, metavar="BYTES",
                              affects_result=False)
@@ -253,6 +309,20 @@ class HetaOptions:
             object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name)))
         if self.mask == "token" and self.mask_token_id is None:
             raise HetaInputError("mask='token' needs mask_token_id (e.g. the tokenizer's pad/unk/eos id)", field="mask")
+        self._check_units()
+
+    def _check_units(self) -> None:
+        """spans= sets units='spans'; refine= needs units larger than a token."""
+        if self.spans is not None:
+            if self.units not in ("token", "spans"):
+                raise HetaInputError(f"give either units={self.units!r} or spans=, not both", field="spans")
+            object.__setattr__(self, "units", "spans")
+        elif self.units == "spans":
+            raise HetaInputError("units='spans' needs spans=[(start, end), ...] (character offsets of the text)",
+                                 field="units")
+        if self.refine is not None and self.units == "token":
+            raise HetaInputError("refine needs units larger than a token: units='sentence', 'paragraph' or spans=",
+                                 field="refine")
 
     def replace(self, **changes) -> HetaOptions:
         """These options with ``changes`` (validated; an unknown name is a :class:`HetaInputError`)."""
@@ -262,6 +332,7 @@ class HetaOptions:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["components"] = list(self.components)
+        d["spans"] = None if self.spans is None else [list(sp) for sp in self.spans]
         return d
 
 

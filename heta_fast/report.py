@@ -33,7 +33,8 @@ _CSS = (
 
 
 def _present(result: Attribution, components=COMPONENTS) -> list[str]:
-    return [c for c in components if getattr(result, c) is not None]
+    """Components with at least one value (with units, token S/I/scores exist for refined tokens only)."""
+    return [c for c in components if getattr(result, c) is not None and any(v is not None for v in getattr(result, c))]
 
 
 def _tick_label(tok: str) -> str:
@@ -67,7 +68,7 @@ def plot_scores(result: Attribution, path: str | None = None, *, components=COMP
     axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
     xs = list(range(n))
     for ax, name in zip(axes, names, strict=True):
-        vals = getattr(result, name)
+        vals = [0.0 if v is None else v for v in getattr(result, name)]  # not computed (outside refined units)
         hi = max(max(vals), 1e-30)
         colors = [(0.0, 0.5, 0.0, min(1.0, 0.25 + 0.75 * max(0.0, v) / hi)) for v in vals]  # darker = more influence
         ax.bar(xs, vals, color=colors, width=0.85)
@@ -99,7 +100,7 @@ def heatmap_html(result: Attribution, by: str = "scores", title: str | None = No
     component instead.
     """
     body = result.to_html(by=by, title=title, full_page=False)
-    return re.sub(r"<table>.*?</table>", "", body, flags=re.S)
+    return re.sub(r"(<h3>[^<]*</h3>)?<table>.*?</table>", "", body, flags=re.S)
 
 
 def _component_table(result: Attribution, top: int) -> str:
@@ -110,6 +111,19 @@ def _component_table(result: Attribution, top: int) -> str:
         cells = "".join(f"<td>{getattr(result, n)[i]:.4g}</td>" for n in names)
         rows.append(f"<tr><td>{i}</td><td class='t'>{html.escape(repr(tok))}</td>{cells}</tr>")
     return f"<table><tr><th>pos</th><th>token</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _unit_table(result: Attribution, top: int) -> str:
+    """The best units: rank, kind, token range, text, score, M, S, I."""
+    rows = []
+    for u in result.top_units(top):
+        cells = "".join(f"<td>{'-' if getattr(u, n) is None else format(getattr(u, n), '.4g')}</td>"
+                        for n in ("score", "M", "S", "I"))
+        rows.append(f"<tr><td>{u.rank}</td><td>{html.escape(u.kind)}{' (refined)' if u.refined else ''}</td>"
+                    f"<td>{u.token_range[0]}–{u.token_range[1] - 1}</td><td class='t'>{html.escape(u.text.strip())}</td>"
+                    f"{cells}</tr>")
+    return ("<table><tr><th>rank</th><th>kind</th><th>tokens</th><th>text</th><th>score</th><th>M</th><th>S</th>"
+            f"<th>I</th></tr>{''.join(rows)}</table>")
 
 
 def _section(result: Attribution, *, plot: bool, top: int) -> str:
@@ -129,8 +143,12 @@ def _section(result: Attribution, *, plot: bool, top: int) -> str:
         png = base64.b64encode(plot_scores(result)).decode("ascii")
         img = f"<h3>Scores by position</h3><img class='plot' alt='scores plot' src='data:image/png;base64,{png}'>"
     opts = html.escape(json.dumps(result.options, indent=1))
+    tables = f"<h3>Top {top} tokens by score</h3>{_component_table(result, top)}"
+    if result.units:
+        tables = f"<h3>Top {top} units by score</h3>{_unit_table(result, top)}" + (
+            tables.replace("tokens by score", "refined tokens by score") if result.topk(1) else "")
     return (
-        f"<section>{meta}<h3>Top {top} tokens by score</h3>{_component_table(result, top)}"
+        f"<section>{meta}{tables}"
         f"<div class='grid'>{cards}</div>{img}<details><summary>options</summary><pre>{opts}</pre></details>"
         "</section>"
     )

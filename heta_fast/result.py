@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .errors import HetaInputError
 
-SCHEMA_VERSION = "1.1"  # 1.0: first release; 1.1: sink_gate_mass
+SCHEMA_VERSION = "1.2"  # 1.0: first release; 1.1: sink_gate_mass; 1.2: units (sentences, paragraphs, spans), null token values
 COMPONENT_NAMES = ("scores", "M", "S", "I")
 COMPONENT_LABELS = {"scores": "score = M·(βS + γI)", "M": "M (causal gate)", "S": "S (Hessian sensitivity)",
                     "I": "I (KL impact)"}
@@ -23,13 +23,53 @@ class ResultFormatError(HetaInputError):
     """A saved result cannot be read: not JSON, a field missing or of the wrong kind, or a newer schema."""
 
 
-def floats(x) -> list[float] | None:
-    """A 1-D tensor, array or sequence as a list of Python floats (None stays None): how results store vectors."""
+def floats(x) -> list[float | None] | None:
+    """A tensor or sequence as a list of Python floats (None stays None): the form results store.
+
+    NaN (a value not computed: token S, I and scores outside the refined units) becomes None (JSON null).
+    """
     if x is None:
         return None
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().double().reshape(-1).tolist()
-    return [float(v) for v in x]
+    vals = x.detach().cpu().double().reshape(-1).tolist() if hasattr(x, "detach") else x
+    return [None if v is None or v != v else float(v) for v in vals]
+
+
+@dataclass
+class Unit:
+    """One unit of the context (a sentence, paragraph, span, gap between spans, or a special token; SPEC §6).
+
+    Attributes:
+        text: the unit's text (its character span of the input; the tokens' text for a special token).
+        char_span: ``(start, end)`` character offsets of the span the unit was made from, None without text.
+        token_range: context positions ``start … end − 1``.
+        kind: ``"sentence"``, ``"paragraph"``, ``"span"``, ``"gap"`` or ``"special"``.
+        score: ``M_u (β S_u + γ I_u)``; M, S, I: the unit's gate (summed over its tokens), sensitivity and
+            KL impact (None if not computed).
+        rank: 1 for the highest score.
+        refined: whether its tokens were also scored one by one (option ``refine``).
+    """
+
+    text: str
+    char_span: tuple[int, int] | None
+    token_range: tuple[int, int]
+    kind: str
+    score: float
+    M: float | None = None
+    S: float | None = None
+    I: float | None = None
+    rank: int = 0
+    refined: bool = False
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "char_span": None if self.char_span is None else list(self.char_span),
+                "token_range": list(self.token_range), "kind": self.kind, "score": self.score, "M": self.M,
+                "S": self.S, "I": self.I, "rank": self.rank, "refined": self.refined}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Unit:
+        return cls(text=d["text"], char_span=None if d.get("char_span") is None else tuple(d["char_span"]),
+                   token_range=tuple(d["token_range"]), kind=d.get("kind", "span"), score=d["score"],
+                   M=d.get("M"), S=d.get("S"), I=d.get("I"), rank=d.get("rank", 0), refined=d.get("refined", False))
 
 
 @dataclass
@@ -47,6 +87,9 @@ class Attribution:
         timings: seconds per stage.
         sink_gate_mass: with a sink token (option ``sink_token``), the gate mass the sink took before it
             was dropped and M re-normalised over the real tokens (averaged over windows); else None.
+        units: with ``units="sentence"|"paragraph"`` or ``spans``, one :class:`Unit` per unit in context
+            order; then M stays per token, and S, I and scores per token are given for the tokens of the
+            refined units only (``refine=k``; None elsewhere).
     """
 
     tokens: list[str]
@@ -65,6 +108,7 @@ class Attribution:
     timings: dict = field(default_factory=dict)
     model: str | None = None
     sink_gate_mass: float | None = None
+    units: list[Unit] | None = None
 
     @property
     def seed(self) -> int | None:
@@ -75,8 +119,22 @@ class Attribution:
         vals = getattr(self, by)
         if vals is None:
             raise ValueError(f"component {by!r} was not computed")
-        order = sorted(range(len(vals)), key=lambda i: vals[i], reverse=True)[:k]
+        known = [i for i in range(len(vals)) if vals[i] is not None]  # with units: the refined tokens only
+        order = sorted(known, key=lambda i: vals[i], reverse=True)[:k]
         return [(i, self.tokens[i], vals[i]) for i in order]
+
+    def top_units(self, k: int = 10) -> list[Unit]:
+        """The k units with the highest score, best first (an error without units)."""
+        if not self.units:
+            raise ValueError("this attribution has no units (run with units='sentence', 'paragraph' or spans=)")
+        return sorted(self.units, key=lambda u: u.rank)[:k]
+
+    def unit_of(self, position: int) -> Unit | None:
+        """The unit holding context position ``position`` (None without units)."""
+        for u in self.units or ():
+            if u.token_range[0] <= position < u.token_range[1]:
+                return u
+        return None
 
     def to_dict(self) -> dict:
         return {
@@ -100,6 +158,7 @@ class Attribution:
             "seed": self.seed,
             "timings": self.timings,
             "sink_gate_mass": self.sink_gate_mass,
+            "units": None if self.units is None else [u.to_dict() for u in self.units],
         }
 
     def to_json(self, path: str | None = None, **kw) -> str:
@@ -125,13 +184,38 @@ class Attribution:
 
     # --------------------------------------------------------------------------------- views
     def _shades(self, by: str) -> list[float]:
-        vals = getattr(self, by)
-        if vals is None:
-            raise ValueError(f"component {by!r} was not computed")
+        """Per-token shade in [0, 1] of ``by``; with units and ``by="scores"``, each token takes its unit's score."""
+        if self.units and by in ("scores", "S", "I"):
+            vals = [0.0] * len(self.tokens)
+            for u in self.units:
+                v = u.score if by == "scores" else getattr(u, by)
+                for i in range(*u.token_range):
+                    vals[i] = v or 0.0
+        else:
+            vals = getattr(self, by)
+            if vals is None:
+                raise ValueError(f"component {by!r} was not computed")
+            vals = [0.0 if v is None else v for v in vals]
         hi = max(vals) if vals else 0.0
         lo = min(0.0, min(vals)) if vals else 0.0
         span = hi - lo
         return [(v - lo) / span if span > 0 else 0.0 for v in vals]
+
+    def _tooltip(self, i: int) -> str:
+        """Hover text of token i: its values, and with units the unit's rank, values and text."""
+        tip = f"pos {i}"
+        for name, vals in (("score", self.scores), ("M", self.M), ("S", self.S), ("I", self.I)):
+            if vals is not None and vals[i] is not None:
+                tip += f", {name}={vals[i]:.4g}"
+        u = self.unit_of(i)
+        if u is not None:
+            tip += f"\nunit #{u.rank} ({u.kind}): score={u.score:.4g}"
+            for name in ("M", "S", "I"):
+                if getattr(u, name) is not None:
+                    tip += f", {name}={getattr(u, name):.4g}"
+            text = u.text.strip()
+            tip += "\n" + (text if len(text) <= 300 else text[:297] + "...")
+        return tip
 
     def heatmap(self, by: str = "scores", color: bool = True) -> str:
         """Context tokens on a green background whose intensity follows ``by``; then the target."""
@@ -152,33 +236,49 @@ class Attribution:
     def to_html(self, by: str = "scores", title: str | None = None, full_page: bool = True) -> str:
         """Tokens shaded green by ``by`` (darker = more influence), with a table of all components."""
         spans = []
+        starts = {u.token_range[0]: u for u in self.units or ()}
         for i, (tok, s) in enumerate(zip(self.tokens, self._shades(by), strict=True)):
-            tip = f"pos {i}: score={self.scores[i]:.4g}"
-            for name in ("M", "S", "I"):
-                vals = getattr(self, name)
-                if vals is not None:
-                    tip += f", {name}={vals[i]:.4g}"
+            if i in starts:  # a unit boundary: a thin rule, so units can be told apart
+                if i > 0:
+                    spans.append("</span>")
+                u = starts[i]
+                spans.append(f'<span class="unit" data-rank="{u.rank}"{" data-refined" if u.refined else ""}>')
             fg = "#fff" if s > 0.6 else "#000"
             spans.append(
-                f'<span class="tok" title="{html.escape(tip)}" data-pos="{i}" '
+                f'<span class="tok" title="{html.escape(self._tooltip(i))}" data-pos="{i}" '
                 f'style="background: rgba(0,128,0,{s:.3f}); color: {fg}">{html.escape(tok)}</span>'
             )
+        if starts:
+            spans.append("</span>")
         rows = "".join(
             f"<tr><td>{i}</td><td>{html.escape(tok)}</td><td>{v:.4g}</td></tr>" for i, tok, v in self.topk(10, by=by)
         )
+        table = f"<table><tr><th>pos</th><th>token</th><th>{html.escape(by)}</th></tr>{rows}</table>"
+        if self.units:
+            unit_rows = "".join(
+                f"<tr><td>{u.rank}</td><td>{html.escape(u.kind)}</td><td>{u.token_range[0]}–{u.token_range[1] - 1}</td>"
+                f"<td class='utext'>{html.escape(u.text.strip())}</td><td>{u.score:.4g}</td>"
+                + "".join(f"<td>{'' if getattr(u, c) is None else format(getattr(u, c), '.4g')}</td>" for c in "MSI")
+                + "</tr>"
+                for u in self.top_units(10)
+            )
+            table = (f"<h3>top units</h3><table><tr><th>rank</th><th>kind</th><th>tokens</th><th>text</th>"
+                     f"<th>score</th><th>M</th><th>S</th><th>I</th></tr>{unit_rows}</table>"
+                     + (f"<h3>refined tokens</h3>{table}" if rows else ""))
         body = (
             f'<div class="heta"><h2>{html.escape(title or "HETA attribution")}</h2>'
             f"<p>target <b>{html.escape(self.target_token)}</b> at position {self.target_position}"
             f" (shading: {html.escape(by)})</p>"
             f'<p class="text" style="white-space: pre-wrap; line-height: 1.8">{"".join(spans)}'
             f' <span style="border: 2px solid #333; padding: 0 2px">{html.escape(self.target_token)}</span></p>'
-            f"<table><tr><th>pos</th><th>token</th><th>{html.escape(by)}</th></tr>{rows}</table></div>"
+            f"{table}</div>"
         )
         if not full_page:
             return body
         return (
             "<!doctype html><html><head><meta charset='utf-8'><title>HETA attribution</title>"
             "<style>body{font-family:sans-serif;margin:2em} .tok{border-radius:3px;padding:1px 0}"
+            " .unit{border-left:2px solid #888;padding-left:1px} .utext{max-width:40em}"
             " table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:2px 6px}</style>"
             f"</head><body>{body}</body></html>"
         )
@@ -200,6 +300,9 @@ class Attribution:
         return to_llm_attribution_result([self], by=by)
 
     def __str__(self) -> str:
+        if self.units:
+            top = ", ".join(f"{u.text.strip()[:40]!r}:{u.score:.3g}" for u in self.top_units(3))
+            return f"Attribution(target={self.target_token!r} @ {self.target_position}, top units=[{top}])"
         top = ", ".join(f"{tok!r}:{v:.3g}" for _, tok, v in self.topk(5))
         return f"Attribution(target={self.target_token!r} @ {self.target_position}, top=[{top}])"
 
@@ -332,7 +435,9 @@ def _attribution_from_dict(d, where: str) -> Attribution:
     tokens = _list(d, "tokens", where, None, lambda x: isinstance(x, str), "a string")
     n = len(tokens)
     ids = _list(d, "token_ids", where, n, lambda x: isinstance(x, int) and not isinstance(x, bool), "a token id")
-    comps = {name: _list(d, name, where, n, _is_number, "a number", optional=name != "scores")
+    # Schema 1.2: a token value not computed (outside the refined units) is null.
+    comps = {name: _list(d, name, where, n, lambda x: x is None or _is_number(x), "a number or null",
+                         optional=name != "scores")
              for name in COMPONENT_NAMES}
     offsets = _list(d, "offsets", where, n, lambda o: isinstance(o, list) and len(o) == 2
                     and all(isinstance(x, int) for x in o), "a [start, end] pair", optional=True)
@@ -360,7 +465,18 @@ def _attribution_from_dict(d, where: str) -> Attribution:
         timings=dict(_get(d, "timings", where, dict, optional=True) or {}),
         model=_get(d, "model", where, str, optional=True),
         sink_gate_mass=None if sink_mass is None else float(sink_mass),
+        units=_units_from_dict(d, where),
     )
+
+
+def _units_from_dict(d, where: str) -> list[Unit] | None:
+    units = _get(d, "units", where, list, optional=True)
+    if units is None:
+        return None
+    try:
+        return [Unit.from_dict(u) for u in units]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ResultFormatError(f"{where}: units: each unit needs text, token_range and score ({e})") from None
 
 
 def _sequence_from_dict(d, where: str) -> AttributionSequence:

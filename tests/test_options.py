@@ -38,6 +38,10 @@ def _sample(spec):
     """A valid non-default JSON value of the option (exercises the front end's type handling)."""
     if spec.many:
         return ["M", "I"]
+    if spec.spans:
+        return [[0, 2]]
+    if spec.name == "units":
+        return "sentence"
     if spec.number is int:
         return int(spec.minimum or 0) + 1
     if spec.number is float:
@@ -54,7 +58,7 @@ def test_every_front_end_exposes_every_option(spec):
         assert _flags(parser).get(spec.flag) == spec.name, f"heta-fast {name} has no {spec.flag}"
     assert spec.name in AttributeOptions.model_fields, "the service's request schema misses it"
     value = _sample(spec)
-    extra = {"mask_token_id": 3} if spec.name == "mask" else {}
+    extra = {"mask": {"mask_token_id": 3}, "refine": {"units": "sentence"}}.get(spec.name, {})
     rec = parse_line(json.dumps({"text": "abc", spec.name: value, **extra}).encode(), 1, "job", HetaOptions())
     assert rec.error is None and rec.overrides[spec.name] == value, rec.error
     assert f"| `{spec.name}` |" in options_markdown()

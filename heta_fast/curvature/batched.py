@@ -19,7 +19,7 @@ The low-rank path needs dense directions over all tokens, so it uses one full gr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -27,6 +27,7 @@ from torch import Tensor
 from ..errors import HetaInputError, MemoryBudgetError
 from ..hf import ModelAdapter, cut_cache, new_full_cache
 from ..probes import check_probes, draw_range_finder
+from ..units.ranges import check_units, token_units, unit_chunks
 from .head import HeadCurvature, clean_head_curvature, target_log_prob
 
 
@@ -156,37 +157,37 @@ def clean_state(adapter: ModelAdapter, ids: Tensor, layers: int | None, target_i
     return X, point, layer, cache, head
 
 
-def token_chunk(t: int, m: int, batch: int) -> int:
-    """Tokens per suffix chunk: enough probes to fill about one batch, never more than t/4 tokens.
-
-    Smaller chunks re-use more of the clean prefix (fewer rows per probe) but rebuild the first-order
-    graph more often; one graph per ~batch of probes keeps that rebuild a small share of the work.
-    """
-    return max(1, min(max(1, t // 4), -(-batch // m)))
-
-
 def sensitivity_batched(
     adapter: ModelAdapter,
     ids: Tensor,
     target_id: int,
     *,
     probes: Tensor,
+    units: Sequence[tuple[int, int]] | None = None,
     hessian: str = "exact",
     rank: int = 64,
+    lowrank_passes: int = 2,
     curvature: str = "hessian",
     layers: int | None = None,
     seed: int = 0,
     max_memory: int = 2 * 1024**3,
     progress: Callable[[int], None] | None = None,
 ) -> Tensor:
-    """S ``[t]``; equal probes give the reference engine's S (up to floating-point error).
+    """S per unit (SPEC §6; per token, SPEC §2, when ``units`` is None); equal probes give the reference
+    engine's S (up to floating-point error).
 
     Args:
         ids: context ids ``[t]``; the prediction position is t − 1.
-        probes: Rademacher probes ``[t, m, d]`` (see :func:`heta_fast.probes.draw_probes`).
+        probes: Rademacher probes ``[t, m, d]`` (see :func:`heta_fast.probes.draw_probes`); a unit's probe k
+            stacks the probes k of its tokens.
+        units: ``(start, end)`` ranges (ordered, disjoint; need not cover the context); None = every token.
+        lowrank_passes: 2 (``B = Qᵀ C Q``, 2·rank products) or 1 (single pass, rank products).
         max_memory: bytes of activations the batched backwards may hold (sets the batch size).
+    Returns:
+        ``[len(units)]`` (``[t]`` for tokens), in the model's dtype.
     """
     t = ids.numel()
+    units = token_units(t) if units is None else check_units(units, t)
     batch = probe_batch_size(adapter, t, t, max_memory, layers)  # fail before any forward if it cannot fit
     X, point, layer, cache, head = clean_state(adapter, ids, layers, target_id)
     d = point.shape[1]
@@ -194,33 +195,39 @@ def sensitivity_batched(
     probes = probes.to(point)
     m = probes.shape[1]
     dev = point.device
+    U = len(units)
     # Products run in the model's dtype; S and the range finder's algebra accumulate in float32 or better.
     acc = torch.promote_types(point.dtype, torch.float32)
 
     if hessian == "exact":
-        S = torch.zeros(t, dtype=acc, device=dev)
-        chunk = token_chunk(t, m, batch)
-        for a in range(0, t, chunk):
-            b = min(a + chunk, t)
+        S = torch.zeros(U, dtype=acc, device=dev)
+        # Chunks of units sharing one first-order graph: enough probes to fill about one batch, never more
+        # than t/4 tokens from the chunk's start (for single tokens: chunks of that many tokens).
+        per_graph = max(1, -(-batch // m))
+        for chunk in unit_chunks(units, max(1, min(t // 4, per_graph)), per_graph):
+            a = units[chunk[0]][0]
             op = CurvatureOperator(adapter, X, point, target_id, curvature, start=a, cache=cache, layer=layer,
                                    head=head)
-            s = t - a
-            pairs = [(i, k) for i in range(a, b) for k in range(m)]  # (i, k) order, as the probes were drawn
+            pos = torch.arange(a, t, device=dev)
+            pairs = [(j, k) for j in chunk for k in range(m)]  # (unit, probe) order, as the probes were drawn
             for lo in range(0, len(pairs), batch):
                 part = pairs[lo : lo + batch]
-                rows = torch.tensor([i for i, _ in part], device=dev)
+                js = torch.tensor([j for j, _ in part], device=dev)
                 ks = torch.tensor([k for _, k in part], device=dev)
-                ar = torch.arange(len(part), device=dev)
-                V = torch.zeros(len(part), s, d, dtype=point.dtype, device=dev)
-                V[ar, rows - a] = probes[rows, ks]
-                HV = op(V, progress)
-                S.index_add_(0, rows, HV[ar, rows - a].to(acc).abs().sum(-1))
+                starts = torch.tensor([units[j][0] for j, _ in part], device=dev)[:, None]
+                ends = torch.tensor([units[j][1] for j, _ in part], device=dev)[:, None]
+                rows = ((pos[None] >= starts) & (pos[None] < ends)).to(point.dtype)  # [B, s]: the unit's rows
+                V = probes[a:, :][:, ks].transpose(0, 1) * rows[..., None]  # [B, s, d]: P_u R_u[k]
+                HV = op(V, progress)  # progress(n) after each slice: where a caller's should_stop can end the run
+                S.index_add_(0, js, (HV.to(acc).abs().sum(-1) * rows.to(acc)).sum(-1))
+                del V, HV
             del op
         return S / m
     if hessian != "lowrank":
         raise HetaInputError(f"unknown hessian mode {hessian!r}")
 
-    # Randomized range finder (Halko et al.): Y = C Ω, Q = orth(Y), B = Qᵀ C Q, C ≈ Q B Qᵀ.
+    # Randomized range finder (Halko et al.): Y = C Ω, Q = orth(Y), C ≈ Q B Qᵀ with B = Qᵀ C Q (two passes)
+    # or B = sym((QᵀY)(QᵀΩ)⁺) (one pass, SPEC §2).
     op = CurvatureOperator(adapter, X, point, target_id, curvature, layer=layer, head=head)
 
     def apply_all(directions: Tensor) -> Tensor:  # [N, t, d] -> [N, t, d] in acc
@@ -233,10 +240,36 @@ def sensitivity_batched(
     probes = probes.to(acc)
     Y = apply_all(omega.T.reshape(rank, t, d)).reshape(rank, t * d).T
     Q, _ = torch.linalg.qr(Y)
-    CQ = apply_all(Q.T.reshape(-1, t, d)).reshape(-1, t * d).T
-    B = Q.T @ CQ
-    B = 0.5 * (B + B.T)
-    Qb = Q.reshape(t, d, -1)  # Q_i = rows of token i's block
-    coeff = torch.einsum("tdk,tmd->tmk", Qb, probes)  # Q_iᵀ r_ik
-    approx = torch.einsum("tdk,kj,tmj->tmd", Qb, B, coeff)  # Q_i B Q_iᵀ r_ik
-    return approx.abs().sum(-1).mean(1)
+    B = lowrank_core(Q, Y, omega, lambda Qm: apply_all(Qm.T.reshape(-1, t, d)).reshape(-1, t * d).T,
+                     lowrank_passes)
+    return lowrank_unit_norms(Q.reshape(t, d, -1), B, probes, units)
+
+
+def lowrank_core(Q: Tensor, Y: Tensor, omega: Tensor, apply: Callable[[Tensor], Tensor], passes: int) -> Tensor:
+    """B with C ≈ Q B Qᵀ, symmetric: ``Qᵀ (C Q)`` (passes=2) or ``(QᵀY)(QᵀΩ)⁺`` (passes=1, Halko et al. §5.5)."""
+    if passes == 2:
+        B = Q.T @ apply(Q)
+    elif passes == 1:
+        B = (Q.T @ Y) @ torch.linalg.pinv(Q.T @ omega)
+    else:
+        raise HetaInputError(f"lowrank_passes must be 1 or 2, got {passes}")
+    return 0.5 * (B + B.T)
+
+
+def lowrank_unit_norms(Qb: Tensor, B: Tensor, probes: Tensor, units: Sequence[tuple[int, int]]) -> Tensor:
+    """(1/m) Σ_k ‖Q_u B Q_uᵀ R_u[k]‖_1 per unit from the factors (``Qb [t, d, k]``: token i's rows of Q).
+
+    ``Q_uᵀ R_u[k]`` is the sum of the tokens' ``Q_iᵀ r_ik``, so the cost is that of the token level
+    (O(t·m·d·k)), whatever the number of units.
+    """
+    t = Qb.shape[0]
+    owner = torch.full((t,), -1, dtype=torch.long, device=Qb.device)
+    for j, (a, b) in enumerate(units):
+        owner[a:b] = j
+    keep = owner >= 0  # tokens outside every unit (a refinement's subset) take no part
+    Qk, own = Qb[keep], owner[keep]
+    coeff = torch.einsum("tdk,tmd->tmk", Qk, probes[keep])  # Q_iᵀ r_ik
+    unit_coeff = coeff.new_zeros(len(units), *coeff.shape[1:]).index_add_(0, own, coeff)  # Q_uᵀ R_u[k]
+    rows = torch.einsum("tdk,kj,tmj->tmd", Qk, B, unit_coeff[own])  # Q_i B Q_uᵀ R_u[k], i ∈ u
+    norms = rows.abs().sum(-1)  # [t_kept, m]
+    return norms.new_zeros(len(units), norms.shape[1]).index_add_(0, own, norms).mean(1)

@@ -7,6 +7,8 @@ path's hand-written attention derivatives are checked against autograd, not agai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -71,37 +73,47 @@ def sensitivity(
     target_id: int,
     *,
     probes: Tensor,
+    units: Sequence[tuple[int, int]] | None = None,
     hessian: str = "exact",
     rank: int = 64,
+    lowrank_passes: int = 2,
     curvature: str = "hessian",
     layers: int | None = None,
     seed: int = 0,
 ) -> Tensor:
-    """S_i = (1/m) Σ_k ‖(C P_i R[i,k])_i‖_1 with C the Hessian (or Gauss–Newton matrix) — ``[t]`` (SPEC §2)."""
+    """S_u = (1/m) Σ_k ‖(C P_u R_u[k])_u‖_1 with C the Hessian (or Gauss–Newton matrix) per unit
+    ``[len(units)]`` (SPEC §6); ``units=None``: every token, S_i of SPEC §2 ``[t]``."""
     prob = CurvatureProblem(adapter, ids, target_id, layers)
     t, d = prob.point.shape
     check_probes(probes, t, d)
     probes = probes.to(prob.point)
     m = probes.shape[1]
-    S = torch.zeros(t, dtype=prob.point.dtype, device=prob.point.device)
+    units = [(i, i + 1) for i in range(t)] if units is None else list(units)
+    S = torch.zeros(len(units), dtype=prob.point.dtype, device=prob.point.device)
     if hessian == "exact":
-        for i in range(t):
+        for j, (a, b) in enumerate(units):
             for k in range(m):
                 v = torch.zeros_like(prob.point)
-                v[i] = probes[i, k]
-                S[i] += prob.matvec(v, curvature)[i].abs().sum()
+                v[a:b] = probes[a:b, k]  # the unit's tokens' probes k, stacked
+                S[j] += prob.matvec(v, curvature)[a:b].abs().sum()
         return S / m
     if hessian != "lowrank":
         raise HetaInputError(f"unknown hessian mode {hessian!r}")
-    # Randomized range finder (Halko et al.): Y = C Ω, Q = orth(Y), B = Q^T C Q, C ≈ Q B Q^T.
+    # Randomized range finder (Halko et al.): Y = C Ω, Q = orth(Y), C ≈ Q B Q^T with B = Q^T C Q (two
+    # passes) or B = sym((Q^T Y)(Q^T Ω)^+) (one pass, SPEC §2).
     omega = draw_range_finder(t, d, rank, seed).to(prob.point)
     Y = torch.stack([prob.matvec(omega[:, j].reshape(t, d), curvature).reshape(-1) for j in range(rank)], 1)
     Q, _ = torch.linalg.qr(Y)
-    CQ = torch.stack([prob.matvec(Q[:, j].reshape(t, d), curvature).reshape(-1) for j in range(Q.shape[1])], 1)
-    B = Q.T @ CQ
+    if lowrank_passes == 2:
+        CQ = torch.stack([prob.matvec(Q[:, j].reshape(t, d), curvature).reshape(-1) for j in range(Q.shape[1])], 1)
+        B = Q.T @ CQ
+    elif lowrank_passes == 1:
+        B = (Q.T @ Y) @ torch.linalg.pinv(Q.T @ omega)
+    else:
+        raise HetaInputError(f"lowrank_passes must be 1 or 2, got {lowrank_passes}")
     B = 0.5 * (B + B.T)
-    for i in range(t):
-        Qi = Q[i * d : (i + 1) * d]  # rows of Q for token i's block
+    for j, (a, b) in enumerate(units):
+        Qu = Q[a * d : b * d]  # rows of Q for the unit's block
         for k in range(m):
-            S[i] += (Qi @ (B @ (Qi.T @ probes[i, k]))).abs().sum()
+            S[j] += (Qu @ (B @ (Qu.T @ probes[a:b, k].reshape(-1)))).abs().sum()
     return S / m

@@ -1,33 +1,40 @@
-"""The KL term I (SPEC §3) for every single-token mask in one batched pass.
+"""The KL term I (SPEC §3, and §6 for units) for every mask in one batched pass.
 
-Masking token i changes nothing before i, so the keys and values of positions < i are the clean run's.
-Masks are processed in chunks [a, b): the clean cache is cut at a and shared by the chunk, and only the
-suffix a … p is recomputed, one batch row per mask. Only the final hidden state at p is kept; the LM head,
-softmax and KL are then fused in :func:`heta_fast.information.kl_op.kl_from_hidden`, which streams the vocabulary and
-never forms a ``[rows, V]`` logits matrix. Work: about t²/2 token-rows instead of t² for the loop.
+Masking token i (or a unit a … b−1 of consecutive tokens) changes nothing before its first token, so the
+keys and values of earlier positions are the clean run's. Masks are processed in chunks: the clean cache
+is cut at the chunk's first position A and shared by the chunk (expanded as a view, never copied per mask:
+:mod:`heta_fast.information.prefix_cache`), and only the suffix A … p is recomputed, one batch row per mask.
+Only the final hidden state at p is kept; the LM head, softmax and KL are then fused in
+:func:`heta_fast.information.kl_op.kl_from_hidden`, which streams the vocabulary and never forms a
+``[rows, V]`` logits matrix. Work: about Σ_u (t − start_u) token-rows (t²/2 for single tokens) instead
+of t per mask.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ..errors import MemoryBudgetError, NumericalError, UnsupportedModelError
-from ..hf import ModelAdapter, cache_kwargs, cut_cache, head_check_tolerance, head_logits, new_full_cache
+from ..hf import ModelAdapter, cache_kwargs, head_check_tolerance, head_logits, new_full_cache
+from ..units.ranges import Unit, check_units, token_units, unit_chunks
+from .prefix_cache import shared_prefix_cache
 
 
 def mask_chunk_size(adapter: ModelAdapter, t: int, max_memory: int) -> int:
-    """Masks per chunk: small enough to re-use most of the clean prefix, within ``max_memory``.
+    """Tokens per chunk of masks: small enough to re-use most of the clean prefix, within ``max_memory``.
 
     A chunk [a, b) recomputes b − a suffixes of length t − a, so the rows computed are about
     t²/2 · (1 + chunk/t); chunks of t/16 keep that within 7 % of the t²/2 floor while each forward still
     carries (b − a)·(t − a) rows, enough for efficient matrix products.
     """
     elem = torch.finfo(adapter.dtype).bits // 8
-    kv = 2 * adapter.num_layers * adapter.num_kv_heads * adapter.head_dim
-    # One mask row: its suffix (≤ t tokens) through one layer at a time, plus its copy of the prefix cache.
+    # One layer's keys and values at a time (prefix view + suffix, concatenated, GQA heads repeated):
+    # the shared prefix cache is never copied per mask.
+    kv = 2 * 2 * adapter.num_heads * adapter.head_dim
+    # One mask row: its suffix (≤ t tokens) through one layer at a time.
     per_row = t * (8 * adapter.hidden_size + 2 * adapter.ffn_width + 2 * adapter.num_heads * t + kv) * elem
     fit = max_memory // max(per_row, 1)
     if fit < 1:
@@ -43,14 +50,22 @@ def information_batched(
     ids: Tensor,
     mask_vec: Tensor,
     *,
+    units: Sequence[Unit] | None = None,
     max_memory: int = 2 * 1024**3,
     backend: str = "auto",
     chunk_size: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Tensor:
-    """I ``[t]``: KL(π ‖ π^{(i)}) for every context position i, sharing clean prefixes."""
-    return information_multi(adapter, ids, [ids.numel() - 1], mask_vec, max_memory=max_memory, backend=backend,
-                             chunk_size=chunk_size, progress=progress)[0]
+    """I per unit: KL(π ‖ π^{(u)}) with every token of u masked at once (SPEC §6).
+
+    Args:
+        ids: context ids ``[t]``; the prediction position is t − 1.
+        units: ``(start, end)`` ranges (ordered, disjoint; need not cover the context); None = every token.
+    Returns:
+        float32 ``[len(units)]`` (``[t]`` for tokens).
+    """
+    return information_multi(adapter, ids, [ids.numel() - 1], mask_vec, units=units, max_memory=max_memory,
+                             backend=backend, chunk_size=chunk_size, progress=progress)[0]
 
 
 def information_multi(
@@ -59,6 +74,7 @@ def information_multi(
     predict_at: list[int],
     mask_vec: Tensor,
     *,
+    units: Sequence[Unit] | None = None,
     max_memory: int = 2 * 1024**3,
     backend: str = "auto",
     chunk_size: int | None = None,
@@ -66,26 +82,30 @@ def information_multi(
 ) -> list[Tensor]:
     """I for several targets of one text in one masked pass.
 
-    Target k is predicted at position ``predict_at[k]`` = p (its context is 0 … p). Masking token i
-    changes every later position, so one masked suffix run yields the hidden states at every p ≥ i at
-    once: all targets share the same ≈ n²/2 rows instead of each redoing its own.
+    Target k is predicted at position ``predict_at[k]`` = p (its context is 0 … p). Masking a unit
+    changes every later position, so one masked suffix run yields the hidden states at every p after
+    the unit at once: all targets share the same rows instead of each redoing its own.
 
     Args:
         ids: token ids ``[n]`` with n > max(predict_at).
         predict_at: prediction positions, one per target.
+        units: ``(start, end)`` ranges masked as a whole; None = every token of the longest context.
+            Target k gets the units that lie inside its context (end ≤ p + 1), a prefix of the list.
     Returns:
-        one float32 tensor ``[p + 1]`` per target, in the order of ``predict_at``.
+        one float32 tensor per target, in the order of ``predict_at``: ``[p + 1]`` for tokens, else one
+        value per unit inside that target's context.
     """
     from .kl_op import kl_from_hidden
 
     base = adapter.model.base_model
     weight, bias, softcap = adapter.lm_head()
     n = max(predict_at) + 1
+    units = token_units(n) if units is None else check_units(units, n)
     X = adapter.embed(ids[:n])
-    d = X.shape[1]
     scale = adapter.embed_scale
     ps = torch.tensor(predict_at, device=X.device)
-    chunk = chunk_size or mask_chunk_size(adapter, n, max_memory)  # fails before any forward if it cannot fit
+    span = chunk_size or mask_chunk_size(adapter, n, max_memory)  # fails before any forward if it cannot fit
+    count = chunk_size or span
     with torch.no_grad():
         cache = new_full_cache()
         out = base(inputs_embeds=(X * scale)[None], **cache_kwargs(base, cache))
@@ -103,24 +123,25 @@ def information_multi(
                 "use engine='reference'"
             )
         base_logp = torch.log_softmax(z.to(torch.promote_types(z.dtype, torch.float32)), -1)  # [T, V]
-        I = [torch.empty(p + 1, dtype=torch.float32, device=X.device) for p in predict_at]
-        for a in range(0, n, chunk):
-            b = min(a + chunk, n)
-            n_masks = b - a
-            suffix = X[a:].expand(n_masks, n - a, d).clone()
-            rows = torch.arange(n_masks, device=X.device)
-            suffix[rows, rows] = mask_vec.to(X.dtype)  # mask i = a + r sits at suffix row r
-            past = None
-            if a > 0:
-                past = cut_cache(cache, a)
-                past.batch_repeat_interleave(n_masks)
+        inside = [sum(1 for _, b in units if b <= p + 1) for p in predict_at]  # units of each target's context
+        I = [torch.empty(k, dtype=torch.float32, device=X.device) for k in inside]
+        positions = torch.arange(n, device=X.device)
+        for chunk in unit_chunks(units, span, count):
+            a = units[chunk[0]][0]  # the chunk's clean prefix ends here
+            n_masks = len(chunk)
+            starts = torch.tensor([units[j][0] for j in chunk], device=X.device)[:, None]
+            ends = torch.tensor([units[j][1] for j in chunk], device=X.device)[:, None]
+            masked = (positions[None, a:] >= starts) & (positions[None, a:] < ends)  # [n_masks, n − a]
+            suffix = torch.where(masked[..., None], mask_vec.to(X.dtype), X[a:])
+            past = shared_prefix_cache(cache, a, n_masks) if a > 0 else None
             hidden = base(inputs_embeds=suffix * scale, **cache_kwargs(base, past)).last_hidden_state
             for k, p in enumerate(predict_at):
-                if p < a:
+                rows = [r for r, j in enumerate(chunk) if j < inside[k]]  # units inside this target's context
+                if not rows:
                     continue
-                hi = min(b, p + 1)  # masks i ≤ p belong to this target's context
-                I[k][a:hi] = kl_from_hidden(hidden[: hi - a, p - a], weight, base_logp[k], bias=bias,
-                                            softcap=softcap, backend=backend)
+                lo, hi = chunk[rows[0]], chunk[rows[-1]] + 1
+                I[k][lo:hi] = kl_from_hidden(hidden[rows[0] : rows[-1] + 1, p - a], weight, base_logp[k],
+                                             bias=bias, softcap=softcap, backend=backend)
             if progress is not None:
                 progress(n_masks)
     return I

@@ -19,6 +19,9 @@ def _json_schema(spec: OptionSpec) -> dict:
     """The spec as JSON Schema (for /docs; validation is :class:`HetaOptions`')."""
     if spec.many:
         return {"type": "array", "items": {"enum": list(spec.words)}, "minItems": 1, "uniqueItems": True}
+    if spec.spans:
+        pair = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2}
+        return {"anyOf": [{"type": "array", "items": pair, "minItems": 1}, {"type": "null"}]}
     kinds: list[dict] = []
     if spec.number is not None:
         num: dict[str, Any] = {"type": "integer" if spec.number is int else "number"}
