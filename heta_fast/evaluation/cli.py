@@ -13,15 +13,21 @@ def add_parser(subparsers) -> None:
     c = evsub.add_parser(
         "curated", help="every method on the curated distractor/support QA set",
         description="Explain the first token of each gold answer (teacher-forced after the question and "
-                    "'\\nAnswer:') with every method; per-example metrics go to OUT/results.jsonl (a rerun "
-                    "skips finished examples), the summary to OUT/summary.{md,csv} and OUT/plots/.",
+                    "'\\nAnswer:', or the example's own cue) and the model's own greedy answer with every "
+                    "method; per-example metrics go to OUT/results.jsonl (a rerun skips finished examples), "
+                    "the summary, in three slices (all examples; gold token = the model's top-1; the model's "
+                    "own answer), to OUT/summary.{md,csv}, OUT/targets.csv and OUT/plots/.",
     )
     c.add_argument("--data", help="the released JSON or a JSONL of examples (default: ../shared/data/"
                    "curated_qa_100.json beside the checkout)")
     c.add_argument("--out", default="heta_eval", help="output folder (default: ./heta_eval)")
     c.add_argument("--limit", type=int, help="only the first N examples")
     c.add_argument("--methods", nargs="+", default=["all"], help="method names (space or comma separated) or 'all'")
-    c.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct) or a local HF folder")
+    c.add_argument("--model", default="default",
+                   help="'default' (SmolLM2-135M-Instruct), 'gemma3-270m' (Gemma-3-270M) or a local HF folder")
+    c.add_argument("--targets", nargs="+", default=["gold", "greedy"], choices=["gold", "greedy"],
+                   help="what to explain: the gold answer's first token and/or the model's greedy answer "
+                        "(default: both)")
     c.add_argument("--hessian", choices=["exact", "lowrank"], default="lowrank")
     c.add_argument("--rank", type=int, default=16)
     c.add_argument("--num-probes", type=int, default=4)
@@ -40,7 +46,7 @@ def add_parser(subparsers) -> None:
 
 def curated_command(args: argparse.Namespace) -> int:
     from ..errors import HetaInputError
-    from .curated import METHODS, RunSettings, parse_methods, run_curated, summarize, write_report
+    from .curated import METHODS, RunSettings, parse_methods, run_curated, summarize_slices, write_report
     from .data import default_data_path, load_examples
 
     if args.list_methods:
@@ -63,10 +69,11 @@ def curated_command(args: argparse.Namespace) -> int:
         from .curated import rescore
 
         rescore(examples, args.out, settings, progress=not args.quiet)
-    records = run_curated(examples, args.out, methods, settings, progress=not args.quiet)
-    rows = summarize(records, methods)
-    paths = write_report(rows, args.out, plots=not args.no_plots,
-                         title=f"Curated set: {len(records)} examples, model {args.model}")
+    records = run_curated(examples, args.out, methods, settings, targets=args.targets, progress=not args.quiet)
+    slices = summarize_slices(records, methods)
+    n = len({r["id"] for r in records})
+    paths = write_report(slices, args.out, plots=not args.no_plots, records=records,
+                         title=f"{data.name}: {n} examples, model {args.model}")
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
     print("wrote " + ", ".join(str(p) for p in paths[:3]) + (f" and {len(paths) - 3} plots" if len(paths) > 3 else ""))
     return 0
