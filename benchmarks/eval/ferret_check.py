@@ -118,7 +118,9 @@ def main() -> None:
                 # pick ferret's counts, then also report the two conventions side by side.
                 ks = [int(f * t) for f in fractions]
                 same_k = [k / t for k in ks]
-                kw = dict(remove_first_last=False, only_pos=False,
+                # only_pos=True: ferret's only_pos=False path compares a numpy array with [] (fails on numpy
+                # 2); with non-negative scores it only leaves out tokens scored exactly 0.
+                kw = dict(remove_first_last=False, only_pos=True,
                           removal_args={"remove_tokens": False, "based_on": "perc", "thresholds": list(fractions)})
                 f_comp = float(comp_ev.compute_evaluation(expl, target=enc.target_id, **kw).score)
                 f_suff = float(suff_ev.compute_evaluation(expl, target=enc.target_id, **kw).score)

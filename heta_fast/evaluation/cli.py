@@ -40,6 +40,8 @@ def add_parser(subparsers) -> None:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.add_argument("--rescore", action="store_true",
                    help="recompute the metrics of finished examples from their stored scores, then report")
+    c.add_argument("--report-only", action="store_true",
+                   help="compute nothing: report the examples already in OUT/results.jsonl")
     c.add_argument("--list-methods", action="store_true", help="print the methods and exit")
     c.set_defaults(func=curated_command)
 
@@ -69,7 +71,14 @@ def curated_command(args: argparse.Namespace) -> int:
         from .curated import rescore
 
         rescore(examples, args.out, settings, progress=not args.quiet)
-    records = run_curated(examples, args.out, methods, settings, targets=args.targets, progress=not args.quiet)
+    if args.report_only:
+        from .curated import load_records
+
+        records = load_records(examples, args.out, settings, targets=args.targets)
+        if not records:
+            raise HetaInputError(f"--report-only: no finished examples with these settings in {args.out}")
+    else:
+        records = run_curated(examples, args.out, methods, settings, targets=args.targets, progress=not args.quiet)
     slices = summarize_slices(records, methods)
     n = len({r["id"] for r in records})
     paths = write_report(slices, args.out, plots=not args.no_plots, records=records,

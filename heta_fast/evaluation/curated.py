@@ -313,6 +313,22 @@ def _load_done(path: Path, key: dict) -> dict[tuple[str, str], dict]:
     return done
 
 
+def load_records(examples: list[Example], out_dir: str | Path, settings: RunSettings, targets=TARGETS) -> list[dict]:
+    """The finished records of ``examples`` in ``out_dir/results.jsonl`` (same settings), without computing
+    anything: what :func:`run_curated` returns, for the (example, target) pairs already there."""
+    path = Path(out_dir) / "results.jsonl"
+    done = _load_done(path, settings.key())
+    facts: dict[str, dict] = {}
+    keys = ("greedy_id", "p_greedy", "p_gold", "gold_rank", "gold_is_top1", "gold_token", "greedy_token")
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line) if line.strip() else {}
+            if rec.get("settings") == settings.key() and "gold_is_top1" in rec:
+                facts[rec["id"]] = {k: rec[k] for k in keys if k in rec}
+    return [{"id": ex.id, "target": kind, **facts.get(ex.id, {}), "methods": done[(ex.id, kind)]}
+            for ex in examples for kind in _check_targets(targets) if (ex.id, kind) in done]
+
+
 def _check_targets(targets) -> tuple[str, ...]:
     targets = tuple(dict.fromkeys(targets))
     bad = [k for k in targets if k not in TARGETS]

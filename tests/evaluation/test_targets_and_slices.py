@@ -160,3 +160,18 @@ def test_rephrase_alignment_pairs_repeated_words_in_order():
     flat = rephrase_spearman(text, enc["offset_mapping"], scores, para, enc_b["offset_mapping"],
                              torch.zeros(len(enc_b["input_ids"])))
     assert flat["shared"] == 7 and flat["rho"] != flat["rho"]  # constant side: NaN
+
+
+def test_report_only_reads_finished_records_without_a_model(tmp_path):
+    settings = cur.RunSettings()
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in _rows(["cat", "dog"])))
+    exs = load_examples(path)
+    facts = {"greedy_id": 5, "p_greedy": 0.4, "p_gold": 0.4, "gold_rank": 1, "gold_is_top1": True}
+    lines = [{"id": "ex1", "target": t, "settings": settings.key(), **facts, "methods": {"loo": {"dsa": 0.2}}}
+             for t in ("gold", "greedy")]
+    lines.append({"id": "ex1", "settings": {**settings.key(), "seed": 7}, "methods": {"loo": {"dsa": 9.0}}})
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    recs = cur.load_records(exs, tmp_path, settings)
+    assert [(r["id"], r["target"], r["gold_is_top1"]) for r in recs] == [("ex1", "gold", True), ("ex1", "greedy", True)]
+    assert recs[0]["methods"] == {"loo": {"dsa": 0.2}}  # the line with other settings is ignored
