@@ -82,6 +82,19 @@ class CausalLMHelper:
         return None, logits.float()
 
 
+def _write(rows: list[dict], model: str, out: str, final: bool = False) -> None:
+    dc = max(abs(r["ferret_comp"] - r["heta_comp_same_k"]) for r in rows)
+    ds = max(abs(r["ferret_suff"] - r["heta_suff_same_k"]) for r in rows)
+    dd = max(max(abs(r["ferret_comp"] - r["heta_comp_default"]), abs(r["ferret_suff"] - r["heta_suff_default"]))
+             for r in rows)
+    summary = {"model": model, "pairs": len(rows), "max_abs_diff_comp_same_k": dc,
+               "max_abs_diff_suff_same_k": ds, "max_abs_diff_with_round_vs_floor": dd, "rows": rows}
+    Path(out).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    if final:
+        print(f"{len(rows)} (example, method) pairs: max |ferret - heta_fast| comp {dc:.2e}, suff {ds:.2e} "
+              f"(same k); with heta_fast's own round(f*t) counts: {dd:.2e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
@@ -134,18 +147,11 @@ def main() -> None:
                              "heta_comp_default": ours_default["comprehensiveness"],
                              "heta_suff_default": ours_default["sufficiency"]})
                 r = rows[-1]
+                _write(rows, attributor.name, args.out)  # after every pair: a stopped run keeps its rows
                 print(f"{ex.id} {name:<10} t={t} k={ks} comp ferret {f_comp:+.6f} ours {r['heta_comp_same_k']:+.6f} "
                       f"| suff ferret {f_suff:+.6f} ours {r['heta_suff_same_k']:+.6f} "
                       f"| ours with round(f*t) comp {r['heta_comp_default']:+.6f} suff {r['heta_suff_default']:+.6f}")
-    dc = max(abs(r["ferret_comp"] - r["heta_comp_same_k"]) for r in rows)
-    ds = max(abs(r["ferret_suff"] - r["heta_suff_same_k"]) for r in rows)
-    dd = max(max(abs(r["ferret_comp"] - r["heta_comp_default"]), abs(r["ferret_suff"] - r["heta_suff_default"]))
-             for r in rows)
-    summary = {"model": attributor.name, "pairs": len(rows), "max_abs_diff_comp_same_k": dc,
-               "max_abs_diff_suff_same_k": ds, "max_abs_diff_with_round_vs_floor": dd, "rows": rows}
-    Path(args.out).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    print(f"{len(rows)} (example, method) pairs: max |ferret - heta_fast| comp {dc:.2e}, suff {ds:.2e} "
-          f"(same k); with heta_fast's own round(f*t) counts: {dd:.2e}")
+    _write(rows, attributor.name, args.out, final=True)
 
 
 if __name__ == "__main__":
