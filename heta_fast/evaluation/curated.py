@@ -1,10 +1,13 @@
 """Curated-set runner: every method on every example, metrics per example, resumable, then a report.
 
-Per example: prompt = ``text + "\\nAnswer:"``, target = the first token of ``" " + answer`` teacher-forced
-after it (SPEC §5), context = the prompt tokens. Each method gives one non-negative score per context
-token; every metric of :mod:`.metrics` is computed on it. One JSON line per example (and per rerun that
-adds methods) goes to ``results.jsonl``; a rerun skips (example, method) pairs already there with the
-same settings.
+Per example: prompt = ``text + cue`` (cue ``"\\nAnswer:"`` unless the example gives one), context = the
+prompt tokens, and up to two targets (:data:`TARGETS`): ``"gold"``, the first token of ``" " + answer``
+teacher-forced after the prompt (SPEC §5), and ``"greedy"``, the model's own answer (the first token it
+generates after the cue, the argmax). Each method gives one non-negative score per context token; every
+metric of :mod:`.metrics` is computed on it. One JSON line per (example, target) and per rerun that adds
+methods goes to ``results.jsonl``; a rerun skips (example, target, method) triples already there with the
+same settings. The report has three slices (:data:`SLICES`): every example's gold token, the examples whose
+gold token is the model's top-1, and the model's own answer.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ HETA_METHODS = {
     "heta_default_M": ("default", dict(comps="M"), "ablation of the default preset: M only (last 6 layers, sink)"),
     "heta_default_S": ("default", dict(comps="S"), "ablation of the default preset: S only (exact, last 6 layers)"),
     "heta_default_I": ("default", dict(comps="I"), "ablation of the default preset: I only (zero mask, sink)"),
+    "heta_fast": ("fast", dict(comps="MSI", library_scores=True),
+                  "the library's 'fast' preset exactly as shipped (default preset with low-rank S, rank 16, m=4)"),
     "heta": ("base", dict(comps="MSI", normalize="none"), "paper formula M(βS+γI), normalize='none', mask zero"),
     "heta_sum": ("base", dict(comps="MSI", normalize="sum"), "normalize='sum' (S, I divided by their sums)"),
     "heta_M": ("base", dict(comps="M"), "ablation: M only"),
@@ -52,6 +57,15 @@ HETA_METHODS = {
 METHODS = {**BASELINES, **{k: v[2] for k, v in HETA_METHODS.items()}}
 # Methods whose scores change with the seed (stability across seeds is measured only for these).
 SEEDED = {m for m, (_, r, _) in HETA_METHODS.items() if "S" in r["comps"]} | {"random"}
+
+# What is explained: the gold answer's first token, or the model's own greedy answer after the cue.
+TARGETS = ("gold", "greedy")
+# Report slices: (name, target kind, only examples whose gold token is the model's top-1?, description).
+SLICES = (
+    ("all", "gold", False, "gold answer's first token, every example"),
+    ("gold_top1", "gold", True, "gold answer's first token, examples where it is the model's top-1"),
+    ("greedy", "greedy", False, "the model's own answer (greedy first token after the cue), every example"),
+)
 
 
 @dataclass
@@ -105,6 +119,7 @@ class Encoded:
     offsets: list[tuple[int, int]]
     text: str  # the prompt
     target_id: int
+    kind: str = "gold"  # which target (TARGETS)
 
 
 def encode(tokenizer, ex: Example) -> Encoded:
@@ -118,12 +133,36 @@ def encode(tokenizer, ex: Example) -> Encoded:
                    target_id=int(ans[0]))
 
 
+def prediction_facts(logprob_fn, X: Tensor, gold_id: int, tokenizer=None) -> dict:
+    """What the model predicts after the prompt: its greedy token, the gold token's probability and rank.
+
+    ``X`` is the prompt's embedding rows ``[t, d]``; ties in the argmax go to the lowest token id.
+    """
+    lp = logprob_fn(X[None])[0]
+    greedy = int(torch.argmax(lp))
+    facts = {"greedy_id": greedy, "p_greedy": float(lp[greedy].exp()), "p_gold": float(lp[gold_id].exp()),
+             "gold_rank": int((lp > lp[gold_id]).sum()) + 1, "gold_is_top1": greedy == gold_id}
+    if tokenizer is not None:
+        facts["gold_token"], facts["greedy_token"] = tokenizer.decode([gold_id]), tokenizer.decode([greedy])
+    return facts
+
+
+def with_target(enc: Encoded, kind: str, facts: dict) -> Encoded:
+    """``enc`` explaining the target ``kind`` (one of :data:`TARGETS`), given :func:`prediction_facts`."""
+    if kind == "gold":
+        return enc
+    if kind == "greedy":
+        return Encoded(enc.ids, enc.offsets, enc.text, facts["greedy_id"], kind="greedy")
+    raise HetaInputError(f"unknown target {kind!r}; choose from {', '.join(TARGETS)}")
+
+
 def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, seed=None):
     """The attribute() calls the requested HETA variants need: components per run, seconds per run.
 
     ``"base"``: M, S, I (mask zero); ``"mean"``: the base M and S with I recomputed with ``mask="mean"``;
-    ``"sink"``: all three with a sink token prepended and dropped (option ``sink_token``); ``"default"``: the
-    library's default preset with only the seed set (its own score is kept as ``"scores"``).
+    ``"sink"``: all three with a sink token prepended and dropped (option ``sink_token``); ``"default"`` and
+    ``"fast"``: the library's presets of those names with only the seed set (their own score is kept as
+    ``"scores"``).
     """
     full = enc.ids + [enc.target_id]
     t = len(enc.ids)
@@ -154,6 +193,11 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
         r = attributor.attribute(full, target=t, preset="default", seed=opts["seed"])
         out["default"] = comps(r) | {"scores": torch.tensor(r.scores, dtype=torch.float64)}
         secs["default"] = time.perf_counter() - t0
+    if "fast" in runs:
+        t0 = time.perf_counter()
+        r = attributor.attribute(full, target=t, preset="fast", seed=opts["seed"])
+        out["fast"] = comps(r) | {"scores": torch.tensor(r.scores, dtype=torch.float64)}
+        secs["fast"] = time.perf_counter() - t0
     return out, secs
 
 
@@ -220,8 +264,8 @@ def stability(attributor, enc: Encoded, methods: list[str], scores: dict[str, Te
     out = {m: {} for m in methods}
     # Runs that prepend a sink token see [sink] + ids: the same noise on the real tokens, none on the sink row.
     # The default preset's sink is "auto"; the heta_sink* runs use the runner's --sink-token-id if given.
-    sinks = {"sink": settings.sink_id(attributor.tokenizer),
-             "default": resolve_sink("auto", attributor.tokenizer, adapter.vocab_size, int(full[0]))}
+    auto = resolve_sink("auto", attributor.tokenizer, adapter.vocab_size, int(full[0]))
+    sinks = {"sink": settings.sink_id(attributor.tokenizer), "default": auto, "fast": auto}
     groups: dict[int | None, list[str]] = {}
     for m in methods:
         run = HETA_METHODS[m][0] if m in HETA_METHODS else None
@@ -245,9 +289,12 @@ def stability(attributor, enc: Encoded, methods: list[str], scores: dict[str, Te
 
 
 # ------------------------------------------------------------------------------------------------ runner
-def _load_done(path: Path, key: dict) -> dict[str, dict]:
-    """Finished (example id -> method -> record) with matching settings; other lines are left alone."""
-    done: dict[str, dict] = {}
+def _load_done(path: Path, key: dict) -> dict[tuple[str, str], dict]:
+    """Finished ((example id, target) -> method -> record) with matching settings; other lines are left alone.
+
+    Lines written before targets existed carry no ``"target"``: they explain the gold token.
+    """
+    done: dict[tuple[str, str], dict] = {}
     if not path.exists():
         return done
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -259,21 +306,50 @@ def _load_done(path: Path, key: dict) -> dict[str, dict]:
             raise HetaInputError(f"{path}:{lineno}: corrupt results line; delete it to recompute") from None
         if rec.get("settings") != key:
             continue
-        entry = done.setdefault(rec["id"], {})
+        entry = done.setdefault((rec["id"], rec.get("target", "gold")), {})
         for m, val in rec["methods"].items():
             if "stability_noise" in val or m not in entry:
                 entry[m] = val
     return done
 
 
-def run_curated(examples: list[Example], out_dir: str | Path, methods: list[str], settings: RunSettings, *,
-                attributor=None, progress: bool = True) -> list[dict]:
-    """Evaluate ``methods`` on ``examples``; append per-example records to ``out_dir/results.jsonl``.
+def load_records(examples: list[Example], out_dir: str | Path, settings: RunSettings, targets=TARGETS) -> list[dict]:
+    """The finished records of ``examples`` in ``out_dir/results.jsonl`` (same settings), without computing
+    anything: what :func:`run_curated` returns, for the (example, target) pairs already there."""
+    path = Path(out_dir) / "results.jsonl"
+    done = _load_done(path, settings.key())
+    facts: dict[str, dict] = {}
+    keys = ("greedy_id", "p_greedy", "p_gold", "gold_rank", "gold_is_top1", "gold_token", "greedy_token")
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line) if line.strip() else {}
+            if rec.get("settings") == settings.key() and "gold_is_top1" in rec:
+                facts[rec["id"]] = {k: rec[k] for k in keys if k in rec}
+    return [{"id": ex.id, "target": kind, **facts.get(ex.id, {}), "methods": done[(ex.id, kind)]}
+            for ex in examples for kind in _check_targets(targets) if (ex.id, kind) in done]
 
-    Returns the merged records (finished earlier and now) of these examples, in order.
+
+def _check_targets(targets) -> tuple[str, ...]:
+    targets = tuple(dict.fromkeys(targets))
+    bad = [k for k in targets if k not in TARGETS]
+    if not targets or bad:
+        raise HetaInputError(f"targets {list(targets)!r}: choose one or more of {', '.join(TARGETS)}")
+    return targets
+
+
+def run_curated(examples: list[Example], out_dir: str | Path, methods: list[str], settings: RunSettings, *,
+                targets=("gold",), attributor=None, progress: bool = True) -> list[dict]:
+    """Evaluate ``methods`` on ``examples`` for each target kind in ``targets`` (:data:`TARGETS`); append
+    per-(example, target) records to ``out_dir/results.jsonl``.
+
+    Where the model's greedy token is the gold token, the ``"greedy"`` record copies the gold record's
+    methods (the same target: every method would give the same scores) instead of recomputing them.
+    Returns the merged records (finished earlier and now) of these examples, in order: ``id``, ``target``,
+    the prediction facts (:func:`prediction_facts`) and ``methods``.
     """
     from tqdm.auto import tqdm
 
+    targets = _check_targets(targets)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.jsonl"
@@ -285,43 +361,62 @@ def run_curated(examples: list[Example], out_dir: str | Path, methods: list[str]
         attributor = Attributor.from_pretrained(settings.model)
     logprob_fn = mt.model_logprob_fn(attributor.adapter)
     bar = tqdm(examples, desc="curated", disable=not progress)
+    results = []
     for i, ex in enumerate(bar):
         want_stab = i < settings.stability_examples
-        have = done.get(ex.id, {})
-        todo = [m for m in methods if m not in have or (want_stab and "stability_noise" not in have[m])]
-        if not todo:
-            continue
-        bar.set_postfix_str(ex.id)
-        enc = encode(attributor.tokenizer, ex)
-        X = attributor.adapter.embed(torch.tensor(enc.ids, device=attributor.adapter.device)).detach()
-        # Only stability missing: reuse the stored scores and metrics instead of recomputing them.
-        reuse = all(m in have for m in todo)
-        if reuse:
-            scores = {m: torch.tensor(have[m]["scores"], dtype=torch.float64) for m in todo}
-            extra = {}
-        else:
-            scores, seconds, extra = method_scores(attributor, enc, todo, settings)
-        stab = stability(attributor, enc, todo, scores, settings) if want_stab else {}
-        rec = {"id": ex.id, "settings": key, "n_tokens": len(enc.ids), "target_id": enc.target_id,
-               "target_token": attributor.tokenizer.decode([enc.target_id]), **extra, "methods": {}}
-        for m in todo:
-            base = have[m] if reuse else {
-                **example_metrics(logprob_fn, X, enc, ex, scores[m], settings),
-                "seconds": seconds[m],
-                "scores": [float(v) for v in scores[m].tolist()],
-            }
-            rec["methods"][m] = {**base, **stab.get(m, {})}
-        with path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
-        done.setdefault(ex.id, {}).update(rec["methods"])
+        gold_enc = encode(attributor.tokenizer, ex)
+        X = attributor.adapter.embed(torch.tensor(gold_enc.ids, device=attributor.adapter.device)).detach()
+        facts = prediction_facts(logprob_fn, X, gold_enc.target_id, attributor.tokenizer)
+        for kind in targets:
+            enc = with_target(gold_enc, kind, facts)
+            have = done.get((ex.id, kind), {})
+            todo = [m for m in methods if m not in have or (want_stab and "stability_noise" not in have[m])]
+            if todo:
+                bar.set_postfix_str(f"{ex.id} {kind}")
+                same = done.get((ex.id, "gold"), {}) if kind == "greedy" and facts["gold_is_top1"] else {}
+                if all(m in same and (not want_stab or "stability_noise" in same[m]) for m in todo):
+                    new = {m: same[m] for m in todo}  # the greedy token is the gold token: same computation
+                else:
+                    new = _evaluate(attributor, logprob_fn, X, enc, ex, todo, have, settings, want_stab)
+                rec = {"id": ex.id, "target": kind, "settings": key, "n_tokens": len(enc.ids),
+                       "target_id": enc.target_id, "target_token": attributor.tokenizer.decode([enc.target_id]),
+                       **facts, "methods": new}
+                with path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(rec) + "\n")
+                done.setdefault((ex.id, kind), {}).update(new)
+            results.append({"id": ex.id, "target": kind, **facts, "methods": done[(ex.id, kind)]})
     bar.close()
-    return [{"id": ex.id, "methods": done[ex.id]} for ex in examples if ex.id in done]
+    return results
+
+
+def _evaluate(attributor, logprob_fn, X, enc: Encoded, ex: Example, todo: list[str], have: dict,
+              settings: RunSettings, want_stab: bool) -> dict:
+    """Scores, metrics and (if wanted) stability of the methods ``todo`` for one (example, target)."""
+    # Only stability missing: reuse the stored scores and metrics instead of recomputing them.
+    reuse = all(m in have for m in todo)
+    if reuse:
+        scores = {m: torch.tensor(have[m]["scores"], dtype=torch.float64) for m in todo}
+        extra = {}
+    else:
+        scores, seconds, extra = method_scores(attributor, enc, todo, settings)
+    stab = stability(attributor, enc, todo, scores, settings) if want_stab else {}
+    out = {}
+    for m in todo:
+        base = have[m] if reuse else {
+            **example_metrics(logprob_fn, X, enc, ex, scores[m], settings),
+            "seconds": seconds[m],
+            "scores": [float(v) for v in scores[m].tolist()],
+            **({"sink_gate_mass": extra["sink_gate_mass"]} if "sink_gate_mass" in extra and m.startswith("heta_sink")
+               else {}),
+        }
+        out[m] = {**base, **stab.get(m, {})}
+    return out
 
 
 def rescore(examples: list[Example], out_dir: str | Path, settings: RunSettings, *, attributor=None,
             progress: bool = True) -> None:
     """Recompute every per-example metric from the stored scores (after a metric changed); keeps the
-    stability values and timings, rewrites ``results.jsonl`` with one merged line per example."""
+    stability values and timings, rewrites ``results.jsonl`` with one merged line per (example, target)."""
     from tqdm.auto import tqdm
 
     path = Path(out_dir) / "results.jsonl"
@@ -331,21 +426,29 @@ def rescore(examples: list[Example], out_dir: str | Path, settings: RunSettings,
 
         attributor = Attributor.from_pretrained(settings.model)
     logprob_fn = mt.model_logprob_fn(attributor.adapter)
-    top: dict[str, dict] = {}  # per-example facts besides the methods (sink gate mass, target token)
+    top: dict[tuple[str, str], dict] = {}  # per-record facts besides the methods (sink gate mass, target token)
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             rec = json.loads(line)
-            top.setdefault(rec["id"], {}).update({k: v for k, v in rec.items() if k not in ("methods", "settings")})
+            top.setdefault((rec["id"], rec.get("target", "gold")), {}).update(
+                {k: v for k, v in rec.items() if k not in ("methods", "settings")})
     lines = []
-    for ex in tqdm([e for e in examples if e.id in done], desc="rescore", disable=not progress):
-        enc = encode(attributor.tokenizer, ex)
-        X = attributor.adapter.embed(torch.tensor(enc.ids, device=attributor.adapter.device)).detach()
-        methods = {}
-        for m, old in done[ex.id].items():
-            a = torch.tensor(old["scores"], dtype=torch.float64)
-            keep = {k: v for k, v in old.items() if k.startswith("stability") or k in ("seconds", "scores")}
-            methods[m] = {**example_metrics(logprob_fn, X, enc, ex, a, settings), **keep}
-        lines.append(json.dumps({**top.get(ex.id, {}), "id": ex.id, "settings": settings.key(), "methods": methods}))
+    for ex in tqdm(examples, desc="rescore", disable=not progress):
+        kinds = [k for k in TARGETS if (ex.id, k) in done]
+        if not kinds:
+            continue
+        gold_enc = encode(attributor.tokenizer, ex)
+        X = attributor.adapter.embed(torch.tensor(gold_enc.ids, device=attributor.adapter.device)).detach()
+        facts = prediction_facts(logprob_fn, X, gold_enc.target_id, attributor.tokenizer)
+        for kind in kinds:
+            enc = with_target(gold_enc, kind, facts)
+            methods = {}
+            for m, old in done[(ex.id, kind)].items():
+                a = torch.tensor(old["scores"], dtype=torch.float64)
+                keep = {k: v for k, v in old.items() if k.startswith("stability") or k in ("seconds", "scores")}
+                methods[m] = {**example_metrics(logprob_fn, X, enc, ex, a, settings), **keep}
+            lines.append(json.dumps({**top.get((ex.id, kind), {}), "id": ex.id, "target": kind, **facts,
+                                     "settings": settings.key(), "methods": methods}))
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     tmp.replace(path)
@@ -372,7 +475,7 @@ def _mean_sem(vals: list[float]) -> tuple[float, float, int]:
 
 
 def summarize(records: list[dict], methods: list[str]) -> list[dict]:
-    """One row per method: mean, standard error and count of every metric over the examples."""
+    """One row per method: mean, standard error and count of every metric over the records."""
     rows = []
     for m in methods:
         per = [r["methods"][m] for r in records if m in r["methods"]]
@@ -386,27 +489,33 @@ def summarize(records: list[dict], methods: list[str]) -> list[dict]:
     return rows
 
 
+def slice_records(records: list[dict], name: str) -> list[dict]:
+    """The records of report slice ``name`` (:data:`SLICES`). Records without a ``target`` explain the gold
+    token; ``gold_top1`` needs the prediction facts (``gold_is_top1``) that :func:`run_curated` returns."""
+    for slice_name, kind, top1_only, _ in SLICES:
+        if slice_name == name:
+            return [r for r in records if r.get("target", "gold") == kind and (not top1_only or r["gold_is_top1"])]
+    raise HetaInputError(f"unknown slice {name!r}; choose from {', '.join(s[0] for s in SLICES)}")
+
+
+def summarize_slices(records: list[dict], methods: list[str]) -> dict[str, list[dict]]:
+    """:func:`summarize` of every slice of :data:`SLICES` that has records."""
+    out = {}
+    for name, *_ in SLICES:
+        rows = summarize(slice_records(records, name), methods)
+        if rows:
+            out[name] = rows
+    return out
+
+
 def _fmt(v: float, sem: float | None = None) -> str:
     if v is None or math.isnan(v):
         return "–"
     return f"{v:.3f}" if sem is None or math.isnan(sem) else f"{v:.3f} ± {sem:.3f}"
 
 
-def write_report(rows: list[dict], out_dir: str | Path, *, plots: bool = True, title: str = "") -> list[Path]:
-    """``summary.csv``, ``summary.md`` and (matplotlib installed) ``plots/*.png``; returns the paths."""
-    import csv
-
-    out = Path(out_dir)
-    written = []
-    with (out / "summary.csv").open("w", newline="", encoding="utf-8") as f:
-        cols = ["method", "n"] + [c + s for c, _ in METRIC_COLUMNS for s in ("", "_sem", "_n")]
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c]) for c in cols})
-    written.append(out / "summary.csv")
-    lines = [f"# {title}" if title else "", "",
-             "| method | n | " + " | ".join(h for _, h in METRIC_COLUMNS) + " |",
+def _table(rows: list[dict]) -> list[str]:
+    lines = ["| method | n | " + " | ".join(h for _, h in METRIC_COLUMNS) + " |",
              "|---|---|" + "---|" * len(METRIC_COLUMNS)]
     for r in rows:
         cells = []
@@ -417,13 +526,64 @@ def write_report(rows: list[dict], out_dir: str | Path, *, plots: bool = True, t
                 cell += f" (n={r[c + '_n']})"
             cells.append(cell)
         lines.append(f"| {r['method']} | {r['n']} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± standard error over examples. " + "; ".join(f"{k}: {METHODS[k]}" for k in
-              [r["method"] for r in rows])]
+    return lines
+
+
+def write_report(rows: list[dict] | dict[str, list[dict]], out_dir: str | Path, *, plots: bool = True,
+                 title: str = "", records: list[dict] | None = None) -> list[Path]:
+    """``summary.csv``, ``summary.md`` and (matplotlib installed) ``plots/*.png``; returns the paths.
+
+    ``rows`` is one table (:func:`summarize`) or one per slice (:func:`summarize_slices`): each slice is a
+    section of ``summary.md``, a value of the ``slice`` column of ``summary.csv``, and its plots go to
+    ``plots/`` (slice ``all``) or ``plots/<slice>/``. With ``records``, ``targets.csv`` lists per example
+    the gold token, its probability and rank, and the model's greedy token.
+    """
+    import csv
+
+    slices = rows if isinstance(rows, dict) else {"all": rows}
+    about = {name: what for name, _, _, what in SLICES}
+    out = Path(out_dir)
+    written = []
+    with (out / "summary.csv").open("w", newline="", encoding="utf-8") as f:
+        cols = ["slice", "method", "n"] + [c + s for c, _ in METRIC_COLUMNS for s in ("", "_sem", "_n")]
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for name, srows in slices.items():
+            for r in srows:
+                w.writerow({"slice": name} | {c: (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c]) for c in cols[1:]})
+    written.append(out / "summary.csv")
+    lines = [f"# {title}" if title else ""]
+    for name, srows in slices.items():
+        if isinstance(rows, dict):
+            lines += ["", f"## Slice `{name}`: {about.get(name, name)}"]
+        lines += [""] + _table(srows)
+    names = dict.fromkeys(r["method"] for srows in slices.values() for r in srows)
+    lines += ["", "Mean ± standard error over examples. " + "; ".join(f"{k}: {METHODS[k]}" for k in names)]
     (out / "summary.md").write_text("\n".join(lines).lstrip() + "\n", encoding="utf-8")
     written.append(out / "summary.md")
+    if records is not None:
+        written.append(_write_targets(records, out / "targets.csv"))
     if plots:
-        written += _plots(rows, out / "plots")
+        for name, srows in slices.items():
+            written += _plots(srows, out / "plots" if name == "all" else out / "plots" / name)
     return written
+
+
+def _write_targets(records: list[dict], path: Path) -> Path:
+    import csv
+
+    cols = ["id", "gold_token", "p_gold", "gold_rank", "gold_is_top1", "greedy_token", "p_greedy"]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        seen = set()
+        for r in records:
+            if r["id"] in seen or "p_gold" not in r:
+                continue
+            seen.add(r["id"])
+            w.writerow({**r, "p_gold": f"{r['p_gold']:.4g}",
+                        "p_greedy": f"{r['p_greedy']:.4g}"})
+    return path
 
 
 def _plots(rows: list[dict], plot_dir: Path) -> list[Path]:

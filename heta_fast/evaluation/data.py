@@ -9,7 +9,9 @@ Accepted inputs:
   as substrings (``support`` / ``distractor``, or the released names) or as character spans
   (``support_span`` / ``distractor_span``: ``[start, end)``); gold words optionally as ``important_spans``
   (character spans), ``important_word_indices`` (whitespace-split words of the support segment) or
-  ``important_words`` (matched as whole words inside the support segment only).
+  ``important_words`` (matched as whole words inside the support segment only); optionally a ``cue``
+  appended to the text before the answer (default ``"\nAnswer:"``), e.g. ``"\nAnswer: Marta's favourite
+  colour is"`` so that the model completes it with the evidence's words.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ class Example:
     support: tuple[int, int]
     distractor: tuple[int, int]
     gold: list[tuple[int, int]] = field(default_factory=list)
+    cue: str = "\nAnswer:"  # appended to the text; the answer follows it
 
     def prompt(self) -> str:
         """The question followed by the answer cue; the gold answer's first token is the target."""
-        return self.text + "\nAnswer:"
+        return self.text + self.cue
 
 
 def _find_unique(text: str, segment: str, what: str) -> tuple[int, int]:
@@ -109,8 +112,11 @@ def parse_example(obj: dict, index: int) -> Example:
     elif "important_words" in obj:
         wanted = {w.lower().strip(_STRIP) for w in obj["important_words"]}
         gold = [(s, e) for s, e in words if text[s:e].lower() in wanted]
+    cue = obj.get("cue", "\nAnswer:")
+    if not isinstance(cue, str):
+        raise HetaInputError(f"'cue' must be a string, got {type(cue).__name__}")
     return Example(id=str(obj.get("id", f"example_{index:05d}")), text=text, answer=answer.strip(),
-                   support=spans["support"], distractor=spans["distractor"], gold=gold)
+                   support=spans["support"], distractor=spans["distractor"], gold=gold, cue=cue)
 
 
 def load_examples(path: str | Path) -> list[Example]:
