@@ -23,9 +23,12 @@ def attributor():
 
 
 def test_sentence_units_partition_the_context_and_combine(attributor):
+    # The BOS CharTokenizer adds is the sink by default (special_tokens="sink"): not a position, not a unit.
     r = attributor.attribute(TEXT, units="sentence", **OPTS)
-    assert [u.text.strip() for u in r.units[1:]] == ["Ann met Bob.", "He was 3.5 m tall!", "O"]  # context ends before "k"
-    assert r.units[0].kind == "special" and r.units[0].char_span is None and r.units[0].token_range == (0, 1)  # BOS
+    assert [u.text.strip() for u in r.units] == ["Ann met Bob.", "He was 3.5 m tall!", "O"]  # context ends before "k"
+    kept = attributor.attribute(TEXT, units="sentence", special_tokens="keep", **OPTS)
+    assert [u.text.strip() for u in kept.units[1:]] == ["Ann met Bob.", "He was 3.5 m tall!", "O"]
+    assert kept.units[0].kind == "special" and kept.units[0].char_span is None and kept.units[0].token_range == (0, 1)
     assert [i for u in r.units for i in range(*u.token_range)] == list(range(len(r.tokens)))
     for u in r.units:  # M_u is the token gate summed
         assert pytest.approx(sum(r.M[slice(*u.token_range)]), rel=1e-12) == u.M
