@@ -29,7 +29,9 @@ def test_information_units(fast_and_reference, units, chunk):
     I = information_batched(fast, ids, mask_vector(fast, all_ids, "mean", None), units=units, chunk_size=chunk)
     I_ref = information_reference(ref, ids, mask_vector(ref, all_ids, "mean", None), units)
     assert I.shape == (len(units),)
-    assert rel_err(I, I_ref) < 1e-5
+    # Relative to the largest reference value: the subset leaves out the last token's KL (the largest, ~1 on
+    # gpt2), so the same ~5e-7 float32 error is a larger share of the subset's maximum (~0.03).
+    assert rel_err(I, I_ref) < (1e-5 if units is UNITS else 5e-5)
 
 
 @pytest.mark.parametrize(
