@@ -15,7 +15,8 @@ import gradio as gr
 from ..options import PRESETS
 from ..report import heatmap_html, write_report
 from ..result import Attribution
-from .app import AttributionService, FieldError, ServiceBusy
+from .attribution import AttributionService
+from .errors import FieldError, ServiceBusy
 
 EXAMPLE = "The capital of France is Paris"
 TOPK_HEADERS = ["pos", "token", "score", "M", "S", "I"]
