@@ -18,7 +18,9 @@ def test_gemma3_270m_integration():
     text = "The capital of France is Paris"
     assert tok(text)["input_ids"][0] == tok.bos_token_id  # the tokenizer adds <bos>
     r = attributor.attribute(text, num_probes=2)
-    assert r.target_token == " Paris" and r.tokens[0] == "<bos>"
+    # The <bos> is the model's sink: by default (special_tokens="sink") not a context token, its gate mass reported.
+    assert r.target_token == " Paris" and r.tokens[0] == "The" and r.sink_gate_mass is not None
+    assert 0 < r.sink_gate_mass < 1
     assert r.target_logprob > -4  # the de-quantised weights load correctly: Paris is likely
     assert all(math.isfinite(s) and s >= 0 for s in r.scores) and sum(r.scores) > 0
     # The fast engine against the float64 reference engine, same probes (one KV head shared by 4 query heads).
