@@ -192,8 +192,8 @@ class AttributionService:
 
     def _check_memory(self, opts: HetaOptions, positions: list[int]) -> None:
         """The budget checks the batched passes make before their first forward, made before queueing."""
-        from ..hvp import probe_batch_size
-        from ..kl import mask_chunk_size
+        from ..curvature.batched import probe_batch_size
+        from ..information.batched import mask_chunk_size
 
         adapter = self.attributor.adapter
         lead = 0 if opts.sink_token is None else 1
