@@ -19,6 +19,7 @@ from .options import HetaOptions, options_from_preset, resolve_layers
 from .progress import StopCheck, check_stop
 from .result import Attribution, AttributionSequence, floats
 from .sinks import leading_special_count, resolve_sink
+from .tokenizers import check_text
 from .units import context_units, unit_ranges, unit_results
 
 
@@ -87,6 +88,7 @@ class Attributor:
                 raise HetaInputError("empty text: there is nothing to explain")
             if self.tokenizer is None:
                 raise HetaInputError("text input needs a tokenizer; pass token ids or give Attributor a tokenizer")
+            check_text(text_or_ids)  # a lone surrogate would make the tokenizer raise a bare TypeError
             enc = self.tokenizer(text_or_ids, return_offsets_mapping=True)
             ids = list(enc["input_ids"])
             offsets = [tuple(o) for o in enc["offset_mapping"]]

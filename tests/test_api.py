@@ -342,3 +342,9 @@ def test_cli_layers_flag():
     assert overrides_from_args(args) == {"num_probes": 3, "components": ("M", "I"), "sink_token": 5}
     with pytest.raises(SystemExit):
         parser.parse_args(["attribute", "x", "--layers", "many"])
+
+
+def test_text_that_is_not_valid_unicode_is_refused_naming_the_character():
+    attr = Attributor(tiny_model("llama"), CharTokenizer())
+    with pytest.raises(HetaInputError, match="character 1 is a lone surrogate"):
+        attr.attribute("a\ud800 zz", num_probes=1)

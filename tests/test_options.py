@@ -63,10 +63,13 @@ def test_every_front_end_exposes_every_option(spec):
     assert rec.error is None and rec.overrides[spec.name] == value, rec.error
     assert f"| `{spec.name}` |" in options_markdown()
     # The command line reads the same value back (lists as "M,I").
-    text = ",".join(value) if isinstance(value, list) else str(value)
+    if spec.spans:  # character spans as START:END,START:END
+        text, expected = ",".join(f"{a}:{b}" for a, b in value), tuple(tuple(sp) for sp in value)
+    else:
+        text = ",".join(value) if isinstance(value, list) else str(value)
+        expected = tuple(value) if isinstance(value, list) else value
     for name, parser in _parsers().items():
         args = parser.parse_args((["in", "out"] if name == "batch" else ["x"]) + [spec.flag, text])
-        expected = tuple(value) if isinstance(value, list) else value
         assert overrides_from_args(args) == {spec.name: expected}
 
 

@@ -168,7 +168,7 @@ class HetaAttribution(FeatureAttribution):
         overrides = overrides or {}
         if preset is not None:
             overrides = {**self.defaults, **overrides}
-        return self.attributor.attribute(ids, target=ids.numel() - 1, preset=preset, **overrides)
+        return self.attributor.attribute(ids, target=-1, preset=preset, **overrides)
 
 
 def component(seq_attr, name: str):
@@ -197,7 +197,11 @@ def step_output_from_results(results, mask: torch.Tensor) -> CoarseFeatureAttrib
     def place(name: str) -> torch.Tensor:
         out = torch.zeros(batch, width, dtype=torch.float32)
         for b, r in enumerate(results):
-            out[b, where[b]] = torch.tensor(getattr(r, name), dtype=torch.float32)
+            vals = torch.tensor(getattr(r, name), dtype=torch.float32)
+            cols = where[b].nonzero().reshape(-1)
+            # Special tokens in front (a BOS) are the sink by default: not in the result, so they keep 0 and the
+            # result fills the row's last unpadded positions.
+            out[b, cols[cols.numel() - vals.numel():]] = vals
         return out
 
     present = [c for c in COMPONENT_SCORES if all(getattr(r, c) is not None for r in results)]

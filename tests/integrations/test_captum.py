@@ -50,7 +50,8 @@ def test_single_result_maps_onto_captum(single):
     assert res.seq_attr.tolist() == single.scores
     assert res.token_attr.shape == (1, len(single.tokens)) and res.token_attr[0].tolist() == single.scores
     assert res.output_probs.tolist() == [math.exp(single.target_logprob)]
-    assert res.seq_attr_dict[single.tokens[2]] == single.scores[2]  # captum's own view agrees (unique token)
+    h = single.tokens.index("h")  # a token that occurs once (the BOS is the sink, not a token)
+    assert res.seq_attr_dict[single.tokens[h]] == single.scores[h]  # captum's own view agrees
     for by in ("M", "S", "I"):
         assert single.to_captum(by=by).seq_attr.tolist() == getattr(single, by)
     _plots_run(res)
@@ -60,7 +61,7 @@ def test_sequence_rows_are_targets_over_the_longest_context(continuation):
     res = continuation.to_captum()
     last = continuation[-1]
     assert res.input_tokens == last.tokens and res.output_tokens == [r.target_token for r in continuation]
-    assert res.token_attr.shape == (len(continuation), len(last.tokens)) == (4, 9)
+    assert res.token_attr.shape == (len(continuation), len(last.tokens)) == (4, 8)  # "hello" + " wo" (the BOS is the sink)
     for k, r in enumerate(continuation):
         n = len(r.tokens)
         assert res.token_attr[k, :n].tolist() == r.scores

@@ -29,11 +29,19 @@ def _expected_scores(r: Attribution) -> list[float]:
     return [m * (beta * s / sS + gamma * i / sI) for m, s, i in zip(r.M, r.S, r.I)]
 
 
+def _as_current(raw: dict) -> dict:
+    """A stored older-1.x result as the current version writes it: its schema_version, and the fields added
+    since with their empty values (1.2: units None). Nothing else may change."""
+    if "targets" in raw:
+        return {**raw, "schema_version": SCHEMA_VERSION, "targets": [_as_current(t) for t in raw["targets"]]}
+    return {**raw, "schema_version": SCHEMA_VERSION, "units": raw.get("units")}
+
+
 def test_stored_single_result_loads_into_the_right_fields_and_round_trips():
     raw = _raw(SINGLE)
     assert raw["schema_version"].split(".")[0] == SCHEMA_VERSION.split(".")[0]
     r = Attribution.load(SINGLE)
-    assert r.to_dict() == raw  # nothing lost, nothing invented
+    assert r.to_dict() == _as_current(raw)  # nothing lost, nothing invented
     assert r.text == "hello world" and r.model == "tiny-llama"
     assert r.tokens[1:] == list("hello worl") and r.token_ids[1] == 1 + ord("h") % 90
     assert r.target_position == len(r.tokens) == 11 and r.target_token == "d"
@@ -44,14 +52,14 @@ def test_stored_single_result_loads_into_the_right_fields_and_round_trips():
     assert max(abs(a - b) for a, b in zip(r.scores, _expected_scores(r))) < 1e-9
     assert r.topk(1)[0][2] == max(r.scores)
     # And back through a file.
-    assert Attribution.from_dict(json.loads(r.to_json())).to_dict() == raw
+    assert Attribution.from_dict(json.loads(r.to_json())).to_dict() == _as_current(raw)
 
 
 def test_stored_sequence_loads_and_round_trips(tmp_path):
     raw = _raw(SEQUENCE)
     seq = AttributionSequence.load(SEQUENCE)
     assert isinstance(seq, AttributionSequence) and len(seq) == 2
-    assert seq.to_dict() == raw
+    assert seq.to_dict() == _as_current(raw)
     assert [r.target_token for r in seq] == ["f", "g"] and [r.target_position for r in seq] == [7, 8]
     assert seq[1].tokens[: len(seq[0].tokens)] == seq[0].tokens and seq[1].tokens[-1] == "f"
     assert all(0 < r.sink_gate_mass < 1 for r in seq) and all(r.options["sink_token"] == 5 for r in seq)
@@ -59,8 +67,8 @@ def test_stored_sequence_loads_and_round_trips(tmp_path):
         assert max(abs(a - b) for a, b in zip(r.scores, _expected_scores(r))) < 1e-9
     path = tmp_path / "again.json"
     seq.to_json(str(path))
-    assert AttributionSequence.load(path).to_dict() == raw
-    assert AttributionSequence.from_dict(raw).to_dict() == raw
+    assert AttributionSequence.load(path).to_dict() == _as_current(raw)
+    assert AttributionSequence.from_dict(raw).to_dict() == _as_current(raw)
 
 
 def test_load_picks_the_kind_and_wrong_loader_says_which_to_use():

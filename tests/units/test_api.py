@@ -90,7 +90,7 @@ def test_spans_with_a_sink_token_and_errors():
 def test_results_round_trip_and_views(attributor):
     r = attributor.attribute(TEXT, units="sentence", refine=1, **OPTS)
     d = json.loads(r.to_json())
-    assert d["schema_version"] == "1.2" and d["units"][1]["text"] == "Ann met Bob."
+    assert d["schema_version"] == "1.2" and d["units"][0]["text"] == "Ann met Bob."  # the BOS is the sink
     back = Attribution.from_dict(d)
     assert back.units == r.units and back.S == r.S
     old = {k: v for k, v in d.items() if k != "units"} | {"schema_version": "1.1", "S": [0.0] * len(r.tokens),
@@ -112,7 +112,7 @@ def test_terminal_view_lists_units(attributor, capsys):
 
 def test_units_run_the_whole_context_in_one_window(attributor):
     """The `long` preset's windows are not used with units, and the result says so."""
-    r = attributor.attribute(TEXT, preset="long", units="sentence", num_probes=1, rank=4)
+    r = attributor.attribute(TEXT, preset="long", units="sentence", num_probes=1, rank=4, layers=None)
     assert r.options["window"] is None and r.options["units"] == "sentence"
-    tok = attributor.attribute(TEXT, preset="long", units="sentence", num_probes=1, rank=4, window=8)
+    tok = attributor.attribute(TEXT, preset="long", units="sentence", num_probes=1, rank=4, layers=None, window=8)
     assert tok.options["window"] is None and [u.M for u in tok.units] == pytest.approx([u.M for u in r.units])
