@@ -61,7 +61,9 @@ def resolve_sink(sink_token, tokenizer, vocab_size: int, first_id: int) -> int |
             sink = default_sink_id(tokenizer)
         except HetaInputError:
             return None
-        return None if sink == first_id else sink
+        # Input that already begins with the sink, or with the tokenizer's own BOS (Gemma's vocabulary also has
+        # a "<s>" that is not its BOS): the model's sink is in place.
+        return None if first_id in (sink, getattr(tokenizer, "bos_token_id", None)) else sink
     sink = int(sink_token)
     if not 0 <= sink < vocab_size:
         raise HetaInputError(f"sink_token {sink} is outside the model vocabulary (size {vocab_size})",
