@@ -69,15 +69,17 @@ def _check_against_direct(seq, direct, **options):
     ids = [t.id for t in seq.target]
     start = seq.attr_pos_start
     for k, pos in enumerate(range(start, seq.attr_pos_end)):
-        want = direct.attribute(ids[: pos + 1], target=pos, **options)
-        assert len(want.scores) == pos
+        want = direct.attribute(ids[: pos + 1], target=-1, **options)
+        lead = pos - len(want.scores)  # special tokens in front (a BOS) are the sink: not scored, 0 in Inseq's row
+        assert lead in (0, 1)
         got = seq.target_attributions[:, k]
-        torch.testing.assert_close(got[:pos], torch.tensor(want.scores, dtype=torch.float32), rtol=1e-5, atol=1e-7)
+        assert (got[:lead] == 0).all()
+        torch.testing.assert_close(got[lead:pos], torch.tensor(want.scores, dtype=torch.float32), rtol=1e-5, atol=1e-7)
         assert torch.isnan(got[pos:]).all()  # the target and what follows it are not in its context
         for name in ("M", "S", "I"):
             comp = seq.sequence_scores[f"heta_{name}"][:, k]
             assert comp.shape == got.shape
-            torch.testing.assert_close(comp[:pos], torch.tensor(getattr(want, name), dtype=torch.float32),
+            torch.testing.assert_close(comp[lead:pos], torch.tensor(getattr(want, name), dtype=torch.float32),
                                        rtol=1e-5, atol=1e-7)
         if want.sink_gate_mass is not None:
             assert math.isclose(float(seq.step_scores["heta_sink_gate_mass"][k]), want.sink_gate_mass, rel_tol=1e-5)
@@ -93,9 +95,10 @@ def test_attribution_matches_heta_fast_and_options_pass_through(heta_model, dire
     assert [t.token for t in seq.target] == ["<s>", *"hello wor"] and seq.attr_pos_start == 6
     assert seq.target_attributions.shape == (10, 4)
     assert out.info["attribution_method"] == "heta" and out.info["attribution_args"] == {"seed": 1}
-    # num_probes=2 from load_model, seed=1 from this call; the BOS is the sink, so no sink step score.
+    # num_probes=2 from load_model, seed=1 from this call; the BOS is the sink (special_tokens="sink"): its gate
+    # mass is the sink step score (checked against heta_fast's own sink_gate_mass in _check_against_direct).
     _check_against_direct(seq, direct, num_probes=2, seed=1)
-    assert "heta_sink_gate_mass" not in seq.step_scores
+    assert seq.step_scores["heta_sink_gate_mass"].shape == (4,)
     other = heta_model.attribute("hello", "hello wor", seed=2, show_progress=False).sequence_attributions[0]
     assert not torch.equal(torch.nan_to_num(other.sequence_scores["heta_S"]),
                            torch.nan_to_num(seq.sequence_scores["heta_S"]))  # the seed reached the probes
@@ -179,15 +182,16 @@ def test_step_function_places_each_row_at_its_unpadded_positions(heta_model, dir
     assert step.target_attributions.shape == (2, 5)
     for b, n_pad in ((0, 2), (1, 0)):
         want = direct.attribute([*ids[b, n_pad:].tolist(), int(targets[b])], num_probes=2, seed=4)
-        assert (step.target_attributions[b, :n_pad] == 0).all()
-        torch.testing.assert_close(step.target_attributions[b, n_pad:], torch.tensor(want.scores, dtype=torch.float32))
-        torch.testing.assert_close(step.sequence_scores["heta_I"][b, n_pad:], torch.tensor(want.I, dtype=torch.float32))
+        first = 5 - len(want.scores)  # padding, then the BOS (id 0: the sink, not scored)
+        assert first == n_pad + 1 and (step.target_attributions[b, :first] == 0).all()
+        torch.testing.assert_close(step.target_attributions[b, first:], torch.tensor(want.scores, dtype=torch.float32))
+        torch.testing.assert_close(step.sequence_scores["heta_I"][b, first:], torch.tensor(want.I, dtype=torch.float32))
 
 
 def test_bad_use_gets_clear_errors(heta_model, tok):
     with pytest.raises(HetaInputError, match="attributed_fn='logit_fn' cannot be used"):
         heta_model.attribute("hello", "hello w", attributed_fn="logit", show_progress=False)
-    with pytest.raises(HetaInputError, match="num_probes must be >= 1"):
+    with pytest.raises(HetaInputError, match="num_probes must be an integer >= 1"):
         heta_model.attribute("hello", "hello w", num_probes=0, show_progress=False)
     with pytest.raises(HetaInputError, match="unknown HETA option"):
         inseq.load_model(tiny_model("llama"), "heta", tokenizer=tok, probes_per_token=3)
