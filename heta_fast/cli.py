@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--target", help="position (int), or a continuation string explained token by token; "
                    "default: the last token of TEXT")
     a.add_argument("--generate", type=int, help="generate N tokens greedily and explain each")
-    a.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct) or a local HF folder")
+    a.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct), 'gemma3-270m' (Gemma-3-270M) or a local HF folder")
     a.add_argument("--preset", default="default", choices=sorted(PRESETS))
     add_option_flags(a)
     a.add_argument("--json", metavar="FILE", help="write the result as JSON")

@@ -24,7 +24,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "output", metavar="OUT.jsonl", help="results, one line per record (errors go to OUT's stem + .errors.jsonl)"
     )
-    p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct) or a local HF folder")
+    p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct), 'gemma3-270m' (Gemma-3-270M) or a local HF folder")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS))
     add_option_flags(p)
     p.add_argument(

@@ -25,7 +25,7 @@ def load_attributor(model: str = "default", tiny_model: str | None = None, prese
 def _add_common(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=default_port)
-    p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct) or a local HF folder")
+    p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct), 'gemma3-270m' (Gemma-3-270M) or a local HF folder")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="the server's default options")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_limit_flags(p)
