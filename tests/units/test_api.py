@@ -109,7 +109,7 @@ def test_terminal_view_lists_units(attributor, capsys):
 
 def test_units_run_the_whole_context_in_one_window(attributor):
     """The `long` preset's windows are not used with units, and the result says so."""
-    r = attributor.attribute(TEXT, preset="long", units="sentence", num_probes=1, rank=4)
+    r = attributor.attribute(TEXT, preset="long", units="sentence", num_probes=1, rank=4, layers=None)
     assert r.options["window"] is None and r.options["units"] == "sentence"
-    tok = attributor.attribute(TEXT, preset="long", units="sentence", num_probes=1, rank=4, window=8)
+    tok = attributor.attribute(TEXT, preset="long", units="sentence", num_probes=1, rank=4, layers=None, window=8)
     assert tok.options["window"] is None and [u.M for u in tok.units] == pytest.approx([u.M for u in r.units])
