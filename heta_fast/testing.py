@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -18,7 +19,20 @@ __all__ = [
     "random_ids",
     "rel_err",
     "tiny_model",
+    "torch_threads",
 ]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch threads (tests on a shared machine; bit-identical float32 results across
+    processes that each use one thread), restoring the previous count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def rel_err(a, b, floor: float = 1e-12) -> float:

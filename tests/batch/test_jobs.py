@@ -10,14 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from heta_fast import Attributor, HetaOptions, cli
 from heta_fast.batch import BatchError, errors_path, parts_dir, read_results, run_batch
 from heta_fast.batch.outputs import part_paths
 from heta_fast.batch.records import job_fingerprint, scan_input
 from heta_fast.batch.shard import run_shard
-from heta_fast.testing import CharTokenizer, tiny_model
+from heta_fast.testing import CharTokenizer, tiny_model, torch_threads
 
 PY = sys.executable
 OPTS = HetaOptions(num_probes=2)
@@ -26,10 +25,8 @@ OPTS = HetaOptions(num_probes=2)
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     # Subprocess runs use one thread each; so does this process, so float32 results are bit-identical.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

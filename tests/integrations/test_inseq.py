@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from heta_fast import Attributor, HetaInputError, UnsupportedModelError
-from heta_fast.testing import tiny_model
+from heta_fast.testing import tiny_model, torch_threads
 
 inseq = pytest.importorskip("inseq", reason="inseq not installed: pip install -r requirements/integrations.txt "
                                             "&& pip install --no-deps -r requirements/no-deps/inseq.txt")
@@ -42,10 +42,8 @@ def char_tokenizer(add_bos: bool = True):
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

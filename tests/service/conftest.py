@@ -8,7 +8,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-import torch
+
+from heta_fast.testing import torch_threads
 
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
@@ -64,12 +65,9 @@ def http(url, method="GET", body=None, raw: bytes | None = None, timeout=TIMEOUT
 
 @pytest.fixture(scope="package", autouse=True)
 def _one_thread():
-    # Tiny models gain nothing from a second thread, and on a shared 2-core machine OpenMP threads
-    # oversubscribed by other processes make one attribution take seconds instead of a fraction of one.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+    # Tiny models gain nothing from a second thread; on a shared machine oversubscribed threads cost seconds.
+    with torch_threads(1):
+        yield
 
 
 def _serving():
