@@ -245,9 +245,9 @@ class Engine:
         per state of the model's weights)."""
         if opts.engine == "fast":
             return self.adapter
-        if self._reference_adapter is None or self._reference_of != self.adapter._signature:
+        if self._reference_adapter is None or self._reference_of != self.adapter.view_state:
             self._reference_adapter = ModelAdapter(copy.deepcopy(self.adapter.model).to(torch.float64))
-            self._reference_of = self.adapter._signature
+            self._reference_of = self.adapter.view_state
         return self._reference_adapter
 
     def explain(self, ids: Tensor, positions: list[int], opts: HetaOptions, *, probes: Tensor | None = None,

@@ -25,7 +25,7 @@ def _tooltip(r: Attribution, i: int) -> str:
 def _line(r: Attribution, by: str) -> str:
     """One context's tokens shaded by ``by`` (darker green = more influence), then the boxed target."""
     spans = []
-    for i, (tok, s) in enumerate(zip(r.tokens, r._shades(by), strict=True)):
+    for i, (tok, s) in enumerate(zip(r.tokens, r.shades(by), strict=True)):
         fg = "#fff" if s > 0.6 else "#000"
         spans.append(f'<span title="{html.escape(_tooltip(r, i))}" style="background:rgba(0,128,0,{s:.3f});'
                      f'color:{fg};border-radius:3px">{html.escape(tok)}</span>')

@@ -183,7 +183,7 @@ class Attribution:
         return _attribution_from_dict(d, where=str(path))
 
     # --------------------------------------------------------------------------------- views
-    def _shades(self, by: str) -> list[float]:
+    def shades(self, by: str) -> list[float]:
         """Per-token shade in [0, 1] of ``by``; with units and ``by="scores"``, each token takes its unit's score."""
         if self.units and by in ("scores", "S", "I"):
             vals = [0.0] * len(self.tokens)
@@ -220,7 +220,7 @@ class Attribution:
     def heatmap(self, by: str = "scores", color: bool = True) -> str:
         """Context tokens on a green background whose intensity follows ``by``; then the target."""
         parts = []
-        for tok, s in zip(self.tokens, self._shades(by), strict=True):
+        for tok, s in zip(self.tokens, self.shades(by), strict=True):
             shown = tok.replace("\n", "⏎")
             if color:
                 # 256-colour greens from pale (194) to dark (22): darker = more influence.
@@ -237,7 +237,7 @@ class Attribution:
         """Tokens shaded green by ``by`` (darker = more influence), with a table of all components."""
         spans = []
         starts = {u.token_range[0]: u for u in self.units or ()}
-        for i, (tok, s) in enumerate(zip(self.tokens, self._shades(by), strict=True)):
+        for i, (tok, s) in enumerate(zip(self.tokens, self.shades(by), strict=True)):
             if i in starts:  # a unit boundary: a thin rule, so units can be told apart
                 if i > 0:
                     spans.append("</span>")

@@ -182,6 +182,11 @@ class ModelAdapter:
             finally:
                 self._depth -= 1
 
+    @property
+    def view_state(self) -> tuple:
+        """The model's state (modules, weights and their versions) the current working view was built from."""
+        return self._signature
+
     # ------------------------------------------------------------------ setup
     def _check_wiring(self) -> None:
         # Output projections must exist for the value norms; refuse rather than fall back to ones.
