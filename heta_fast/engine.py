@@ -341,12 +341,9 @@ class Engine:
                                     f"fit max_memory: {str(e).split('; ')[0]}; raise max_memory") from e
         timings = dict(comp.timings)
         M, _, _, sink_mass = drop_lead(comp.M, None, None, k)
-        M, S_u, I_u = (None if v is None else v.detach().double().cpu() for v in (M, comp.S, comp.I))
+        M, S_u, I_u = _checked_cpu(M=M, S=comp.S, I=comp.I)
         S_u, I_u = (None if v is None else v[bool(k):] for v in (S_u, I_u))
         M_u = None if M is None else unit_sums(M, ranges)
-        for name, val in (("M", M), ("S", S_u), ("I", I_u)):
-            if val is not None and not torch.isfinite(val).all():
-                raise NumericalError(f"component {name} has non-finite values; check the model's weights and dtype")
         unit_scores = combine(M_u, S_u, I_u, opts.beta, opts.gamma, opts.normalize)
 
         nan = torch.full((t,), float("nan"), dtype=torch.float64)
@@ -362,10 +359,7 @@ class Engine:
                                   mask_vec=mask_vec, units=[(i + k, i + k + 1) for i in tokens],
                                   progress=StageBars(False, {}, should_stop).update)
                 timings.update({f"{name}_refine": v for name, v in comp_r.timings.items()})
-                S_r, I_r = (None if v is None else v.detach().double().cpu() for v in (comp_r.S, comp_r.I))
-                for name, val in (("S", S_r), ("I", I_r)):
-                    if val is not None and not torch.isfinite(val).all():
-                        raise NumericalError(f"refined {name} has non-finite values; check the model's weights")
+                S_r, I_r = _checked_cpu("refined", S=comp_r.S, I=comp_r.I)
             idx = torch.tensor(tokens, dtype=torch.long)
             if S_r is not None:
                 S_tok[idx] = S_r
@@ -424,10 +418,19 @@ class Engine:
 def _finish(M, S, I, opts: HetaOptions, target_logprob: float, sink_gate_mass: float | None,
             timings: dict) -> Explanation:
     """Float64 CPU components, checked finite, and their combined score."""
-    M, S, I = (None if v is None else v.detach().double().cpu() for v in (M, S, I))
-    for name, val in (("M", M), ("S", S), ("I", I)):
-        if val is not None and not torch.isfinite(val).all():
-            raise NumericalError(f"component {name} has non-finite values; check the model's weights and dtype")
+    M, S, I = _checked_cpu(M=M, S=S, I=I)
     scores = combine(M, S, I, opts.beta, opts.gamma, opts.normalize)
     return Explanation(M=M, S=S, I=I, scores=scores, target_logprob=target_logprob,
                        sink_gate_mass=sink_gate_mass, timings=timings)
+
+
+def _checked_cpu(what: str = "component", **components: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The components as float64 CPU tensors (None stays None), in the order given; NaN/Inf is refused."""
+    out = []
+    for name, val in components.items():
+        if val is not None:
+            val = val.detach().double().cpu()
+            if not torch.isfinite(val).all():
+                raise NumericalError(f"{what} {name} has non-finite values; check the model's weights and dtype")
+        out.append(val)
+    return tuple(out)
