@@ -1,6 +1,6 @@
 """Single-pass against two-pass low-rank S, and both against exact S, side by side (SPEC §2, issue 16).
 
-    python benchmarks/bench_lowrank_passes.py [--tokens 128] [--ranks 16 32] [--threads 1]
+    python benchmarks/bench_lowrank_passes.py [--tokens 128] [--ranks 16 32] [--threads 1] [--levels token sentence]
 
 Default model, curvature on the last 6 layers (the ``long`` preset's), m = 10 probes, the same seeded probes
 and test matrix for every provider; S of the S-only runs at token level and at sentence level (the units of
@@ -34,6 +34,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--ranks", type=int, nargs="+", default=[16, 32])
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--levels", nargs="+", default=["token", "sentence"], choices=["token", "sentence"],
+                    help="token-level exact S grows as t^2: at a few hundred tokens, run the sentence level alone")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -43,6 +45,8 @@ def main():
     print(f"# S on a {args.tokens}-token context, default model, last 6 layers, m=10 — {machine()}, load {load_avg():.1f}")
     rows = []
     for level, extra in (("token", {}), ("sentence", {"units": "sentence"})):
+        if level not in args.levels:
+            continue
         def values(r, level=level):
             return torch.tensor([u.S for u in r.units] if level == "sentence" else r.S)
 

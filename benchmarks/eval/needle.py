@@ -1,20 +1,27 @@
 """Needle in a haystack: does sentence-level attribution find the sentence the answer came from? (issue 16)
 
-    python benchmarks/eval/needle.py [--tokens 384] [--depths 0.1 0.5 0.9] [--threads 1]
+    python benchmarks/eval/needle.py [--tokens 384] [--depths 0.1 0.5 0.9] [--threads 2] [--out DIR]
+    python benchmarks/eval/needle.py --documents a.txt b.txt --needles held_out.jsonl --out /tmp/held_out
 
-Haystack: sections of the Python Language Reference shipped with CPython (``pydoc_data.topics``, PSF License
-2.0), cut at a sentence boundary near ``--tokens`` tokens. Needles: fact sentences written for this test,
-planted between two sentences at each depth. The question repeats the needle's own words up to the answer
-(the default model does not answer a bare "Answer:" cue, but completes a cue it can copy), and the target
-is the answer's first token (its log-probability is printed and must be well above chance).
+Haystacks: by default sections of the Python Language Reference shipped with CPython (``pydoc_data.topics``,
+PSF License 2.0), or the plain-text files given with ``--documents``; each is cut at a sentence boundary near
+``--tokens`` tokens. Needles (``--needles``: JSON lines ``{"needle": ..., "cue": ..., "answer": ...}``, or the
+ones below, written for this test) are fact sentences planted between two sentences at each depth. The cue
+after the document repeats the needle's words up to the answer (the default model does not answer a bare
+"Answer:" cue about a needle, but completes a cue it can copy); the target is the answer's first token. Each
+row records its log-probability and whether it is the model's top-1 (the model predicts what is explained).
 
 Methods, scored over the document's sentences (the cue and special tokens excluded):
-* ``heta_units``: sentence units (whole context, exact unit KL, low-rank S of rank 16, last 6 layers);
-* ``heta_tokens``: the token level with the same options, token scores summed per sentence;
-* ``loo``: leave-one-out at sentence level: the drop of log p(answer) when the sentence is deleted from the text;
+* ``heta_units``: HETA with ``units="sentence"`` (whole context, exact unit KL; the HETA options are the
+  library defaults unless ``--preset``/``--set`` change them, and are written to the summary);
+* ``heta_tokens``: HETA at the token level with the same options, token scores summed per sentence;
+* ``loo``: leave-one-out at sentence level: the drop of log p(answer) when the sentence is deleted from the
+  text (the ablation that ContextCite-style tools approximate);
+* ``integrated_gradients``: token IG (16 steps from the zero embedding) summed per sentence;
 * ``random``: seeded random scores.
-Metrics: the needle's share of the positive attribution mass, and cite@1 (the top sentence is the needle).
-Rows go to benchmarks/eval/needle_results.jsonl and a table to benchmarks/eval/needle_summary.md.
+Metrics per method: the needle's share of the positive attribution mass and cite@1 (the top sentence is the
+needle). Rows are appended to ``OUT/needle_results.jsonl`` as they finish (a rerun skips finished rows) and
+the table goes to ``OUT/needle_summary.md``.
 """
 
 from __future__ import annotations
@@ -28,111 +35,212 @@ from pathlib import Path
 import torch
 
 from heta_fast import Attributor
-from heta_fast.units import partition, sentence_spans
+from heta_fast.evaluation.baselines import integrated_gradients
+from heta_fast.units import sentence_spans
 
 HERE = Path(__file__).resolve().parent
-NEEDLES = [  # (needle sentence, cue repeating its words, answer)
-    ("The archive key for the northern lighthouse is kept under the name Marigold.",
-     "The archive key for the northern lighthouse is kept under the name", " Marigold"),
-    ("Every Tuesday the harbour clock is wound by a keeper called Ortensia.",
-     "Every Tuesday the harbour clock is wound by a keeper called", " Ortensia"),
+NEEDLES = [  # written for this test: facts no document contains
+    {"needle": "The archive key for the northern lighthouse is kept under the name Marigold.",
+     "cue": "The archive key for the northern lighthouse is kept under the name", "answer": " Marigold"},
+    {"needle": "Every Tuesday the harbour clock is wound by a keeper called Ortensia.",
+     "cue": "Every Tuesday the harbour clock is wound by a keeper called", "answer": " Ortensia"},
+    {"needle": "The secret ingredient in the village bakery's bread is a spoonful of cardamom.",
+     "cue": "The secret ingredient in the village bakery's bread is a spoonful of", "answer": " cardamom"},
+    {"needle": "Our expedition reached the glacier camp after exactly nineteen days of walking.",
+     "cue": "Our expedition reached the glacier camp after exactly", "answer": " nineteen"},
 ]
 SECTIONS = ("execmodel", "exceptions", "naming", "compound", "import", "assignment")
+METHODS = ("heta_units", "heta_tokens", "loo", "integrated_gradients", "random")
 
 
-def haystack(tokenizer, n_tokens: int, offset: int) -> str:
+def documents(paths: list[str] | None) -> list[str]:
+    """The haystack texts: the given files, or rotations of the Python Language Reference sections."""
+    if paths:
+        return [Path(p).read_text(encoding="utf-8") for p in paths]
     import pydoc_data.topics as topics
 
     keys = [k for k in SECTIONS if k in topics.topics]
-    text = "\n\n".join(topics.topics[k] for k in keys[offset:] + keys[:offset])
-    spans = sentence_spans(text)
+    return ["\n\n".join(topics.topics[k] for k in keys[i:] + keys[:i]) for i in range(len(keys))]
+
+
+def haystack(tokenizer, text: str, n_tokens: int) -> str:
+    """``text`` cut after the last sentence that ends within its first ``n_tokens`` tokens."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     cut = enc["offset_mapping"][min(n_tokens, len(enc["input_ids"]) - 1)][1]
-    end = max(b for a, b in spans if b <= cut)  # the last sentence that ends before the cut
-    return text[:end]
+    ends = [b for _, b in sentence_spans(text) if b <= cut]
+    if not ends:
+        raise SystemExit(f"no sentence ends within the first {n_tokens} tokens of a document")
+    return text[: max(ends)]
 
 
 def plant(doc: str, needle: str, depth: float) -> tuple[str, tuple[int, int]]:
-    """The document with the needle inserted after the sentence at ``depth``; returns it and the needle's span."""
-    spans = sentence_spans(doc)
+    """The document with the needle inserted after the first prose sentence (one ending in . ! or ?, not a
+    heading) at or after ``depth`` of the sentences; returns it and the needle's span."""
+    spans = [(a, b) for a, b in sentence_spans(doc) if doc[b - 1] in ".!?"]
     at = spans[min(len(spans) - 1, max(0, int(depth * len(spans))))][1]
-    text = doc[:at] + " " + needle + doc[at:]
-    return text, (at + 1, at + 1 + len(needle))
+    return doc[:at] + " " + needle + doc[at:], (at + 1, at + 1 + len(needle))
 
 
-def holder(units, a: int, b: int):
-    """The unit (result Unit or UnitSpan) whose character span holds the sentence ``[a, b)``."""
-    def span(u):
-        return u.char_span if hasattr(u, "char_span") else (u.char_start, u.char_end)
+def per_sentence(token_scores, offsets, sentences) -> list[float]:
+    """Token scores summed per sentence: a token counts for the sentence its (non-empty) character range
+    overlaps first; special tokens (empty ranges) and tokens outside the sentences count for none."""
+    out = [0.0] * len(sentences)
+    for score, (s, e) in zip(token_scores, offsets, strict=True):
+        if score is None or e <= s:
+            continue
+        j = next((j for j, (a, b) in enumerate(sentences) if s < b and a < e), None)
+        if j is not None:
+            out[j] += float(score)
+    return out
 
-    return next(u for u in units if span(u)[0] is not None and span(u)[0] <= a and b <= span(u)[1])
+
+def unit_per_sentence(units, sentences) -> list[float]:
+    """The score of the unit whose character span holds each sentence (units and sentences come from the same
+    splitter, so each document sentence is one unit)."""
+    return [next(u.score for u in units if u.char_span and u.char_span[0] <= a and b <= u.char_span[1])
+            for a, b in sentences]
+
+
+def answer_logprob(attr: Attributor, text: str, answer_id: int) -> tuple[float, int]:
+    """log p(answer's first token | text) and the model's top-1 id there (one forward, tokenised as attribute
+    tokenises, special tokens included)."""
+    ids = torch.tensor(attr.tokenizer(text)["input_ids"], device=attr.adapter.device)
+    with torch.no_grad(), attr.adapter.attached():
+        logp = torch.log_softmax(attr.adapter.last_logits(attr.adapter.embed(ids)).double(), -1)
+    return float(logp[answer_id]), int(logp.argmax())
+
+
+def run_one(attr: Attributor, opts: dict, prompt: str, sentences, answer: str, methods, seed: int) -> dict:
+    tok = attr.tokenizer
+    answer_id = tok(answer, add_special_tokens=False)["input_ids"][0]
+    row: dict = {}
+    row["logp_answer"], top1 = answer_logprob(attr, prompt, answer_id)
+    row["answer_is_top1"] = top1 == answer_id
+    scores, seconds = {}, {}
+    if "heta_units" in methods:
+        t0 = time.perf_counter()
+        res = attr.attribute(prompt, answer, units="sentence", **opts)[0]
+        scores["heta_units"], seconds["heta_units"] = unit_per_sentence(res.units, sentences), time.perf_counter() - t0
+        row["tokens"] = res.target_position
+    if "heta_tokens" in methods:
+        t0 = time.perf_counter()
+        res = attr.attribute(prompt, answer, **opts)[0]
+        scores["heta_tokens"] = per_sentence(res.scores, res.offsets, sentences)
+        seconds["heta_tokens"] = time.perf_counter() - t0
+    if "loo" in methods:
+        t0 = time.perf_counter()
+        scores["loo"] = [row["logp_answer"] - answer_logprob(attr, prompt[:a] + prompt[b:], answer_id)[0]
+                         for a, b in sentences]
+        seconds["loo"] = time.perf_counter() - t0
+    if "integrated_gradients" in methods:
+        t0 = time.perf_counter()
+        enc = tok(prompt, return_offsets_mapping=True)
+        ids = torch.tensor(enc["input_ids"], device=attr.adapter.device)
+        with attr.adapter.attached():
+            ig = integrated_gradients(attr.adapter, ids, answer_id).tolist()
+        scores["integrated_gradients"] = per_sentence(ig, enc["offset_mapping"], sentences)
+        seconds["integrated_gradients"] = time.perf_counter() - t0
+    if "random" in methods:
+        rng = random.Random(seed)
+        scores["random"] = [rng.random() for _ in sentences]
+    row["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    row["scores"] = scores
+    return row
+
+
+def metrics(row: dict) -> dict:
+    """Needle share of the positive mass and cite@1 per method (ties count against the method)."""
+    out = {}
+    n = row["needle_index"]
+    for name, vals in row["scores"].items():
+        pos = [max(0.0, v) for v in vals]
+        total = sum(pos)
+        best = max(vals)
+        out[name] = {"share": pos[n] / total if total > 0 else 0.0,
+                     "cite1": int(vals[n] == best and sum(v == best for v in vals) == 1)}
+    return out
+
+
+def summary(rows: list[dict], opts: dict, settings: dict) -> str:
+    methods = [m for m in METHODS if all(m in r["scores"] for r in rows)]
+    pred = [r for r in rows if r["answer_is_top1"]]
+    lines = [f"Settings: {json.dumps(settings)}; HETA options: {json.dumps(opts)}.", "",
+             f"{len(rows)} runs ({len(pred)} where the answer is the model's top-1; median log p(answer) "
+             f"{sorted(r['logp_answer'] for r in rows)[len(rows) // 2]:.2f}).", "",
+             "| method | needle share, all (mean) | cite@1, all | needle share, top-1 runs | cite@1, top-1 runs "
+             "| s/run |", "|---|---|---|---|---|---|"]
+    for m in methods:
+        def mean(rs, key, m=m):
+            return sum(metrics(r)[m][key] for r in rs) / max(1, len(rs))
+        cite = sum(metrics(r)[m]["cite1"] for r in rows)
+        cite_p = sum(metrics(r)[m]["cite1"] for r in pred)
+        secs = [r["seconds"].get(m, 0.0) for r in rows]
+        lines.append(f"| {m} | {mean(rows, 'share'):.3f} | {cite}/{len(rows)} | {mean(pred, 'share'):.3f} | "
+                     f"{cite_p}/{len(pred)} | {sum(secs) / len(secs):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=384)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tokens", type=int, default=384, help="haystack length in tokens (before the needle)")
     ap.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
+    ap.add_argument("--documents", nargs="+", help="plain-text haystack files (default: the Python reference)")
+    ap.add_argument("--needles", help="JSON lines with needle, cue, answer (default: the built-in needles)")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--preset", default=None, help="HETA preset for heta_units/heta_tokens (default: defaults)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="OPTION=VALUE", help="HETA option overrides")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--no-tokens", action="store_true", help="skip the token-level HETA run (the slowest)")
+    ap.add_argument("--out", default=str(HERE / "needle"))
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    attr = Attributor.from_pretrained("default")
-    tok = attr.tokenizer
-    opts = dict(hessian="lowrank", rank=16, layers=6, max_memory=6 * 2**30)
-    rows = []
-    for k, (needle, cue, answer) in enumerate(NEEDLES):
-        doc = haystack(tok, args.tokens, offset=k)
+    needles = ([json.loads(line) for line in Path(args.needles).read_text().splitlines() if line.strip()]
+               if args.needles else NEEDLES)
+    opts = dict(parse_set(args.set), **({"preset": args.preset} if args.preset else {}))
+    settings = {"model": args.model, "tokens": args.tokens, "depths": args.depths,
+                "documents": args.documents or "pydoc_data.topics", "needles": args.needles or "built-in"}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "needle_results.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    done = {(r["document"], r["needle"], r["depth"]) for r in rows}
+    attr = Attributor.from_pretrained(args.model, progress=False)
+    docs = documents(args.documents)
+    for k, nd in enumerate(needles):
+        d = k % len(docs)  # needle k goes into document k (cycling), so needles and texts vary together
+        doc = haystack(attr.tokenizer, docs[d], args.tokens)
         for depth in args.depths:
-            text, needle_span = plant(doc, needle, depth)
-            prompt = text + "\n\n" + cue
-            sentences = sentence_spans(text)  # the document's sentences (the cue after them is left out)
-            needle_idx = sentences.index(needle_span)
-            row = {"needle": k, "depth": depth, "sentences": len(sentences), "needle_index": needle_idx}
-            t0 = time.perf_counter()
-            res = attr.attribute(prompt, answer, units="sentence", **opts)[0]
-            row["logp_answer"] = res.target_logprob
-            row["tokens"] = res.target_position
-            scores = {"heta_units": [holder(res.units, a, b).score for a, b in sentences]}
-            row["seconds_heta_units"] = time.perf_counter() - t0
-            if not args.no_tokens:
-                t0 = time.perf_counter()
-                rt = attr.attribute(prompt, answer, **opts)[0]
-                units = partition("sentence", prompt, rt.offsets, rt.target_position)
-                per = []
-                for a, b in sentences:
-                    u = holder(units, a, b)
-                    per.append(sum(rt.scores[u.start : u.end]))
-                scores["heta_tokens"] = per
-                row["seconds_heta_tokens"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            full = res.target_logprob
-            loo = []
-            for a, b in sentences:
-                cut = prompt[:a] + prompt[b:]
-                loo.append(full - attr.attribute(cut, answer, components=("M",))[0].target_logprob)
-            scores["loo"] = loo
-            row["seconds_loo"] = time.perf_counter() - t0
-            rng = random.Random(1000 * k + int(100 * depth))
-            scores["random"] = [rng.random() for _ in sentences]
-            for name, vals in scores.items():
-                pos = [max(0.0, v) for v in vals]
-                total = sum(pos)
-                row[f"{name}_share"] = pos[needle_idx] / total if total > 0 else 0.0
-                row[f"{name}_cite1"] = int(max(range(len(vals)), key=lambda j: vals[j]) == needle_idx)
-            print(json.dumps(row), flush=True)
+            if (d, k, depth) in done:
+                continue
+            text, needle_span = plant(doc, nd["needle"], depth)
+            prompt = text + "\n\n" + nd["cue"]
+            sentences = sentence_spans(text)  # the document's sentences; the cue after them is left out
+            if needle_span not in sentences:
+                raise SystemExit(f"needle {k} is not one sentence of the splitter at depth {depth}")
+            row = {"document": d, "needle": k, "depth": depth, "sentences": len(sentences),
+                   "needle_index": sentences.index(needle_span)}
+            row.update(run_one(attr, opts, prompt, sentences, nd["answer"], args.methods,
+                               seed=1000 * k + int(100 * depth)))
+            row["metrics"] = metrics(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "scores"}), flush=True)
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
             rows.append(row)
-    with open(HERE / "needle_results.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    methods = [m for m in ("heta_units", "heta_tokens", "loo", "random") if f"{m}_share" in rows[0]]
-    lines = ["| method | needle share (mean) | cite@1 | runs |", "|---|---|---|---|"]
-    for m in methods:
-        share = sum(r[f"{m}_share"] for r in rows) / len(rows)
-        cite = sum(r[f"{m}_cite1"] for r in rows)
-        lines.append(f"| {m} | {share:.3f} | {cite}/{len(rows)} | {len(rows)} |")
-    (HERE / "needle_summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = summary(rows, opts, settings)
+    (out / "needle_summary.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

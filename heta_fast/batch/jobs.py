@@ -142,6 +142,9 @@ def run_batch(
         new = ctx.all_sum([shard.done, shard.errors])
         counts = agree(ctx, lambda: finalize(out_path), main_only=True) if not interrupted else (0, 0)
         counts = ctx.broadcast(counts)
+        # Every rank waits here so that none destroys the process group while a peer is still inside the
+        # broadcast above: gloo aborts the peer ("terminate called without an active exception").
+        ctx.barrier()
         return BatchSummary(
             results=counts[0],
             errors=counts[1],
