@@ -107,8 +107,7 @@ def test_sentence_units_without_refine(service):
     assert (rank, kind, text) == (1, "sentence", " ".join(best.text.split()))
     assert chars == f"{best.char_span[0]}–{best.char_span[1]}"
     assert tokens == f"{best.token_range[0]}–{best.token_range[1] - 1}"
-    assert score == pytest.approx(best.score, rel=1e-3) and M == pytest.approx(best.M, rel=1e-3)
-    assert S == pytest.approx(best.S, rel=1e-3) and I == pytest.approx(best.I, rel=1e-3)
+    assert [score, M, S, I] == pytest.approx([best.score, best.M, best.S, best.I], rel=1e-3)  # 4 digits shown
     assert [r[0] for r in rows] == [1, 2]
 
     # Only M is per token: every shading still gives a table, ranked by M, and says why.
