@@ -49,7 +49,7 @@ def with_gaps(spans: tuple[tuple[int, int], ...], length: int) -> list[tuple[tup
     out, pos = [], 0
     for a, b in spans:
         if b > length:
-            raise HetaInputError(f"span ({a}, {b}) is outside the text, which has {length} characters")
+            raise HetaInputError(f"span ({a}, {b}) is outside the text, which has {length} characters", field="spans")
         if a > pos:
             out.append(((pos, a), "gap"))
         out.append(((a, b), "span"))
@@ -89,7 +89,7 @@ def partition(kind: str, text: str | None, offsets: list[tuple[int, int]] | None
         ranges = [(r, "paragraph") for r in tile(paragraph_spans(text), len(text))]
     elif kind == "spans":
         if not spans:
-            raise HetaInputError("units='spans' needs spans=[(start, end), ...]")
+            raise HetaInputError("units='spans' needs spans=[(start, end), ...]", field="spans")
         ranges = with_gaps(spans, len(text))
     else:
         raise HetaInputError(f"unknown units {kind!r}")
