@@ -20,7 +20,7 @@ from .progress import StopCheck, check_stop
 from .result import Attribution, AttributionSequence, floats
 from .sinks import leading_special_count, resolve_sink
 from .tokenizers import check_text
-from .units import context_units, unit_ranges, unit_results
+from .units import UnitSpan, context_units, unit_ranges, unit_results
 
 
 @dataclass
@@ -221,17 +221,7 @@ class Attributor:
             positions = list(range(enc.prompt_len, enc.ids.numel()))
         else:
             enc = base
-            n = enc.ids.numel()
-            if n < 2:
-                raise HetaInputError("the input has a single token: there is no context to attribute to")
-            pos = n - 1 if target is None else int(target)
-            if pos < 0:
-                pos += n
-            if pos == 0 or (target is not None and int(target) == -n):
-                raise HetaInputError("target position 0 has no context before it; choose a position >= 1")
-            if not 1 <= pos <= n - 1:
-                raise HetaInputError(f"target position {target} is out of range for {n} tokens (valid: 1 … {n - 1})")
-            positions = [pos]
+            positions = [_target_position(enc.ids.numel(), target)]
         if probes is not None and len(positions) != 1:
             raise HetaInputError("probes= can only be given for a single target")
         units = None if opts.units == "token" else [context_units(opts, enc.text, enc.offsets, t) for t in positions]
@@ -243,6 +233,25 @@ class Attributor:
             for res, spans, ex in zip(results, units, explained, strict=True):
                 res.units = unit_results(spans, ex.units, res.tokens, enc.text)
         return results[0] if len(positions) == 1 and not isinstance(target, str) and generate is None else results
+
+    def units(self, text_or_ids, target: int | str | None = None, *, preset: str | None = None,
+              **overrides) -> list[UnitSpan]:
+        """The units (SPEC §6) that ``attribute(text_or_ids, target, units=..., ...)`` scores, without running
+        the model: a preview for the caller, and what a server counts to estimate the cost. For a continuation
+        string, the units of its last token's context.
+
+        Raises:
+            HetaInputError: as :meth:`attribute` would (empty text, target out of range, spans that do not match
+                the text, units of token ids without text).
+        """
+        opts = options_from_preset(preset, **overrides) if preset else self.options.replace(**overrides)
+        enc = self._encode(text_or_ids, opts.special_tokens)
+        if isinstance(target, str):
+            enc = self._with_continuation(enc, target)
+            t = enc.ids.numel() - 1
+        else:
+            t = _target_position(enc.ids.numel(), target)
+        return context_units(opts, enc.text, enc.offsets, t)
 
     # ---------------------------------------------------------------------------------- internals
     def _lead(self, enc: _Encoded, opts: HetaOptions) -> list[int]:
@@ -277,6 +286,20 @@ class Attributor:
             model=self.name,
             sink_gate_mass=ex.sink_gate_mass,
         )
+
+
+def _target_position(n: int, target: int | None) -> int:
+    """The position of an integer target (None = the last token; negative counts from the end) among n tokens."""
+    if n < 2:
+        raise HetaInputError("the input has a single token: there is no context to attribute to")
+    pos = n - 1 if target is None else int(target)
+    if pos < 0:
+        pos += n
+    if pos == 0 or (target is not None and int(target) == -n):
+        raise HetaInputError("target position 0 has no context before it; choose a position >= 1")
+    if not 1 <= pos <= n - 1:
+        raise HetaInputError(f"target position {target} is out of range for {n} tokens (valid: 1 … {n - 1})")
+    return pos
 
 
 def attribute(model, tokenizer, text_or_ids, target=None, **kw):

@@ -173,15 +173,18 @@ class AttributionService:
         if opts.engine == "reference" and n_total > REFERENCE_MAX_TOKENS:
             raise FieldError("options.engine", f"engine='reference' is the slow float64 oracle; this server "
                              f"allows it for inputs of at most {REFERENCE_MAX_TOKENS} tokens", status=413)
-        positions = self._positions(n_prompt, n_cont, target, generate, src_field)
+        # Positions as the library numbers them: special tokens in front (a BOS) are the sink, not positions.
+        n_context = len(self.attributor.tokenize(text if text is not None else ids, special_tokens=opts.special_tokens))
+        positions = self._positions(n_context, n_cont, target, generate, src_field)
 
-        windows = max(window_count(t, opts.window, opts.overlap) for t in positions)
+        units = self._units(text, ids, target, preset, options, opts, generate)
+        windows = 1 if units is not None else max(window_count(t, opts.window, opts.overlap) for t in positions)
         if windows > lim.max_windows:
             raise FieldError("options.window", f"window={opts.window}, overlap={opts.overlap} make {windows} windows; "
                              f"this server allows at most {lim.max_windows} (--max-windows)", status=413)
-        self._check_memory(opts, positions)
+        self._check_memory(opts, positions, units is not None)
         work = estimate_work(opts, num_layers=self.attributor.adapter.num_layers, positions=positions,
-                             prompt_tokens=n_prompt, generate=generate or 0)
+                             prompt_tokens=n_prompt, generate=generate or 0, units=units)
         cost_field = _cost_field(work, opts, src_field)
         if work.total > lim.max_work:
             raise FieldError(cost_field, f"this request needs about {work.total:,.0f} token passes ({work.summary()}), "
@@ -190,14 +193,27 @@ class AttributionService:
         return Job(source=text if text is not None else list(ids), target=target, generate=generate, preset=preset,
                    options=options, resolved=opts, work=work, cost_field=cost_field)
 
-    def _check_memory(self, opts: HetaOptions, positions: list[int]) -> None:
-        """The budget checks the batched passes make before their first forward, made before queueing."""
+    def _units(self, text, ids, target, preset, options: dict, opts: HetaOptions, generate) -> list | None:
+        """The token ranges of the longest context's units (None for tokens, or for generated targets, whose
+        text is not known yet: those are estimated as tokens, an upper bound); the library's spans errors, early."""
+        if opts.units == "token" or generate is not None:
+            return None
+        kw = dict(options, **({"preset": preset} if preset else {}))
+        try:
+            return [(u.start, u.end) for u in self.attributor.units(text if text is not None else ids, target, **kw)]
+        except HetaInputError as e:
+            raise FieldError(_input_field(e, text is not None), str(e)) from e
+
+    def _check_memory(self, opts: HetaOptions, positions: list[int], whole_context: bool = False) -> None:
+        """The budget checks the batched passes make before their first forward, made before queueing
+        (``whole_context``: units, which run the whole context in one window)."""
         from ..curvature.batched import probe_batch_size
         from ..information.batched import mask_chunk_size
 
         adapter = self.attributor.adapter
         lead = 0 if opts.sink_token is None else 1
-        longest = min(max(positions), opts.window or max(positions)) + lead  # the longest window run
+        window = None if whole_context else opts.window
+        longest = min(max(positions), window or max(positions)) + lead  # the longest window run
         try:
             if "S" in opts.components and opts.engine == "fast":
                 probe_batch_size(adapter, longest, longest, opts.max_memory,

@@ -113,12 +113,17 @@ class WorkEstimate:
 
 
 def estimate_work(opts: HetaOptions, *, num_layers: int, positions: list[int], prompt_tokens: int,
-                  generate: int = 0) -> WorkEstimate:
+                  generate: int = 0, units: list[tuple[int, int]] | None = None) -> WorkEstimate:
     """Token passes of explaining ``positions`` (context lengths) of one text with ``opts``.
 
     ``prompt_tokens`` is the input before any generated token; ``generate`` the tokens to generate first.
-    A sink token (``sink_token`` not None) is counted in every window, as it may be added.
+    A sink token (``sink_token`` not None) is counted in every window, as it may be added. ``units``: the
+    ``(start, end)`` token ranges of the longest context's units (SPEC §6), when ``opts.units`` is not
+    "token"; they run in one window (see :func:`unit_work`).
     """
+    if units is not None:
+        return unit_work(opts, num_layers=num_layers, positions=positions, prompt_tokens=prompt_tokens,
+                         generate=generate, units=units)
     lead = 0 if opts.sink_token is None else 1
     layers = resolve_layers(opts.layers, num_layers)
     f = 1.0 if layers is None else layers / num_layers
@@ -144,6 +149,36 @@ def estimate_work(opts: HetaOptions, *, num_layers: int, positions: list[int], p
             parts["gate"] += n_win * w if "M" in comps else 0
             parts["I"] += n_win * w * (w + 1) / 2 if "I" in comps else 0
             parts["S"] += n_win * s_cost(w) if "S" in comps else 0
+    parts["generate"] = sum(prompt_tokens + lead + i for i in range(generate))
+    if opts.engine == "reference":
+        parts = {k: v * REFERENCE_FACTOR for k, v in parts.items()}
+    return WorkEstimate(parts)
+
+
+def unit_work(opts: HetaOptions, *, num_layers: int, positions: list[int], prompt_tokens: int, generate: int,
+              units: list[tuple[int, int]]) -> WorkEstimate:
+    """Token passes with units: the whole context in one window, per target (as the engine runs them).
+
+    I: one masked suffix per unit, Σ_u (n − start_u) rows; S exact: m directions per unit over the same
+    suffix (≈ 4 passes a row); S low-rank as for tokens. ``refine=k`` adds token-level S and I on the k
+    longest units' tokens, counted as if each token's suffix were the whole context (an upper bound).
+    """
+    lead = 0 if opts.sink_token is None else 1
+    layers = resolve_layers(opts.layers, num_layers)
+    f = 1.0 if layers is None else layers / num_layers
+    m, rank, comps = opts.num_probes, opts.rank, opts.components
+    parts = {"gate": 0.0, "S": 0.0, "I": 0.0, "generate": 0.0}
+    for t in positions:
+        n = t + lead
+        starts = [0] * lead + [a + lead for a, _ in units if a < t]
+        suffixes = sum(n - a for a in starts)
+        refined = n * sum(sorted((min(b, t) - a for a, b in units if a < t), reverse=True)[: opts.refine or 0])
+        parts["gate"] += n if "M" in comps else 0
+        parts["I"] += suffixes + refined if "I" in comps else 0
+        if "S" in comps:
+            per_row = 4 * m * f if opts.hessian == "exact" else 0.0
+            lowrank = 8 * rank * n * f if opts.hessian == "lowrank" else 0.0
+            parts["S"] += per_row * (suffixes + refined) + lowrank * (2 if opts.refine else 1)
     parts["generate"] = sum(prompt_tokens + lead + i for i in range(generate))
     if opts.engine == "reference":
         parts = {k: v * REFERENCE_FACTOR for k, v in parts.items()}

@@ -214,3 +214,23 @@ def test_context_over_the_memory_budget_is_413_naming_max_memory():
     err = info.value
     assert err.field == "options.max_memory" and err.status == 413
     assert "max_memory" in str(err) and "window" in str(err)
+
+
+def test_unit_requests_are_estimated_as_units_before_they_queue():
+    """Units run the whole context in one window with one masked suffix per unit: a long text that the token
+    level would refuse (work, windows) is admitted with sentence units, and spans errors come before queueing."""
+    service = AttributionService(load_attributor(tiny_model="llama"), max_tokens=256, max_work=20_000,
+                                 max_windows=2)
+    text = "Ab cd. " * 30  # 30 sentences, 210 characters (one token each with the char tokenizer)
+    with pytest.raises(FieldError) as info:
+        service.prepare(text=text, options={"num_probes": 1, "layers": 1})
+    assert info.value.status == 413 and "--max-work" in str(info.value)
+    with pytest.raises(FieldError, match="--max-windows"):
+        service.prepare(text=text, options={"num_probes": 1, "layers": 1, "window": 16, "components": ["M"]})
+    job = service.prepare(text=text, options={"num_probes": 1, "layers": 1, "units": "sentence", "window": 16})
+    units = service.attributor.units(text, units="sentence")
+    n = len(text)  # the context (the last character is the target) and the BOS, which is the sink: a unit too
+    assert len(units) == 30 and job.work.parts["I"] == n + sum(n - (u.start + 1) for u in units)
+    with pytest.raises(FieldError) as info:
+        service.prepare(text=text, options={"units": "spans", "spans": [[0, 500]]})
+    assert info.value.field == "options.spans"

@@ -48,6 +48,27 @@ def test_work_of_windows_and_of_several_targets():
     assert w.parts["generate"] == 5 + 6 + 7 and w.dominant() == "generate"
 
 
+def test_work_of_units_by_hand():
+    # t = 10 in units (0, 4), (4, 7), (7, 10), every layer, m = 2: I = Σ (t − start) = 10 + 6 + 3 = 19;
+    # exact S = 4·m per suffix row = 8 · 19; the window is ignored (units run in one window).
+    units = [(0, 4), (4, 7), (7, 10)]
+    w = estimate_work(_opts(num_probes=2, layers=None, units="sentence", window=4), num_layers=2, positions=[10],
+                      prompt_tokens=11, units=units)
+    assert w.parts == {"gate": 10, "S": 8 * 19, "I": 19, "generate": 0}
+    # refine=1 adds the longest unit's 4 tokens with whole-context suffixes (10 rows each); a sink adds a unit
+    # of its own at 0 and shifts the others by one (n = 11): I = 11 + 10 + 6 + 3 + 4·11.
+    w = estimate_work(HetaOptions(num_probes=2, layers=None, units="sentence", refine=1, sink_token=5),
+                      num_layers=2, positions=[10], prompt_tokens=11, units=units)
+    assert w.parts["I"] == 11 + 10 + 6 + 3 + 44 and w.parts["S"] == 8 * w.parts["I"]
+    # Low rank: as for tokens (twice with refine), independent of the number of units.
+    w = estimate_work(_opts(hessian="lowrank", rank=4, layers=1, units="sentence"), num_layers=2, positions=[10],
+                      prompt_tokens=11, units=units)
+    assert w.parts["S"] == 8 * 4 * 10 * 0.5
+    # Cheaper than the token level of the same context.
+    tok = estimate_work(_opts(num_probes=2, layers=None), num_layers=2, positions=[10], prompt_tokens=11)
+    assert w.total < tok.total
+
+
 def test_limits_refuse_nonsense_and_come_from_the_serve_flags():
     for bad in ({"max_probes": 0}, {"time_limit": -1.0}, {"max_wait": math.nan}, {"max_work": math.inf}):
         with pytest.raises(HetaInputError, match=next(iter(bad)).replace("_", "-")):

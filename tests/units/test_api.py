@@ -41,6 +41,25 @@ def test_sentence_units_partition_the_context_and_combine(attributor):
     assert all(v is None for v in r.S + r.I + r.scores)  # no refine: no token-level S, I, scores
 
 
+def test_units_preview_is_what_attribute_scores(attributor):
+    # Attributor.units runs no model: the same token ranges and character spans as the result's units, for the
+    # last token, a position, a continuation's last token and caller spans; its errors are attribute's.
+    cases = [({}, dict(units="sentence")), ({"target": 20}, dict(units="sentence")),
+             ({"target": " And"}, dict(units="paragraph")),
+             ({}, dict(units="spans", spans=[(0, 12), (13, 30)]))]
+    for where, kw in cases:
+        preview = attributor.units(TEXT, where.get("target"), **kw)
+        res = attributor.attribute(TEXT, where.get("target"), components=("M",), **kw)
+        res = res[-1] if isinstance(where.get("target"), str) else res
+        assert [(u.start, u.end) for u in preview] == [u.token_range for u in res.units]
+        assert [(u.char_start, u.char_end) for u in preview if u.char_start is not None] == \
+            [u.char_span for u in res.units if u.char_span is not None]
+    with pytest.raises(HetaInputError, match="outside the text"):
+        attributor.units(TEXT, units="spans", spans=[(0, 500)])
+    with pytest.raises(HetaInputError, match="out of range"):
+        attributor.units(TEXT, 500, units="sentence")
+
+
 @pytest.mark.parametrize("kw", [{}, {"hessian": "lowrank", "rank": 16, "lowrank_passes": 1}], ids=["exact", "lowrank1"])
 def test_fast_and_reference_engines_agree_on_units(attributor, kw):
     fast = attributor.attribute(TEXT, units="sentence", refine=1, **OPTS, **kw)
