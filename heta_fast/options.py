@@ -379,6 +379,13 @@ PRESETS: dict[str, dict] = {
     # Long inputs on a CPU: the exact KL term costs about W/2 forwards of W tokens per window, so windows
     # of 256 (half those of paper-large) halve its total; curvature on the last 6 layers as in the paper.
     "long": {"window": 256, "overlap": 0.5, "hessian": "lowrank", "rank": 32, "layers": 6},
+    # Long documents, "which sentence?": sentence units over the whole context (no windows), exact unit KL,
+    # low-rank S whose cost does not grow with the number of units. At unit level the single-pass range finder
+    # ranks like two passes (ρ 0.986 vs 0.975 against exact S, 27 sentences; benchmarks/RESULTS.md) at half the
+    # products. Curvature over the last 6 layers (layers="auto", the default). One curvature graph over
+    # 2,048 tokens needs about 5 GiB, hence max_memory.
+    "document": {"units": "sentence", "hessian": "lowrank", "rank": 16, "lowrank_passes": 1,
+                 "max_memory": 6 * 1024**3},
 }
 
 

@@ -160,6 +160,10 @@ class AttributionService:
             if not target:
                 raise FieldError("target", "target is an empty string; give a continuation, a position, or omit it")
             _checked_text(target, "target")
+        if preset in PRESETS and "max_memory" not in options and PRESETS[preset].get("max_memory", 0) > self.budget:
+            # A preset's memory budget is a suggestion for a machine of its own; the operator's budget wins
+            # (a context that does not fit it is refused below, naming max_memory).
+            options["max_memory"] = self.budget
         opts = self.check_options(preset, options)
         self._check_option_limits(opts)
 

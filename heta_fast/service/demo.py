@@ -203,17 +203,20 @@ def build_demo(service: AttributionService) -> gr.Blocks:
         return (
             o.get("num_probes", defaults.num_probes), o.get("hessian", defaults.hessian),
             o.get("rank", defaults.rank), _layers_text(o.get("layers", defaults.layers)), o.get("window", defaults.window) or 0,
+            o.get("units", defaults.units),
         )
 
     def shown(res: Attribution, by: str):
         heat, rows, label, units = views(res, by)
         return heat, gr.update(value=rows, label=label), gr.update(value=units, visible=bool(units))
 
-    def run(text, target, num_probes, hessian, rank, layers, window, seed, units, spans, refine, by):
+    def run(text, target, preset_name, num_probes, hessian, rank, layers, window, seed, units, spans, refine, by):
         try:
             options = demo_options(num_probes=num_probes, hessian=hessian, rank=rank, layers=layers, window=window,
                                    seed=seed, units=units, spans=spans, refine=refine)
-            res = service.attribute(text=text, target=None if target is None else int(target), options=options)
+            # The preset supplies the options the page has no field for (lowrank_passes, max_memory, ...).
+            res = service.attribute(text=text, target=None if target is None else int(target),
+                                    preset=None if preset_name in (None, "default") else preset_name, options=options)
         except (FieldError, ServiceBusy) as e:
             raise _gr_error(e) from e
         json_path = os.path.join(out_dir, f"heta_attribution_{abs(hash((text, target)))}.json")
@@ -268,10 +271,10 @@ def build_demo(service: AttributionService) -> gr.Blocks:
         text.change(lambda s: _target_choices(service, s), text, target)
         demo.load(lambda s: _target_choices(service, s), text, target)
         gen_btn.click(generate, [text, n_new], text)
-        preset.change(apply_preset, preset, [num_probes, hessian, rank, layers, window])
+        preset.change(apply_preset, preset, [num_probes, hessian, rank, layers, window, units])
         # Typing spans means scoring them: pick Units 'spans' (the field is read only then).
         spans.input(lambda s, u: "spans" if s.strip() else u, [spans, units], units)
-        run_btn.click(run, [text, target, num_probes, hessian, rank, layers, window, seed, units, spans, refine, by],
+        run_btn.click(run, [text, target, preset, num_probes, hessian, rank, layers, window, seed, units, spans, refine, by],
                       [heat, topk, topunits, files, status, state])
         by.change(reshade, [state, by], [heat, topk, topunits])
     # One event at a time: the model sits behind the service lock anyway; this keeps the queue visible.

@@ -234,3 +234,15 @@ def test_unit_requests_are_estimated_as_units_before_they_queue():
     with pytest.raises(FieldError) as info:
         service.prepare(text=text, options={"units": "spans", "spans": [[0, 500]]})
     assert info.value.field == "options.spans"
+
+
+def test_document_preset_runs_within_the_servers_memory_budget():
+    """The `document` preset asks for 6 GiB; on a server with a smaller budget it runs within that budget
+    (a preset suggests, the operator decides), while an explicit max_memory over it is refused."""
+    service = AttributionService(load_attributor(tiny_model="llama"), max_tokens=256, max_memory=2**30)
+    res = service.attribute(text="Ab cd. Ef gh. Ij", preset="document", options={"num_probes": 1})
+    assert res.options["units"] == "sentence" and res.options["lowrank_passes"] == 1
+    assert res.options["max_memory"] == 2**30 and len(res.units) == 3
+    with pytest.raises(FieldError) as info:
+        service.prepare(text="Ab cd. Ef", preset="document", options={"max_memory": 2**31})
+    assert info.value.field == "options.max_memory" and "--max-memory" in str(info.value)
