@@ -12,8 +12,8 @@ after the document repeats the needle's words up to the answer (the default mode
 row records its log-probability and whether it is the model's top-1 (the model predicts what is explained).
 
 Methods, scored over the document's sentences (the cue and special tokens excluded):
-* ``heta_units``: HETA with ``units="sentence"`` (whole context, exact unit KL; the HETA options are the
-  library defaults unless ``--preset``/``--set`` change them, and are written to the summary);
+* ``heta_units``: HETA with ``units="sentence"`` (whole context, exact unit KL; the ``document`` preset unless
+  ``--preset``/``--set`` change it; the options are written to the summary);
 * ``heta_tokens``: HETA at the token level with the same options, token scores summed per sentence;
 * ``loo``: leave-one-out at sentence level: the drop of log p(answer) when the sentence is deleted from the
   text (the ablation that ContextCite-style tools approximate);
@@ -124,7 +124,7 @@ def run_one(attr: Attributor, opts: dict, prompt: str, sentences, answer: str, m
         row["tokens"] = res.target_position
     if "heta_tokens" in methods:
         t0 = time.perf_counter()
-        res = attr.attribute(prompt, answer, **opts)[0]
+        res = attr.attribute(prompt, answer, **{**opts, "units": "token"})[0]
         scores["heta_tokens"] = per_sentence(res.scores, res.offsets, sentences)
         seconds["heta_tokens"] = time.perf_counter() - t0
     if "loo" in methods:
@@ -199,7 +199,9 @@ def main():
     ap.add_argument("--needles", help="JSON lines with needle, cue, answer (default: the built-in needles)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--model", default="default")
-    ap.add_argument("--preset", default=None, help="HETA preset for heta_units/heta_tokens (default: defaults)")
+    ap.add_argument("--preset", default="document",
+                    help="HETA preset of heta_units and heta_tokens (heta_tokens with units='token'); 'default' for "
+                         "the library defaults")
     ap.add_argument("--set", nargs="*", default=[], metavar="OPTION=VALUE", help="HETA option overrides")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(HERE / "needle"))
@@ -208,7 +210,7 @@ def main():
         torch.set_num_threads(args.threads)
     needles = ([json.loads(line) for line in Path(args.needles).read_text().splitlines() if line.strip()]
                if args.needles else NEEDLES)
-    opts = dict(parse_set(args.set), **({"preset": args.preset} if args.preset else {}))
+    opts = dict(parse_set(args.set), **({"preset": args.preset} if args.preset != "default" else {}))
     settings = {"model": args.model, "tokens": args.tokens, "depths": args.depths,
                 "documents": args.documents or "pydoc_data.topics", "needles": args.needles or "built-in"}
     out = Path(args.out)

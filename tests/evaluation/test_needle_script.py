@@ -1,0 +1,43 @@
+"""The needle-in-a-haystack script's bookkeeping (benchmarks/eval/needle.py): where the needle goes, how token
+scores become sentence scores, and how share and cite@1 are counted. The model runs are in the script itself."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from heta_fast.units import sentence_spans
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "eval" / "needle.py"
+
+
+@pytest.fixture(scope="module")
+def needle():
+    spec = importlib.util.spec_from_file_location("needle_script", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_needle_is_one_sentence_after_prose(needle):
+    doc = "Heading\n=======\n\nFirst one. Second one here.\n\nThird, last one."
+    for depth in (0.0, 0.5, 0.99):
+        text, span = needle.plant(doc, "A planted fact.", depth)
+        assert text[span[0]:span[1]] == "A planted fact."
+        assert span in sentence_spans(text)  # the splitter sees it as a sentence of its own
+        assert text[: span[0] - 1].rstrip()[-1] == "."  # never glued to a heading's underline
+
+
+def test_token_scores_sum_per_sentence(needle):
+    text = "Ab cd. Ef gh."
+    sentences = sentence_spans(text)  # (0, 6), (7, 13)
+    offsets = [(0, 0), (0, 2), (2, 5), (5, 6), (6, 9), (9, 13)]  # a BOS without characters, then words
+    assert needle.per_sentence([9.0, 1.0, 2.0, 3.0, 4.0, None], offsets, sentences) == [6.0, 4.0]
+
+
+def test_share_and_cite_at_one(needle):
+    row = {"needle_index": 1, "scores": {"a": [1.0, 3.0, -2.0], "b": [2.0, 2.0, 0.0], "c": [0.0, 0.0, 0.0]}}
+    m = needle.metrics(row)
+    assert m["a"] == {"share": 0.75, "cite1": 1}
+    assert m["b"] == {"share": 0.5, "cite1": 0}  # a tie at the top is not a citation
+    assert m["c"] == {"share": 0.0, "cite1": 0}
