@@ -152,9 +152,9 @@ def heta_attention(
         out = out.transpose(1, 2).contiguous()
     elif (softcap is None and not getattr(_state, "plain", False)
           and (mask is None or (mask.dtype == torch.bool and mask.shape[1] == 1))):
-        # Graph or probabilities needed: the core with a hand-written double backward (attention_core.py).
-        allowed = _causal_bool_mask(q_len, k_len, query.device) if mask is None else mask
-        out, probs = attention_core(query, key, value, allowed, scaling)
+        # Graph or probabilities needed: the core with a hand-written double backward (attention_core.py);
+        # without probabilities, long inputs take its query-blocked form, which returns probs=None.
+        out, probs = attention_core(query, key, value, mask, scaling, probs=keep_probs)
         out = out.transpose(1, 2).contiguous()
     else:  # soft-capping, additive masks or plain_attention(): eager math, differentiated by autograd
         scores = torch.matmul(query, _repeat_kv(key, n_rep).transpose(-1, -2)) * scaling
