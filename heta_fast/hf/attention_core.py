@@ -197,22 +197,31 @@ def _block_probs(q5: Tensor, key: Tensor, allowed: Tensor | None, scaling: float
     """(P ``[B, H_kv, n_rep, b, k_hi − k_lo]`` in the input dtype, lse ``[B, H_kv, n_rep, b]``) of one block.
 
     The softmax runs in at least float32, as :func:`_probs`; with ``lse`` given (saved by the forward) it is
-    exp(S − lse) and no reduction.
+    exp(S − lse) and no reduction. The fresh score tensor is updated in place: one block-sized buffer.
     """
     lo, hi, k_lo, k_hi = block
-    scores = _rows_mm(_span(q5, lo, hi), _span(key, k_lo, k_hi).transpose(-1, -2)) * scaling
+    scores = _rows_mm(_span(q5, lo, hi), _span(key, k_lo, k_hi).transpose(-1, -2)).mul_(scaling)
     if allowed is None:  # causal, queries at the last q_len positions
         offset = key.shape[-2] - q5.shape[-2]
         q_pos = torch.arange(offset + lo, offset + hi, device=scores.device)[:, None]
-        mask = torch.arange(k_lo, k_hi, device=scores.device)[None, :] <= q_pos
+        hidden = torch.arange(k_lo, k_hi, device=scores.device)[None, :] > q_pos
     else:
-        mask = _span(_span(allowed, lo, hi), k_lo, k_hi, -1)
-    scores = scores.masked_fill(~mask, float("-inf")).to(torch.promote_types(scores.dtype, torch.float32))
-    if lse is None:
-        lse = torch.logsumexp(scores, dim=-1)
-    else:
-        lse = _span(lse, lo, hi, -1)
-    return torch.exp(scores - lse.unsqueeze(-1)).to(q5.dtype), lse
+        hidden = ~_span(_span(allowed, lo, hi), k_lo, k_hi, -1)
+    scores = scores.masked_fill_(hidden, float("-inf")).to(torch.promote_types(scores.dtype, torch.float32))
+    lse = torch.logsumexp(scores, dim=-1) if lse is None else _span(lse, lo, hi, -1)
+    return scores.sub_(lse.unsqueeze(-1)).exp_().to(q5.dtype), lse
+
+
+def _block_first_backward(q5, key, value, dO, lse, delta, allowed, scaling, block):
+    """One block's (dQ rows, dK and dV contributions at its keys)."""
+    lo, hi, k_lo, k_hi = block
+    P, _ = _block_probs(q5, key, allowed, scaling, block, lse)
+    dO_b = _span(dO, lo, hi)
+    dP = _rows_mm(dO_b, _span(value, k_lo, k_hi).transpose(-1, -2))
+    dS = P * (dP - _span(delta, lo, hi, -1).unsqueeze(-1))  # not in place: dO may be batched where dP is not
+    del dP
+    dQ = _rows_mm(dS, _span(key, k_lo, k_hi)).mul_(scaling)
+    return dQ, _keys_mm(dS, _span(q5, lo, hi)).mul_(scaling), _keys_mm(P, dO_b)
 
 
 def _blocked_first_backward(q5, key, value, dO, O, lse, allowed, scaling, blocks):
@@ -220,15 +229,45 @@ def _blocked_first_backward(q5, key, value, dO, O, lse, allowed, scaling, blocks
     delta = (dO * O).sum(-1)  # rowsum(P ⊙ dP) = rowsum(P ⊙ dO Vᵀ) = rowsum(dO ⊙ O)
     k_len = key.shape[-2]
     dQ, dK, dV = [], None, None
-    for block in blocks:
-        lo, hi, k_lo, k_hi = block
-        P, _ = _block_probs(q5, key, allowed, scaling, block, lse)
-        dO_b = _span(dO, lo, hi)
-        dS = P * (_rows_mm(dO_b, _span(value, k_lo, k_hi).transpose(-1, -2)) - _span(delta, lo, hi, -1).unsqueeze(-1))
-        dQ.append(_rows_mm(dS, _span(key, k_lo, k_hi)) * scaling)
-        dK = _into_keys(dK, _keys_mm(dS, _span(q5, lo, hi)) * scaling, k_lo, k_len)
-        dV = _into_keys(dV, _keys_mm(P, dO_b), k_lo, k_len)
+    for block in blocks:  # one block's temporaries die with the helper's frame
+        dQ_b, dK_b, dV_b = _block_first_backward(q5, key, value, dO, lse, delta, allowed, scaling, block)
+        dQ.append(dQ_b)
+        dK = _into_keys(dK, dK_b, block[2], k_len)
+        dV = _into_keys(dV, dV_b, block[2], k_len)
     return torch.cat(dQ, -2), dK, dV, delta
+
+
+def _block_vjp(q5, key, value, dO, lse, delta, allowed, s, block, gQ, gK, gV):
+    """One block's share of the VJP of (dQ, dK, dV) for cotangents (gQ, gK, gV): the formula of
+    :meth:`_AttentionCoreBackward.backward` restricted to the block's rows; (Q̄ rows, K̄ and V̄ at its keys,
+    dŌ rows). Block-sized temporaries are dropped as soon as they are used (several are per direction
+    under vmap)."""
+    lo, hi, k_lo, k_hi = block
+    P, _ = _block_probs(q5, key, allowed, s, block, lse)
+    Qb, dOb, gQb = _span(q5, lo, hi), _span(dO, lo, hi), _span(gQ, lo, hi)
+    Kr, Vr, gKr, gVr = (_span(x, k_lo, k_hi) for x in (key, value, gK, gV))
+    dP = _rows_mm(dOb, Vr.transpose(-1, -2))
+    dP_centered = dP - _span(delta, lo, hi, -1).unsqueeze(-1)
+    dS = P * dP_centered
+    Q_bar = _rows_mm(dS, gKr) * s
+    K_bar = _keys_mm(dS, gQb) * s
+    del dS
+    G_dS = _rows_mm(gQb, Kr.transpose(-1, -2)) + _rows_mm(Qb, gKr.transpose(-1, -2))
+    G_dS = G_dS * s
+    PG = P * G_dS
+    G_delta = -PG.sum(-1, keepdim=True)
+    G_dP = PG + P * G_delta
+    del PG
+    G_P = G_dS * dP_centered
+    del G_dS, dP_centered
+    G_P = G_P + G_delta * dP + _rows_mm(dOb, gVr.transpose(-1, -2))
+    del dP
+    dO_bar = _rows_mm(G_dP, Vr) + _rows_mm(P, gVr)
+    V_bar = _keys_mm(G_dP, dOb)
+    del G_dP
+    G_S = P * (G_P - (P * G_P).sum(-1, keepdim=True))
+    del G_P
+    return Q_bar + _rows_mm(G_S, Kr) * s, K_bar + _keys_mm(G_S, Qb) * s, V_bar, dO_bar
 
 
 class _BlockedCoreBackward(torch.autograd.Function):
@@ -256,29 +295,14 @@ class _BlockedCoreBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gQ, gK, gV, _gdelta):
         q5, key, value, dO, lse, delta, allowed = ctx.saved_tensors
-        s, k_len = ctx.scaling, key.shape[-2]
+        k_len = key.shape[-2]
         Q_bar, dO_bar, K_bar, V_bar = [], [], None, None
         for block in ctx.blocks:
-            lo, hi, k_lo, k_hi = block
-            P, _ = _block_probs(q5, key, allowed, s, block, lse)
-            Qb, dOb, gQb = _span(q5, lo, hi), _span(dO, lo, hi), _span(gQ, lo, hi)
-            Kr, Vr, gKr, gVr = (_span(x, k_lo, k_hi) for x in (key, value, gK, gV))
-            dP = _rows_mm(dOb, Vr.transpose(-1, -2))
-            dP_centered = dP - _span(delta, lo, hi, -1).unsqueeze(-1)
-            dS = P * dP_centered
-            # As in _AttentionCoreBackward.backward, restricted to the block's rows.
-            G_dS = (_rows_mm(gQb, Kr.transpose(-1, -2)) + _rows_mm(Qb, gKr.transpose(-1, -2))) * s
-            Q_bar_b = _rows_mm(dS, gKr) * s
-            K_bar_b = _keys_mm(dS, gQb) * s
-            PG = P * G_dS
-            G_delta = -PG.sum(-1, keepdim=True)
-            G_dP = PG + P * G_delta
-            G_P = G_dS * dP_centered + G_delta * dP + _rows_mm(dOb, gVr.transpose(-1, -2))
-            dO_bar.append(_rows_mm(G_dP, Vr) + _rows_mm(P, gVr))
-            V_bar = _into_keys(V_bar, _keys_mm(G_dP, dOb), k_lo, k_len)
-            G_S = P * (G_P - (P * G_P).sum(-1, keepdim=True))
-            Q_bar.append(Q_bar_b + _rows_mm(G_S, Kr) * s)
-            K_bar = _into_keys(K_bar, K_bar_b + _keys_mm(G_S, Qb) * s, k_lo, k_len)
+            Q_b, K_b, V_b, dO_b = _block_vjp(q5, key, value, dO, lse, delta, allowed, ctx.scaling, block, gQ, gK, gV)
+            Q_bar.append(Q_b)
+            dO_bar.append(dO_b)
+            K_bar = _into_keys(K_bar, K_b, block[2], k_len)
+            V_bar = _into_keys(V_bar, V_b, block[2], k_len)
         return torch.cat(Q_bar, -2), K_bar, V_bar, torch.cat(dO_bar, -2), None, None, None, None, None
 
 
@@ -295,6 +319,7 @@ class _BlockedCore(torch.autograd.Function):
             P, lse = _block_probs(q5, key, allowed, scaling, block, None)
             outs.append(_rows_mm(P, _span(value, block[2], block[3])))
             lses.append(lse)
+            del P  # before the next block's
         return torch.cat(outs, -2), torch.cat(lses, -1)
 
     @staticmethod
@@ -325,6 +350,24 @@ def block_rows(batch: int, heads: int, k_len: int, dtype: torch.dtype) -> int:
 def uses_blocked_core(q_len: int, k_len: int) -> bool:
     """Whether a graph-building call without probabilities takes the query-blocked core."""
     return q_len * k_len > BLOCKED_MIN_SCORES
+
+
+# Block-sized temporaries one second backward through the blocked core holds at once: 7 measured at the
+# default model's shapes (tests/hf/test_attention_core.py), 10 budgeted.
+BLOCKED_TEMPORARIES = 10
+
+
+def graph_bytes(q_len: int, k_len: int, heads: int, head_dim: int, layers: int, dtype: torch.dtype) -> int:
+    """Bytes the attention cores of a second-order graph over ``layers`` layers hold for one direction.
+
+    The whole-matrix core keeps four score rows per head and layer (P, dP, dP − δ, dS); the blocked core four
+    query-sized rows (Q, O, dO, dQ; keys and values are smaller) and, for the layer whose second backward is
+    running, :data:`BLOCKED_TEMPORARIES` blocks of :data:`BLOCK_BYTES`.
+    """
+    elem = torch.finfo(dtype).bits // 8
+    if uses_blocked_core(q_len, k_len):
+        return layers * q_len * 4 * heads * head_dim * elem + BLOCKED_TEMPORARIES * BLOCK_BYTES
+    return layers * q_len * 4 * heads * k_len * elem
 
 
 def attention_core(query: Tensor, key: Tensor, value: Tensor, allowed: Tensor | None, scaling: float, *,

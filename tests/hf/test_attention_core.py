@@ -8,6 +8,11 @@ threshold forced tiny and blocks of 1, 2 and 3 rows (not dividing q_len), and mu
 The routing tests check which path ``heta_attention`` takes.
 """
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -191,6 +196,58 @@ def test_blocked_core_saves_no_score_sized_tensor(blocked, monkeypatch):
     scores = B * H * n * n
     assert (max(saved) < scores / 8) == blocked, saved
     torch.autograd.grad(grads, (q, k, v), tuple(torch.randn_like(g) for g in grads))  # the graph still works
+
+
+CORE_MEMORY_CHILD = textwrap.dedent(
+    """
+    import sys, torch
+    from heta_fast.hf import attention_core as core
+    from heta_fast.profiling import reset_peak_rss, status_kib
+
+    torch.set_num_threads(1)
+    n, blocked = int(sys.argv[1]), sys.argv[2] == "1"
+    core.BLOCKED_MIN_SCORES = 0 if blocked else float("inf")
+    H, H_kv, dh = 9, 3, 64
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, n, dh, generator=g).requires_grad_(True) for h in (H, H_kv, H_kv))
+    w = torch.randn(1, H, n, dh, generator=g)
+    dirs = tuple(torch.randn(1, *x.shape, generator=g) for x in (q, k, v))
+
+    def graph_and_one_hvp():
+        O, _ = core.attention_core(q, k, v, None, dh ** -0.5, probs=not blocked)
+        grads = torch.autograd.grad((w * O * O).sum(), (q, k, v), create_graph=True)
+        return torch.func.vmap(lambda *d: torch.autograd.grad(grads, (q, k, v), d, retain_graph=True))(*dirs)
+
+    graph_and_one_hvp()  # warm up
+    reset_peak_rss()
+    base = status_kib("VmRSS")
+    graph_and_one_hvp()
+    print((status_kib("VmHWM") - base) * 1024)
+    """
+)
+
+
+def core_peak_bytes(n: int, blocked: bool) -> int:
+    """Peak resident bytes of one attention layer's second-order graph plus one HVP (default model's heads),
+    in a fresh process whose malloc maps every large block (so the peak is live memory, as
+    tests/gate/test_memory.py)."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", CORE_MEMORY_CHILD, str(n), "1" if blocked else "0"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def test_graph_bytes_covers_the_blocked_core_measured_peak():
+    """The budget the memory check uses for the blocked core (graph_bytes) covers its measured peak at the
+    default model's attention shape at 2,048 tokens (measured 151 MB against 187 MB budgeted; the whole-matrix
+    core's four score matrices alone would be 604 MB)."""
+    n, H, dh = 2048, 9, 64
+    budget = core_module.graph_bytes(n, n, H, dh, 1, torch.float32)
+    assert budget < 4 * H * n * n * 4 / 3
+    assert core_peak_bytes(n, blocked=True) <= budget
+    # Control: the same measurement sees the whole-matrix core's score matrices (1,024 tokens: 151 MB of them).
+    assert core_peak_bytes(1024, blocked=False) > 4 * H * 1024 * 1024 * 4
 
 
 # ------------------------------------------------------------------------------------------------ routing
