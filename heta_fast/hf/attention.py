@@ -118,7 +118,8 @@ def heta_attention(
 
     Whenever a graph is being built (the Hessian term) or the probabilities are requested, the math is
     eager (matmul, softmax, matmul; fused SDPA/flash kernels have no second derivatives): the attention
-    core of :mod:`heta_fast.hf.attention_core`, with its hand-written double backward, or, under soft-capping,
+    core of :mod:`heta_fast.hf.attention_core`, with its hand-written double backward (on long inputs without
+    recorded probabilities its query-blocked form, which never holds an n×n matrix), or, under soft-capping,
     additive masks or :func:`plain_attention`, the plain composition. Otherwise
     (gate recording, masked KL passes) it is torch's SDPA, which never forms the n×n score matrix when the
     mask is purely causal, so long inputs stay O(n) in memory.

@@ -34,7 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # The query-blocked core takes over graph-building calls with more score elements than this per head
-# (q_len·k_len) when no probabilities are requested; below it the whole-matrix core is as small and faster.
+# (q_len·k_len) when no probabilities are requested. One layer's graph and one HVP at the default model's
+# heads, one CPU thread: the blocked core took 1.39x the whole-matrix core's time at 512 tokens, 1.17x at
+# 768, 0.77x at 1,024 and 0.40x at 2,048 (it recomputes P but reads half the scores under a causal mask).
 BLOCKED_MIN_SCORES = 1024 * 1024
 # Bytes of one block's scores [B, H, rows, keys] in the softmax dtype: each pass holds a handful of
 # block-sized temporaries (times the directions under vmap), never a full score matrix.
