@@ -25,8 +25,12 @@ import torch
 from torch import Tensor
 
 from ..errors import HetaInputError, MemoryBudgetError
-from ..hf import ModelAdapter, cut_cache, new_full_cache
-from ..hf import attention_core  # the module: its threshold and block size are read at each call
+from ..hf import (
+    ModelAdapter,
+    attention_core,  # the module: its threshold and block size are read at each call
+    cut_cache,
+    new_full_cache,
+)
 from ..probes import check_probes, draw_range_finder
 from ..units.ranges import check_units, token_units, unit_chunks
 from .head import HeadCurvature, clean_head_curvature, target_log_prob

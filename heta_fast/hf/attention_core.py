@@ -183,10 +183,10 @@ def _row_blocks(allowed: Tensor | None, q_len: int, k_len: int, rows: int) -> tu
     if allowed is None:  # purely causal: query j sees keys up to k_len − q_len + j
         return tuple((lo, min(lo + rows, q_len), 0, k_len - q_len + min(lo + rows, q_len)) for lo in starts)
     seen = allowed.reshape(-1, q_len, k_len).any(0)  # [q, k]: seen by the row in some batch element
+    seen = torch.stack([seen[lo : lo + rows].any(0) for lo in starts])  # [blocks, k]: seen by a row of the block
     cols = torch.arange(k_len, device=seen.device)
-    pad = (0, -q_len % rows)  # rows past q_len see nothing
-    first = F.pad(torch.where(seen, cols, k_len).amin(-1), pad, value=k_len).view(-1, rows).amin(-1)
-    last = F.pad(torch.where(seen, cols, -1).amax(-1), pad, value=-1).view(-1, rows).amax(-1)
+    first = torch.where(seen, cols, k_len).amin(-1)
+    last = torch.where(seen, cols, -1).amax(-1)
     blocks = []
     for lo, k_lo, k_last in zip(starts, first.tolist(), last.tolist(), strict=True):
         if k_last < k_lo:  # every row of the block masked out: keep all keys (softmax gives NaN, as unblocked)

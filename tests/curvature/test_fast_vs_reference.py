@@ -59,6 +59,7 @@ def test_sensitivity_through_the_blocked_attention_core(fast_and_reference, kw, 
     _, fast, ref = fast_and_reference
     monkeypatch.setattr(core_module, "BLOCKED_MIN_SCORES", 0)
     monkeypatch.setattr(core_module, "block_rows", lambda *a: 3)
+    monkeypatch.setattr(core_module, "BLOCK_BYTES", 1 << 12)  # what the memory check budgets per block
     calls = []
     real = core_module._row_blocks
     monkeypatch.setattr(core_module, "_row_blocks", lambda *a: calls.append(a[1:]) or real(*a))
