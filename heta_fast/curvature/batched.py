@@ -25,7 +25,12 @@ import torch
 from torch import Tensor
 
 from ..errors import HetaInputError, MemoryBudgetError
-from ..hf import ModelAdapter, cut_cache, new_full_cache
+from ..hf import (
+    ModelAdapter,
+    attention_core,  # the module: its threshold and block size are read at each call
+    cut_cache,
+    new_full_cache,
+)
 from ..probes import check_probes, draw_range_finder
 from ..units.ranges import check_units, token_units, unit_chunks
 from .head import HeadCurvature, clean_head_curvature, target_log_prob
@@ -35,11 +40,22 @@ def bytes_per_direction(adapter: ModelAdapter, rows: int, kv_len: int, layers: i
     """Rough activation bytes one direction of a batched second backward keeps alive.
 
     Per differentiated layer (all, or the last ``layers``) and row: a few hidden-size vectors, the MLP
-    width, one attention row per head.
+    width; and the attention cores' share (:func:`heta_fast.hf.attention_core.graph_bytes`): four score rows
+    per head, or, where ``rows × kv_len`` takes the query-blocked core (long inputs), four query-sized rows
+    per head plus one layer's block temporaries. Above that threshold the exact path's shorter suffix graphs
+    may still take the whole-matrix core, at most :data:`~heta_fast.hf.attention_core.BLOCKED_MIN_SCORES`
+    score elements per head and layer: the larger of the two is budgeted.
     """
+    n_layers = layers or adapter.num_layers
     elem = torch.finfo(adapter.dtype).bits // 8
-    per_row = 12 * adapter.hidden_size + 3 * adapter.ffn_width + 4 * adapter.num_heads * kv_len
-    return (layers or adapter.num_layers) * rows * per_row * elem
+    per_row = 12 * adapter.hidden_size + 3 * adapter.ffn_width
+    heads, head_dim = adapter.num_heads, adapter.head_dim
+    attention = attention_core.graph_bytes(rows, kv_len, heads, head_dim, n_layers, adapter.dtype)
+    if attention_core.uses_blocked_core(rows, kv_len):
+        # A suffix of q rows with q·kv_len at the threshold: the whole-matrix core's largest graph.
+        q_whole = max(1, int(attention_core.BLOCKED_MIN_SCORES // kv_len))
+        attention = max(attention, attention_core.graph_bytes(q_whole, kv_len, heads, head_dim, n_layers, adapter.dtype))
+    return n_layers * rows * per_row * elem + attention
 
 
 def probe_batch_size(adapter: ModelAdapter, rows: int, kv_len: int, max_memory: int,

@@ -118,7 +118,8 @@ def heta_attention(
 
     Whenever a graph is being built (the Hessian term) or the probabilities are requested, the math is
     eager (matmul, softmax, matmul; fused SDPA/flash kernels have no second derivatives): the attention
-    core of :mod:`heta_fast.hf.attention_core`, with its hand-written double backward, or, under soft-capping,
+    core of :mod:`heta_fast.hf.attention_core`, with its hand-written double backward (on long inputs without
+    recorded probabilities its query-blocked form, which never holds an n×n matrix), or, under soft-capping,
     additive masks or :func:`plain_attention`, the plain composition. Otherwise
     (gate recording, masked KL passes) it is torch's SDPA, which never forms the n×n score matrix when the
     mask is purely causal, so long inputs stay O(n) in memory.
@@ -152,9 +153,9 @@ def heta_attention(
         out = out.transpose(1, 2).contiguous()
     elif (softcap is None and not getattr(_state, "plain", False)
           and (mask is None or (mask.dtype == torch.bool and mask.shape[1] == 1))):
-        # Graph or probabilities needed: the core with a hand-written double backward (attention_core.py).
-        allowed = _causal_bool_mask(q_len, k_len, query.device) if mask is None else mask
-        out, probs = attention_core(query, key, value, allowed, scaling)
+        # Graph or probabilities needed: the core with a hand-written double backward (attention_core.py);
+        # without probabilities, long inputs take its query-blocked form, which returns probs=None.
+        out, probs = attention_core(query, key, value, mask, scaling, probs=keep_probs)
         out = out.transpose(1, 2).contiguous()
     else:  # soft-capping, additive masks or plain_attention(): eager math, differentiated by autograd
         scores = torch.matmul(query, _repeat_kv(key, n_rep).transpose(-1, -2)) * scaling

@@ -16,12 +16,31 @@ composition in float64 (``tests/hf/test_attention_core.py``).
 Notation below (one kv head; the query heads of its group are stacked as rows): S = s·Q Kᵀ masked,
 P = softmax(S), O = P V. First backward from dO: dP = dO Vᵀ, δ = rowsum(P ⊙ dP), dS = P ⊙ (dP − δ),
 dQ = s·dS K, dK = s·dSᵀ Q, dV = Pᵀ dO.
+
+Long contexts (issue 16): P, and the first backward's dP, dP − δ and dS, are [q, k] per layer and stay alive
+for the whole second-order graph; on the default model at 8,192 tokens that is 2.4 GB each per layer. When
+no probabilities are requested and q·k exceeds :data:`BLOCKED_MIN_SCORES`, the query-blocked core
+(:class:`_BlockedCore`) runs instead, flash-attention style in plain torch: it keeps Q, K, V, O and the
+per-row log-sum-exp, and every pass (forward, first backward, its VJP) recomputes P one block of query rows
+at a time from them, so no score-sized tensor outlives a block. With δ = rowsum(P ⊙ dP) = rowsum(dO ⊙ O),
+the first backward needs no full row of P either. Each block only reads the keys some row of it may see
+(for a causal mask, keys up to its last row), which roughly halves the score work.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+# The query-blocked core takes over graph-building calls with more score elements than this per head
+# (q_len·k_len) when no probabilities are requested. One layer's graph and one HVP at the default model's
+# heads, one CPU thread: the blocked core took 1.39x the whole-matrix core's time at 512 tokens, 1.17x at
+# 768, 0.77x at 1,024 and 0.40x at 2,048 (it recomputes P but reads half the scores under a causal mask).
+BLOCKED_MIN_SCORES = 1024 * 1024
+# Bytes of one block's scores [B, H, rows, keys] in the softmax dtype: each pass holds a handful of
+# block-sized temporaries (times the directions under vmap), never a full score matrix.
+BLOCK_BYTES = 16 * 2**20
 
 
 def _group_rows(query: Tensor, n_kv: int) -> Tensor:
@@ -123,17 +142,261 @@ class _AttentionCore(torch.autograd.Function):
         return dQ, dK, dV, None, None, None
 
 
-def attention_core(query: Tensor, key: Tensor, value: Tensor, allowed: Tensor, scaling: float) -> tuple[Tensor, Tensor]:
-    """Causal attention ``(O [B, H, q, dh], P [B, H, q, k])`` with a hand-written double backward.
+# ------------------------------------------------------------------------------------------- query-blocked
+# Layout: queries ``[B, H_kv, n_rep, q, dh]`` (a view of ``[B, H, q, dh]``), keys/values ``[B, H_kv, k, dh]``;
+# a block is (lo, hi, k_lo, k_hi): query rows lo … hi−1 of every head, reading keys k_lo … k_hi−1 only.
+# Row-sized tensors per block are ``[B, H_kv, n_rep, b, ·]``; matmuls flatten (n_rep, b) into one row axis,
+# so each kv head is read once for its whole group. Everything is out of place (vmap over directions).
+
+
+def _flat(x: Tensor) -> Tensor:
+    """``[..., n_rep, b, c]`` → ``[..., n_rep·b, c]`` (the grouped rows a matmul against a kv head takes)."""
+    return x.reshape(*x.shape[:-3], -1, x.shape[-1])  # not flatten(): the legacy vmap has no rule for it
+
+
+def _rows_mm(a: Tensor, b: Tensor) -> Tensor:
+    """``[..., n_rep, r, c] @ [..., c, e]`` → ``[..., n_rep, r, e]``, b shared by the group's heads."""
+    out = torch.matmul(_flat(a), b)
+    return out.reshape(*out.shape[:-2], *a.shape[-3:-1], out.shape[-1])
+
+
+def _keys_mm(a: Tensor, b: Tensor) -> Tensor:
+    """``aᵀ b`` summed over the group: ``[..., n_rep, r, k]``, ``[..., n_rep, r, e]`` → ``[..., k, e]``."""
+    return torch.matmul(_flat(a).transpose(-1, -2), _flat(b))
+
+
+def _span(x: Tensor, lo: int, hi: int, dim: int = -2) -> Tensor:
+    """Rows (or keys) lo … hi−1 of x along ``dim`` (narrow, not ``x[..., lo:hi, :]``: the legacy vmap of
+    ``autograd.grad(is_grads_batched=True)`` cannot batch the alias that Ellipsis indexing makes)."""
+    return x.narrow(dim, lo, hi - lo)
+
+
+def _into_keys(total: Tensor | None, part: Tensor, k_lo: int, k_len: int) -> Tensor:
+    """``total + part`` placed at keys k_lo … (zero elsewhere): a block's share of a key-sized gradient."""
+    part = F.pad(part, (0, 0, k_lo, k_len - k_lo - part.shape[-2]))
+    return part if total is None else total + part
+
+
+def _row_blocks(allowed: Tensor | None, q_len: int, k_len: int, rows: int) -> tuple[tuple[int, int, int, int], ...]:
+    """(lo, hi, k_lo, k_hi) for blocks of ``rows`` query rows: the keys any row of the block may see."""
+    starts = range(0, q_len, rows)
+    if allowed is None:  # purely causal: query j sees keys up to k_len − q_len + j
+        return tuple((lo, min(lo + rows, q_len), 0, k_len - q_len + min(lo + rows, q_len)) for lo in starts)
+    seen = allowed.reshape(-1, q_len, k_len).any(0)  # [q, k]: seen by the row in some batch element
+    seen = torch.stack([seen[lo : lo + rows].any(0) for lo in starts])  # [blocks, k]: seen by a row of the block
+    cols = torch.arange(k_len, device=seen.device)
+    first = torch.where(seen, cols, k_len).amin(-1)
+    last = torch.where(seen, cols, -1).amax(-1)
+    blocks = []
+    for lo, k_lo, k_last in zip(starts, first.tolist(), last.tolist(), strict=True):
+        if k_last < k_lo:  # every row of the block masked out: keep all keys (softmax gives NaN, as unblocked)
+            k_lo, k_last = 0, k_len - 1
+        blocks.append((lo, min(lo + rows, q_len), k_lo, k_last + 1))
+    return tuple(blocks)
+
+
+def _block_probs(q5: Tensor, key: Tensor, allowed: Tensor | None, scaling: float, block, lse: Tensor | None):
+    """(P ``[B, H_kv, n_rep, b, k_hi − k_lo]`` in the input dtype, lse ``[B, H_kv, n_rep, b]``) of one block.
+
+    The softmax runs in at least float32, as :func:`_probs`; with ``lse`` given (saved by the forward) it is
+    exp(S − lse) and no reduction. The fresh score tensor is updated in place: one block-sized buffer.
+    """
+    lo, hi, k_lo, k_hi = block
+    scores = _rows_mm(_span(q5, lo, hi), _span(key, k_lo, k_hi).transpose(-1, -2)).mul_(scaling)
+    if allowed is None:  # causal, queries at the last q_len positions
+        offset = key.shape[-2] - q5.shape[-2]
+        q_pos = torch.arange(offset + lo, offset + hi, device=scores.device)[:, None]
+        hidden = torch.arange(k_lo, k_hi, device=scores.device)[None, :] > q_pos
+    else:
+        hidden = ~_span(_span(allowed, lo, hi), k_lo, k_hi, -1)
+    scores = scores.masked_fill_(hidden, float("-inf")).to(torch.promote_types(scores.dtype, torch.float32))
+    lse = torch.logsumexp(scores, dim=-1) if lse is None else _span(lse, lo, hi, -1)
+    return scores.sub_(lse.unsqueeze(-1)).exp_().to(q5.dtype), lse
+
+
+def _block_first_backward(q5, key, value, dO, lse, delta, allowed, scaling, block):
+    """One block's (dQ rows, dK and dV contributions at its keys)."""
+    lo, hi, k_lo, k_hi = block
+    P, _ = _block_probs(q5, key, allowed, scaling, block, lse)
+    dO_b = _span(dO, lo, hi)
+    dP = _rows_mm(dO_b, _span(value, k_lo, k_hi).transpose(-1, -2))
+    dS = P * (dP - _span(delta, lo, hi, -1).unsqueeze(-1))  # not in place: dO may be batched where dP is not
+    del dP
+    dQ = _rows_mm(dS, _span(key, k_lo, k_hi)).mul_(scaling)
+    return dQ, _keys_mm(dS, _span(q5, lo, hi)).mul_(scaling), _keys_mm(P, dO_b)
+
+
+def _blocked_first_backward(q5, key, value, dO, O, lse, allowed, scaling, blocks):
+    """(dQ, dK, dV, δ) of the blocked core for ``dO``, P recomputed block by block."""
+    delta = (dO * O).sum(-1)  # rowsum(P ⊙ dP) = rowsum(P ⊙ dO Vᵀ) = rowsum(dO ⊙ O)
+    k_len = key.shape[-2]
+    dQ, dK, dV = [], None, None
+    for block in blocks:  # one block's temporaries die with the helper's frame
+        dQ_b, dK_b, dV_b = _block_first_backward(q5, key, value, dO, lse, delta, allowed, scaling, block)
+        dQ.append(dQ_b)
+        dK = _into_keys(dK, dK_b, block[2], k_len)
+        dV = _into_keys(dV, dV_b, block[2], k_len)
+    return torch.cat(dQ, -2), dK, dV, delta
+
+
+def _block_vjp(q5, key, value, dO, lse, delta, allowed, s, block, gQ, gK, gV):
+    """One block's share of the VJP of (dQ, dK, dV) for cotangents (gQ, gK, gV): the formula of
+    :meth:`_AttentionCoreBackward.backward` restricted to the block's rows; (Q̄ rows, K̄ and V̄ at its keys,
+    dŌ rows). Block-sized temporaries are dropped as soon as they are used (several are per direction
+    under vmap)."""
+    lo, hi, k_lo, k_hi = block
+    P, _ = _block_probs(q5, key, allowed, s, block, lse)
+    Qb, dOb, gQb = _span(q5, lo, hi), _span(dO, lo, hi), _span(gQ, lo, hi)
+    Kr, Vr, gKr, gVr = (_span(x, k_lo, k_hi) for x in (key, value, gK, gV))
+    dP = _rows_mm(dOb, Vr.transpose(-1, -2))
+    dP_centered = dP - _span(delta, lo, hi, -1).unsqueeze(-1)
+    dS = P * dP_centered
+    Q_bar = _rows_mm(dS, gKr) * s
+    K_bar = _keys_mm(dS, gQb) * s
+    del dS
+    G_dS = _rows_mm(gQb, Kr.transpose(-1, -2)) + _rows_mm(Qb, gKr.transpose(-1, -2))
+    G_dS = G_dS * s
+    PG = P * G_dS
+    G_delta = -PG.sum(-1, keepdim=True)
+    G_dP = PG + P * G_delta
+    del PG
+    G_P = G_dS * dP_centered
+    del G_dS, dP_centered
+    G_P = G_P + G_delta * dP + _rows_mm(dOb, gVr.transpose(-1, -2))
+    del dP
+    dO_bar = _rows_mm(G_dP, Vr) + _rows_mm(P, gVr)
+    V_bar = _keys_mm(G_dP, dOb)
+    del G_dP
+    G_S = P * (G_P - (P * G_P).sum(-1, keepdim=True))
+    del G_P
+    return Q_bar + _rows_mm(G_S, Kr) * s, K_bar + _keys_mm(G_S, Qb) * s, V_bar, dO_bar
+
+
+class _BlockedCoreBackward(torch.autograd.Function):
+    """(Q, K, V, dO; O, lse) ↦ (dQ, dK, dV): the blocked core's backward, itself differentiable once.
+
+    O and lse enter as constants (the forward's); their dependence on Q, K, V is part of the hand-written VJP
+    (the formula of :class:`_AttentionCoreBackward`, evaluated one row block at a time), so no score-sized
+    tensor is saved.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(q5, key, value, dO, O, lse, allowed, scaling, blocks):
+        return _blocked_first_backward(q5, key, value, dO, O, lse, allowed, scaling, blocks)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q5, key, value, dO, _O, lse, allowed, scaling, blocks = inputs
+        delta = output[3]
+        ctx.save_for_backward(q5, key, value, dO, lse, delta, allowed)
+        ctx.scaling, ctx.blocks = scaling, blocks
+        ctx.mark_non_differentiable(delta)
+
+    @staticmethod
+    def backward(ctx, gQ, gK, gV, _gdelta):
+        q5, key, value, dO, lse, delta, allowed = ctx.saved_tensors
+        k_len = key.shape[-2]
+        Q_bar, dO_bar, K_bar, V_bar = [], [], None, None
+        for block in ctx.blocks:
+            Q_b, K_b, V_b, dO_b = _block_vjp(q5, key, value, dO, lse, delta, allowed, ctx.scaling, block, gQ, gK, gV)
+            Q_bar.append(Q_b)
+            dO_bar.append(dO_b)
+            K_bar = _into_keys(K_bar, K_b, block[2], k_len)
+            V_bar = _into_keys(V_bar, V_b, block[2], k_len)
+        return torch.cat(Q_bar, -2), K_bar, V_bar, torch.cat(dO_bar, -2), None, None, None, None, None
+
+
+class _BlockedCore(torch.autograd.Function):
+    """O = softmax(s·Q Kᵀ masked) V one query block at a time, keeping lse instead of P; its backward is
+    :class:`_BlockedCoreBackward`."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(q5, key, value, allowed, scaling, blocks):
+        outs, lses = [], []
+        for block in blocks:
+            P, lse = _block_probs(q5, key, allowed, scaling, block, None)
+            outs.append(_rows_mm(P, _span(value, block[2], block[3])))
+            lses.append(lse)
+            del P  # before the next block's
+        return torch.cat(outs, -2), torch.cat(lses, -1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q5, key, value, allowed, scaling, blocks = inputs
+        O, lse = output
+        ctx.save_for_backward(q5, key, value, allowed, O, lse)
+        ctx.scaling, ctx.blocks = scaling, blocks
+        ctx.mark_non_differentiable(lse)
+
+    @staticmethod
+    def backward(ctx, dO, _dlse):
+        q5, key, value, allowed, O, lse = ctx.saved_tensors
+        args = (q5, key, value, dO, O.detach(), lse, allowed, ctx.scaling, ctx.blocks)
+        if torch.is_grad_enabled():  # create_graph: record a node that knows its own derivative
+            dQ, dK, dV, _ = _BlockedCoreBackward.apply(*args)
+        else:
+            dQ, dK, dV, _ = _blocked_first_backward(*args)
+        return dQ, dK, dV, None, None, None
+
+
+def block_rows(batch: int, heads: int, k_len: int, dtype: torch.dtype) -> int:
+    """Query rows per block: one block's scores ``[batch, heads, rows, k_len]`` within :data:`BLOCK_BYTES`."""
+    elem = torch.finfo(torch.promote_types(dtype, torch.float32)).bits // 8
+    return max(1, BLOCK_BYTES // (batch * heads * k_len * elem))
+
+
+def uses_blocked_core(q_len: int, k_len: int) -> bool:
+    """Whether a graph-building call without probabilities takes the query-blocked core."""
+    return q_len * k_len > BLOCKED_MIN_SCORES
+
+
+# Block-sized temporaries one second backward through the blocked core holds at once: 7 measured at the
+# default model's shapes (tests/hf/test_attention_core.py), 10 budgeted.
+BLOCKED_TEMPORARIES = 10
+
+
+def graph_bytes(q_len: int, k_len: int, heads: int, head_dim: int, layers: int, dtype: torch.dtype) -> int:
+    """Bytes the attention cores of a second-order graph over ``layers`` layers hold for one direction.
+
+    The whole-matrix core keeps four score rows per head and layer (P, dP, dP − δ, dS); the blocked core four
+    query-sized rows (Q, O, dO, dQ; keys and values are smaller) and, for the layer whose second backward is
+    running, :data:`BLOCKED_TEMPORARIES` blocks of :data:`BLOCK_BYTES`.
+    """
+    elem = torch.finfo(dtype).bits // 8
+    if uses_blocked_core(q_len, k_len):
+        return layers * q_len * 4 * heads * head_dim * elem + BLOCKED_TEMPORARIES * BLOCK_BYTES
+    return layers * q_len * 4 * heads * k_len * elem
+
+
+def attention_core(query: Tensor, key: Tensor, value: Tensor, allowed: Tensor | None, scaling: float, *,
+                   probs: bool = True, rows_per_block: int | None = None) -> tuple[Tensor, Tensor | None]:
+    """Causal attention ``(O [B, H, q, dh], P [B, H, q, k] or None)`` with a hand-written double backward.
 
     Args:
         query: ``[B, H, q, dh]``; key, value: ``[B, H_kv, k, dh]`` (query head h reads kv head h // (H / H_kv)).
         allowed: boolean ``[q, k]`` (or broadcastable ``[B, 1, q, k]``), True where a query may see a key;
-            every row must allow at least one key.
+            every row must allow at least one key. None: purely causal (queries at the last q positions).
+        probs: whether P is needed. Without it, and with q·k > :data:`BLOCKED_MIN_SCORES`, the query-blocked
+            core runs and P is None.
+        rows_per_block: run the blocked core with this many query rows per block, whatever the size (tests).
     """
     B, H, q_len, dh = query.shape
-    n_kv = key.shape[1]
-    if allowed.ndim == 4:  # [B or 1, 1, q, k] -> [B or 1, 1, 1, q, k] against [B, H_kv, n_rep, q, k]
+    k_len, n_kv = key.shape[-2], key.shape[1]
+    if allowed is not None and allowed.ndim == 4:  # [B or 1, 1, q, k] -> [B or 1, 1, 1, q, k] vs [B, H_kv, n_rep, q, k]
         allowed = allowed[:, :, None]
+    if rows_per_block is None and not probs and uses_blocked_core(q_len, k_len):
+        rows_per_block = block_rows(B, H, k_len, query.dtype)
+    if rows_per_block is not None:
+        blocks = _row_blocks(allowed, q_len, k_len, rows_per_block)
+        q5 = query.view(B, n_kv, H // n_kv, q_len, dh)
+        O, _ = _BlockedCore.apply(q5, key, value, allowed, float(scaling), blocks)
+        return O.view(B, H, q_len, -1), None
+    if allowed is None:
+        allowed = torch.arange(k_len, device=query.device)[None, :] <= torch.arange(
+            k_len - q_len, k_len, device=query.device)[:, None]
     O, P = _AttentionCore.apply(_group_rows(query, n_kv), key, value, allowed, float(scaling), q_len)
     return O.view(B, H, q_len, -1), P.view(B, H, q_len, -1)

@@ -46,3 +46,26 @@ def test_sensitivity_autograd_head(fast_and_reference, kw, monkeypatch):
     probes = draw_probes(T, 2, fast.hidden_size, seed=4)
     S = sensitivity_batched(fast, ids, 7, probes=probes.float(), **kw)
     assert rel_err(S, sensitivity_reference(ref, ids, 7, probes=probes, **kw)) < 1e-4
+
+
+@pytest.mark.parametrize("fast_and_reference", ["llama", "qwen2", "mistral"], indirect=True)
+@pytest.mark.parametrize("kw", [{}, {"hessian": "lowrank", "rank": 12}, {"layers": 1, "hessian": "lowrank", "rank": 12}],
+                         ids=["exact", "lowrank12", "last_layer_lowrank12"])
+def test_sensitivity_through_the_blocked_attention_core(fast_and_reference, kw, monkeypatch):
+    """With the blocked core's threshold forced to zero and blocks of 3 query rows, every graph the fast path
+    builds takes the query-blocked attention core (issue 16), and S still matches the reference."""
+    from heta_fast.hf import attention_core as core_module
+
+    _, fast, ref = fast_and_reference
+    monkeypatch.setattr(core_module, "BLOCKED_MIN_SCORES", 0)
+    monkeypatch.setattr(core_module, "block_rows", lambda *a: 3)
+    monkeypatch.setattr(core_module, "BLOCK_BYTES", 1 << 12)  # what the memory check budgets per block
+    calls = []
+    real = core_module._row_blocks
+    monkeypatch.setattr(core_module, "_row_blocks", lambda *a: calls.append(a[1:]) or real(*a))
+    ids = random_ids(T)
+    probes = draw_probes(T, 3, fast.hidden_size, seed=3)
+    S = sensitivity_batched(fast, ids, 7, probes=probes.float(), max_memory=1 << 20, **kw)
+    S_ref = sensitivity_reference(ref, ids, 7, probes=probes, **kw)
+    assert calls, "the blocked core never ran"
+    assert rel_err(S, S_ref) < (1e-3 if "rank" in kw else 1e-4)

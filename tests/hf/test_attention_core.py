@@ -3,14 +3,22 @@
 Values, first and second derivatives must agree to float64 round-off (1e-10 relative) for MHA and GQA,
 prefix caches (fewer queries than keys), sliding windows and batched directions under ``torch.func.vmap``
 and under ``autograd.grad(is_grads_batched=True)``; ``gradcheck``/``gradgradcheck`` compare with finite
-differences. The routing tests check which path ``heta_attention`` takes.
+differences. The query-blocked core (long inputs without probabilities) is held to the same comparisons, with its size
+threshold forced tiny and blocks of 1, 2 and 3 rows (not dividing q_len), and must save no score-sized tensor.
+The routing tests check which path ``heta_attention`` takes.
 """
+
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 
 from heta_fast.hf import ModelAdapter
 from heta_fast.hf import attention as recording_attention
+from heta_fast.hf import attention_core as core_module
 from heta_fast.hf.attention_core import attention_core
 from heta_fast.testing import rel_err
 
@@ -102,6 +110,146 @@ def test_mask_with_batch_dimension():
     assert rel_err(O, O_ref) < 1e-12
 
 
+# ------------------------------------------------------------------------------------------ query-blocked
+def force_blocked(monkeypatch, rows, B, H, k_len, dtype=torch.float64):
+    """Every call takes the blocked core, with ``rows`` query rows per block for this shape."""
+    monkeypatch.setattr(core_module, "BLOCKED_MIN_SCORES", 0)
+    monkeypatch.setattr(core_module, "BLOCK_BYTES", rows * B * H * k_len * torch.finfo(dtype).bits // 8)
+    assert core_module.block_rows(B, H, k_len, dtype) == rows
+
+
+def blocked_masks(case, allowed, B):
+    """The mask forms the core takes: [q, k], [B, 1, q, k] with its own mask per batch element, None (causal)."""
+    q_len, k_len = allowed.shape
+    per_batch = allowed[None, None].repeat(B, 1, 1, 1)
+    if case == "prefix_cache":  # batch element 1 left-padded: its first 3 keys hidden from every query
+        per_batch[1, :, :, :3] = False
+    elif q_len > 2:
+        per_batch[1] &= allowed_mask(q_len, k_len, window=2)
+    masks = {"bool": allowed, "per_batch": per_batch}
+    if "window" not in CASES[case]:
+        masks["causal_none"] = None
+    return masks
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+@pytest.mark.parametrize("case", list(CASES))
+def test_blocked_core_values_and_derivatives_match_autograd(case, rows, monkeypatch):
+    q, k, v, allowed = make(case)
+    B, H = q.shape[:2]
+    force_blocked(monkeypatch, rows, B, H, k.shape[-2])
+    for name, mask in blocked_masks(case, allowed, q.shape[0]).items():
+        ref_mask = allowed if mask is None else mask
+        core = lambda q, k, v, mask=mask: attention_core(q, k, v, mask, 0.37, probs=False)[0]  # noqa: E731
+        plain = lambda q, k, v, m=ref_mask: eager(q, k, v, m, 0.37)[0]  # noqa: E731
+        O, P = attention_core(q, k, v, mask, 0.37, probs=False)
+        assert P is None, "the blocked core returns no probabilities"
+        assert rel_err(O, plain(q, k, v)) < 1e-12, name
+        dO = torch.randn_like(O)
+        g = torch.autograd.grad(core(q, k, v), (q, k, v), dO)
+        g_ref = torch.autograd.grad(plain(q, k, v), (q, k, v), dO)
+        for a, b in zip(g, g_ref, strict=True):
+            assert rel_err(a, b) < 1e-10, name
+        dirs = tuple(torch.randn(3, *x.shape, dtype=x.dtype) for x in (q, k, v))
+        for batched in ("func", "legacy"):
+            h = second_order(core, q, k, v, dirs, batched)
+            h_ref = second_order(plain, q, k, v, dirs, batched)
+            for a, b in zip(h, h_ref, strict=True):
+                assert rel_err(a, b) < 1e-10, (name, batched)
+
+
+def test_blocked_core_with_probabilities_requested_stays_whole(monkeypatch):
+    """probs=True (recording for the gate) keeps the whole-matrix core, whatever the size."""
+    q, k, v, allowed = make("gqa")
+    force_blocked(monkeypatch, 2, *q.shape[:2], k.shape[-2])
+    O, P = attention_core(q, k, v, allowed, 0.3)
+    O_ref, P_ref = eager(q, k, v, allowed, 0.3)
+    assert rel_err(P, P_ref) < 1e-12 and rel_err(O, O_ref) < 1e-12
+
+
+@pytest.mark.parametrize("case", ["gqa", "prefix_cache"])
+def test_blocked_core_finite_differences(case, monkeypatch):
+    q, k, v, allowed = make(case, B=1, dh=3)
+    force_blocked(monkeypatch, 2, 1, q.shape[1], k.shape[-2])
+    fn = lambda q, k, v: attention_core(q, k, v, allowed, 0.5, probs=False)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+    assert torch.autograd.gradgradcheck(fn, (q, k, v))
+
+
+@pytest.mark.parametrize("blocked", [True, False])
+def test_blocked_core_saves_no_score_sized_tensor(blocked, monkeypatch):
+    """Through the first backward with create_graph (what the HVPs hold), nothing of q×k floats is saved;
+    the whole-matrix core, the control, saves P and more."""
+    B, H, H_kv, n, dh = 1, 4, 2, 64, 4
+    q, k, v = (torch.randn(B, h, n, dh, dtype=torch.float64, requires_grad=True) for h in (H, H_kv, H_kv))
+    if blocked:
+        force_blocked(monkeypatch, 5, B, H, n)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() if t.is_floating_point() else 0)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        O, _ = attention_core(q, k, v, None, 0.5, probs=not blocked)
+        grads = torch.autograd.grad((O * O).sum(), (q, k, v), create_graph=True)
+    scores = B * H * n * n
+    assert (max(saved) < scores / 8) == blocked, saved
+    torch.autograd.grad(grads, (q, k, v), tuple(torch.randn_like(g) for g in grads))  # the graph still works
+
+
+CORE_MEMORY_CHILD = textwrap.dedent(
+    """
+    import sys, torch
+    from heta_fast.hf import attention_core as core
+    from heta_fast.profiling import reset_peak_rss, status_kib
+
+    torch.set_num_threads(1)
+    n, blocked = int(sys.argv[1]), sys.argv[2] == "1"
+    core.BLOCKED_MIN_SCORES = 0 if blocked else float("inf")
+    H, H_kv, dh = 9, 3, 64
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, n, dh, generator=g).requires_grad_(True) for h in (H, H_kv, H_kv))
+    w = torch.randn(1, H, n, dh, generator=g)
+    dirs = tuple(torch.randn(1, *x.shape, generator=g) for x in (q, k, v))
+
+    def graph_and_one_hvp():
+        O, _ = core.attention_core(q, k, v, None, dh ** -0.5, probs=not blocked)
+        grads = torch.autograd.grad((w * O * O).sum(), (q, k, v), create_graph=True)
+        return torch.func.vmap(lambda *d: torch.autograd.grad(grads, (q, k, v), d, retain_graph=True))(*dirs)
+
+    graph_and_one_hvp()  # warm up
+    reset_peak_rss()
+    base = status_kib("VmRSS")
+    graph_and_one_hvp()
+    print((status_kib("VmHWM") - base) * 1024)
+    """
+)
+
+
+def core_peak_bytes(n: int, blocked: bool) -> int:
+    """Peak resident bytes of one attention layer's second-order graph plus one HVP (default model's heads),
+    in a fresh process whose malloc maps every large block (so the peak is live memory, as
+    tests/gate/test_memory.py)."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", CORE_MEMORY_CHILD, str(n), "1" if blocked else "0"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def test_graph_bytes_covers_the_blocked_core_measured_peak():
+    """The budget the memory check uses for the blocked core (graph_bytes) covers its measured peak at the
+    default model's attention shape at 2,048 tokens (measured 151 MB against 187 MB budgeted; the whole-matrix
+    core's four score matrices alone would be 604 MB)."""
+    n, H, dh = 2048, 9, 64
+    budget = core_module.graph_bytes(n, n, H, dh, 1, torch.float32)
+    assert budget < 4 * H * n * n * 4 / 3
+    assert core_peak_bytes(n, blocked=True) <= budget
+    # Control: the same measurement sees the whole-matrix core's score matrices (1,024 tokens: 151 MB of them).
+    assert core_peak_bytes(1024, blocked=False) > 4 * H * 1024 * 1024 * 4
+
+
 # ------------------------------------------------------------------------------------------------ routing
 class Module(torch.nn.Module):
     is_causal = True
@@ -150,3 +298,20 @@ def test_reference_engine_never_uses_the_core(monkeypatch):
     ids = random_ids(6)
     gate_reference(adapter, ids)
     sensitivity_reference(adapter, ids, 3, probes=draw_probes(6, 1, adapter.hidden_size, seed=0))
+
+
+def test_long_graph_without_probs_uses_the_blocked_core(monkeypatch):
+    """Over the threshold, a graph-building call takes the blocked core unless the recorder keeps probabilities."""
+    monkeypatch.setattr(core_module, "BLOCKED_MIN_SCORES", 0)
+    q, k, v, allowed = make("gqa")
+    ref_O, ref_P = eager(q, k, v, allowed, q.shape[-1] ** -0.5)
+    blocked = []
+    real = core_module._row_blocks
+    monkeypatch.setattr(core_module, "_row_blocks", lambda *a: blocked.append(1) or real(*a))
+    out, _ = recording_attention.heta_attention(Module(), q, k, v, None)
+    assert blocked and rel_err(out, ref_O.transpose(1, 2)) < 1e-12
+    blocked.clear()
+    rec = recording_attention.Recorder(keep_probs=True)
+    with recording_attention.recording(rec):
+        out, probs = recording_attention.heta_attention(Module(), q, k, v, None)
+    assert not blocked and rel_err(probs, ref_P) < 1e-12 and rel_err(rec.layers[0].probs, ref_P[0]) < 1e-12
