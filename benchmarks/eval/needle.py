@@ -113,18 +113,22 @@ def answer_logprob(attr: Attributor, text: str, answer_id: int) -> tuple[float, 
 def run_one(attr: Attributor, opts: dict, prompt: str, sentences, answer: str, methods, seed: int) -> dict:
     tok = attr.tokenizer
     answer_id = tok(answer, add_special_tokens=False)["input_ids"][0]
-    row: dict = {}
+    # Explain the first token only: a continuation string is explained token by token, so pass just that token.
+    first = tok.decode([answer_id])
+    if tok(first, add_special_tokens=False)["input_ids"] != [answer_id]:
+        raise SystemExit(f"the answer's first token {first!r} does not re-tokenise to itself")
+    row: dict = {"answer_token": first}
     row["logp_answer"], top1 = answer_logprob(attr, prompt, answer_id)
     row["answer_is_top1"] = top1 == answer_id
     scores, seconds = {}, {}
     if "heta_units" in methods:
         t0 = time.perf_counter()
-        res = attr.attribute(prompt, answer, units="sentence", **opts)[0]
+        res = attr.attribute(prompt, first, units="sentence", **opts)[0]
         scores["heta_units"], seconds["heta_units"] = unit_per_sentence(res.units, sentences), time.perf_counter() - t0
         row["tokens"] = res.target_position
     if "heta_tokens" in methods:
         t0 = time.perf_counter()
-        res = attr.attribute(prompt, answer, **{**opts, "units": "token"})[0]
+        res = attr.attribute(prompt, first, **{**opts, "units": "token"})[0]
         scores["heta_tokens"] = per_sentence(res.scores, res.offsets, sentences)
         seconds["heta_tokens"] = time.perf_counter() - t0
     if "loo" in methods:
