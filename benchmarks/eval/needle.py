@@ -1,12 +1,15 @@
 """Needle in a haystack: does sentence-level attribution find the sentence the answer came from? (issue 16)
 
     python benchmarks/eval/needle.py [--tokens 384] [--depths 0.1 0.5 0.9] [--threads 2] [--out DIR]
+    python benchmarks/eval/needle.py --distractors --out benchmarks/eval/needle_distractors
     python benchmarks/eval/needle.py --documents a.txt b.txt --needles held_out.jsonl --out /tmp/held_out
 
 Haystacks: by default sections of the Python Language Reference shipped with CPython (``pydoc_data.topics``,
 PSF License 2.0), or the plain-text files given with ``--documents``; each is cut at a sentence boundary near
-``--tokens`` tokens. Needles (``--needles``: JSON lines ``{"needle": ..., "cue": ..., "answer": ...}``, or the
-ones below, written for this test) are fact sentences planted between two sentences at each depth. The cue
+``--tokens`` tokens. Needles (``--needles``: JSON lines ``{"needle": ..., "cue": ..., "answer": ...,
+"distractor": ...}``, or the ones below, written for this test) are fact sentences planted between two sentences
+at each depth; with ``--distractors`` each needle's distractor (a sentence with most of its words and another
+answer) is planted half a document away, so citing whatever resembles the cue is not enough. The cue
 after the document repeats the needle's words up to the answer (the default model does not answer a bare
 "Answer:" cue about a needle, but completes a cue it can copy); the target is the answer's first token. Each
 row records its log-probability and whether it is the model's top-1 (the model predicts what is explained).
@@ -39,15 +42,19 @@ from heta_fast.evaluation.baselines import integrated_gradients
 from heta_fast.units import sentence_spans
 
 HERE = Path(__file__).resolve().parent
-NEEDLES = [  # written for this test: facts no document contains
+NEEDLES = [  # written for this test: facts no document contains; each distractor shares most of its words
     {"needle": "The archive key for the northern lighthouse is kept under the name Marigold.",
-     "cue": "The archive key for the northern lighthouse is kept under the name", "answer": " Marigold"},
+     "cue": "The archive key for the northern lighthouse is kept under the name", "answer": " Marigold",
+     "distractor": "The archive key for the southern boathouse is kept under the name Bellweather."},
     {"needle": "Every Tuesday the harbour clock is wound by a keeper called Ortensia.",
-     "cue": "Every Tuesday the harbour clock is wound by a keeper called", "answer": " Ortensia"},
+     "cue": "Every Tuesday the harbour clock is wound by a keeper called", "answer": " Ortensia",
+     "distractor": "Every Sunday the chapel bell is rung by a keeper called Leopold."},
     {"needle": "The secret ingredient in the village bakery's bread is a spoonful of cardamom.",
-     "cue": "The secret ingredient in the village bakery's bread is a spoonful of", "answer": " cardamom"},
+     "cue": "The secret ingredient in the village bakery's bread is a spoonful of", "answer": " cardamom",
+     "distractor": "The secret ingredient in the town brewery's ale is a spoonful of honey."},
     {"needle": "Our expedition reached the glacier camp after exactly nineteen days of walking.",
-     "cue": "Our expedition reached the glacier camp after exactly", "answer": " nineteen"},
+     "cue": "Our expedition reached the glacier camp after exactly", "answer": " nineteen",
+     "distractor": "Their expedition reached the desert oasis after exactly seven days of riding."},
 ]
 SECTIONS = ("execmodel", "exceptions", "naming", "compound", "import", "assignment")
 METHODS = ("heta_units", "heta_tokens", "loo", "integrated_gradients", "random")
@@ -153,34 +160,44 @@ def run_one(attr: Attributor, opts: dict, prompt: str, sentences, answer: str, m
 
 
 def metrics(row: dict) -> dict:
-    """Needle share of the positive mass and cite@1 per method (ties count against the method)."""
+    """Needle share of the positive mass and cite@1 per method (ties count against the method); with a planted
+    distractor also its share and whether the needle scores above it."""
     out = {}
-    n = row["needle_index"]
+    n, dis = row["needle_index"], row.get("distractor_index")
     for name, vals in row["scores"].items():
         pos = [max(0.0, v) for v in vals]
         total = sum(pos)
         best = max(vals)
         out[name] = {"share": pos[n] / total if total > 0 else 0.0,
                      "cite1": int(vals[n] == best and sum(v == best for v in vals) == 1)}
+        if dis is not None:
+            out[name]["distractor_share"] = pos[dis] / total if total > 0 else 0.0
+            out[name]["above_distractor"] = int(vals[n] > vals[dis])
     return out
 
 
 def summary(rows: list[dict], opts: dict, settings: dict) -> str:
     methods = [m for m in METHODS if all(m in r["scores"] for r in rows)]
     pred = [r for r in rows if r["answer_is_top1"]]
+    distractors = all(r.get("distractor_index") is not None for r in rows)
     lines = [f"Settings: {json.dumps(settings)}; HETA options: {json.dumps(opts)}.", "",
              f"{len(rows)} runs ({len(pred)} where the answer is the model's top-1; median log p(answer) "
              f"{sorted(r['logp_answer'] for r in rows)[len(rows) // 2]:.2f}).", "",
              "| method | needle share, all (mean) | cite@1, all | needle share, top-1 runs | cite@1, top-1 runs "
-             "| s/run |", "|---|---|---|---|---|---|"]
+             "| s/run |" + (" distractor share | needle > distractor |" if distractors else ""),
+             "|---|---|---|---|---|---|" + ("---|---|" if distractors else "")]
     for m in methods:
         def mean(rs, key, m=m):
             return sum(metrics(r)[m][key] for r in rs) / max(1, len(rs))
         cite = sum(metrics(r)[m]["cite1"] for r in rows)
         cite_p = sum(metrics(r)[m]["cite1"] for r in pred)
         secs = [r["seconds"].get(m, 0.0) for r in rows]
-        lines.append(f"| {m} | {mean(rows, 'share'):.3f} | {cite}/{len(rows)} | {mean(pred, 'share'):.3f} | "
-                     f"{cite_p}/{len(pred)} | {sum(secs) / len(secs):.0f} |")
+        line = (f"| {m} | {mean(rows, 'share'):.3f} | {cite}/{len(rows)} | {mean(pred, 'share'):.3f} | "
+                f"{cite_p}/{len(pred)} | {sum(secs) / len(secs):.0f} |")
+        if distractors:
+            above = sum(metrics(r)[m]["above_distractor"] for r in rows)
+            line += f" {mean(rows, 'distractor_share'):.3f} | {above}/{len(rows)} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -202,6 +219,8 @@ def main():
     ap.add_argument("--documents", nargs="+", help="plain-text haystack files (default: the Python reference)")
     ap.add_argument("--needles", help="JSON lines with needle, cue, answer (default: the built-in needles)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--distractors", action="store_true",
+                    help="also plant each needle's distractor (same words, another answer) half a document away")
     ap.add_argument("--model", default="default")
     ap.add_argument("--preset", default="document",
                     help="HETA preset of heta_units and heta_tokens (heta_tokens with units='token'); 'default' for "
@@ -215,7 +234,7 @@ def main():
     needles = ([json.loads(line) for line in Path(args.needles).read_text().splitlines() if line.strip()]
                if args.needles else NEEDLES)
     opts = dict(parse_set(args.set), **({"preset": args.preset} if args.preset != "default" else {}))
-    settings = {"model": args.model, "tokens": args.tokens, "depths": args.depths,
+    settings = {"model": args.model, "tokens": args.tokens, "depths": args.depths, "distractors": args.distractors,
                 "documents": args.documents or "pydoc_data.topics", "needles": args.needles or "built-in"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -230,13 +249,21 @@ def main():
         for depth in args.depths:
             if (d, k, depth) in done:
                 continue
-            text, needle_span = plant(doc, nd["needle"], depth)
+            text, dis_span = doc, None
+            if args.distractors:  # planted first, half the document away from the needle
+                text, dis_span = plant(doc, nd["distractor"], (depth + 0.5) % 1.0)
+            text, needle_span = plant(text, nd["needle"], depth)
+            if dis_span is not None and needle_span[0] <= dis_span[0]:
+                shift = needle_span[1] - needle_span[0] + 1
+                dis_span = (dis_span[0] + shift, dis_span[1] + shift)
             prompt = text + "\n\n" + nd["cue"]
             sentences = sentence_spans(text)  # the document's sentences; the cue after them is left out
-            if needle_span not in sentences:
-                raise SystemExit(f"needle {k} is not one sentence of the splitter at depth {depth}")
+            for what, span in (("needle", needle_span), ("distractor", dis_span)):
+                if span is not None and span not in sentences:
+                    raise SystemExit(f"{what} {k} is not one sentence of the splitter at depth {depth}")
             row = {"document": d, "needle": k, "depth": depth, "sentences": len(sentences),
-                   "needle_index": sentences.index(needle_span)}
+                   "needle_index": sentences.index(needle_span),
+                   "distractor_index": None if dis_span is None else sentences.index(dis_span)}
             row.update(run_one(attr, opts, prompt, sentences, nd["answer"], args.methods,
                                seed=1000 * k + int(100 * depth)))
             row["metrics"] = metrics(row)

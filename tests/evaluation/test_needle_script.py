@@ -41,3 +41,12 @@ def test_share_and_cite_at_one(needle):
     assert m["a"] == {"share": 0.75, "cite1": 1}
     assert m["b"] == {"share": 0.5, "cite1": 0}  # a tie at the top is not a citation
     assert m["c"] == {"share": 0.0, "cite1": 0}
+
+
+def test_distractor_share_and_order(needle):
+    row = {"needle_index": 0, "distractor_index": 2, "scores": {"a": [3.0, 1.0, 4.0], "b": [5.0, 0.0, 0.0]}}
+    m = needle.metrics(row)
+    assert m["a"]["cite1"] == 0 and m["a"]["above_distractor"] == 0 and m["a"]["distractor_share"] == 0.5
+    assert m["b"] == {"share": 1.0, "cite1": 1, "distractor_share": 0.0, "above_distractor": 1}
+    for spec in needle.NEEDLES:  # a distractor is another sentence that shares the cue's frame, not the answer
+        assert spec["distractor"] != spec["needle"] and spec["answer"].strip() not in spec["distractor"]
