@@ -82,7 +82,7 @@ def partition(kind: str, text: str | None, offsets: list[tuple[int, int]] | None
         return [UnitSpan(i, i + 1, *(offsets[i] if offsets else (None, None)), "token") for i in range(t)]
     if text is None or offsets is None:
         raise HetaInputError(f"units={kind!r} needs text input with character offsets; token ids carry no text "
-                             "to split (give the text, or use units='token')")
+                             "to split (give the text, or use units='token')", field="units")
     if kind == "sentence":
         ranges = [(r, "sentence") for r in tile(sentence_spans(text), len(text))]
     elif kind == "paragraph":

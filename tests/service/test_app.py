@@ -83,6 +83,7 @@ def test_targets_ids_presets_and_continuations(server, api):
         ({"text": "abc", "ids": [1, 2]}, "text", "exactly one"),
         ({"ids": []}, "ids", "empty"),
         ({"ids": [0, 3, 500]}, "ids", "vocabulary"),
+        ({"ids": [3, 4, 5], "options": {"units": "sentence"}}, "options.units", "needs text"),
         ({"text": "abc", "options": {"bogus": 1}}, "options.bogus", "unknown option"),
         ({"text": "abc", "options": {"num_probes": 0}}, "options.num_probes", ">= 1"),
         ({"text": "abc", "options": {"num_probes": "many"}}, "options.num_probes", "integer"),
