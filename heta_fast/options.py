@@ -377,13 +377,14 @@ PRESETS: dict[str, dict] = {
                     "rank": 64, "layers": 6},
     "fast": {"hessian": "lowrank", "rank": 16, "num_probes": 4},
     # Long inputs on a CPU: the exact KL term costs about W/2 forwards of W tokens per window, so windows
-    # of 256 (half those of paper-large) halve its total; curvature on the last 6 layers as in the paper.
-    "long": {"window": 256, "overlap": 0.5, "hessian": "lowrank", "rank": 32, "layers": 6},
+    # of 256 (half those of paper-large) halve its total; curvature on the last 6 layers as in the paper
+    # ("auto": all layers on a model with no more than 6).
+    "long": {"window": 256, "overlap": 0.5, "hessian": "lowrank", "rank": 32, "layers": "auto"},
     # Long documents, "which sentence?": sentence units over the whole context (no windows), exact unit KL,
     # low-rank S whose cost does not grow with the number of units. At unit level the single-pass range finder
     # ranks like two passes (ρ 0.986 vs 0.975 against exact S, 27 sentences; benchmarks/RESULTS.md) at half the
-    # products. Curvature over the last 6 layers (layers="auto", the default). One curvature graph over
-    # 2,048 tokens needs about 5 GiB, hence max_memory.
+    # products. Curvature over the last 6 layers (layers="auto", the default). max_memory: the budget check
+    # puts one direction at 8,192 tokens at 3 GiB, over the default 2 GiB (measured peaks: benchmarks/RESULTS.md).
     "document": {"units": "sentence", "hessian": "lowrank", "rank": 16, "lowrank_passes": 1,
                  "max_memory": 6 * 1024**3},
 }
