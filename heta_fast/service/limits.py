@@ -119,17 +119,25 @@ def estimate_work(opts: HetaOptions, *, num_layers: int, positions: list[int], p
     ``prompt_tokens`` is the input before any generated token; ``generate`` the tokens to generate first.
     A sink token (``sink_token`` not None) is counted in every window, as it may be added. ``units``: the
     ``(start, end)`` token ranges of the longest context's units (SPEC §6), when ``opts.units`` is not
-    "token"; they run in one window (see :func:`unit_work`).
+    "token"; they run in one window (see :func:`_unit_targets`).
     """
-    if units is not None:
-        return unit_work(opts, num_layers=num_layers, positions=positions, prompt_tokens=prompt_tokens,
-                         generate=generate, units=units)
     lead = 0 if opts.sink_token is None else 1
     layers = resolve_layers(opts.layers, num_layers)
     f = 1.0 if layers is None else layers / num_layers
-    m, rank = opts.num_probes, opts.rank
-    comps = opts.components
-    parts = {"gate": 0.0, "S": 0.0, "I": 0.0, "generate": 0.0}
+    if units is None:
+        parts = _token_targets(opts, positions, lead, f)
+    else:
+        parts = _unit_targets(opts, positions, lead, f, units)
+    parts["generate"] = sum(prompt_tokens + lead + i for i in range(generate))
+    if opts.engine == "reference":
+        parts = {k: v * REFERENCE_FACTOR for k, v in parts.items()}
+    return WorkEstimate(parts)
+
+
+def _token_targets(opts: HetaOptions, positions: list[int], lead: int, f: float) -> dict[str, float]:
+    """gate, S and I of token-level targets (``f``: the fraction of layers the curvature runs through)."""
+    m, rank, comps = opts.num_probes, opts.rank, opts.components
+    parts = {"gate": 0.0, "S": 0.0, "I": 0.0}
 
     def s_cost(w: int) -> float:
         return 2 * m * w * w * f if opts.hessian == "exact" else 8 * rank * w * f
@@ -149,25 +157,19 @@ def estimate_work(opts: HetaOptions, *, num_layers: int, positions: list[int], p
             parts["gate"] += n_win * w if "M" in comps else 0
             parts["I"] += n_win * w * (w + 1) / 2 if "I" in comps else 0
             parts["S"] += n_win * s_cost(w) if "S" in comps else 0
-    parts["generate"] = sum(prompt_tokens + lead + i for i in range(generate))
-    if opts.engine == "reference":
-        parts = {k: v * REFERENCE_FACTOR for k, v in parts.items()}
-    return WorkEstimate(parts)
+    return parts
 
 
-def unit_work(opts: HetaOptions, *, num_layers: int, positions: list[int], prompt_tokens: int, generate: int,
-              units: list[tuple[int, int]]) -> WorkEstimate:
-    """Token passes with units: the whole context in one window, per target (as the engine runs them).
+def _unit_targets(opts: HetaOptions, positions: list[int], lead: int, f: float,
+                  units: list[tuple[int, int]]) -> dict[str, float]:
+    """gate, S and I with units: the whole context in one window, per target (as the engine runs them).
 
     I: one masked suffix per unit, Σ_u (n − start_u) rows; S exact: m directions per unit over the same
     suffix (≈ 4 passes a row); S low-rank as for tokens. ``refine=k`` adds token-level S and I on the k
     longest units' tokens, counted as if each token's suffix were the whole context (an upper bound).
     """
-    lead = 0 if opts.sink_token is None else 1
-    layers = resolve_layers(opts.layers, num_layers)
-    f = 1.0 if layers is None else layers / num_layers
     m, rank, comps = opts.num_probes, opts.rank, opts.components
-    parts = {"gate": 0.0, "S": 0.0, "I": 0.0, "generate": 0.0}
+    parts = {"gate": 0.0, "S": 0.0, "I": 0.0}
     for t in positions:
         n = t + lead
         starts = [0] * lead + [a + lead for a, _ in units if a < t]
@@ -179,7 +181,4 @@ def unit_work(opts: HetaOptions, *, num_layers: int, positions: list[int], promp
             per_row = 4 * m * f if opts.hessian == "exact" else 0.0
             lowrank = 8 * rank * n * f if opts.hessian == "lowrank" else 0.0
             parts["S"] += per_row * (suffixes + refined) + lowrank * (2 if opts.refine else 1)
-    parts["generate"] = sum(prompt_tokens + lead + i for i in range(generate))
-    if opts.engine == "reference":
-        parts = {k: v * REFERENCE_FACTOR for k, v in parts.items()}
-    return WorkEstimate(parts)
+    return parts
