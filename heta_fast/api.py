@@ -221,7 +221,7 @@ class Attributor:
             positions = list(range(enc.prompt_len, enc.ids.numel()))
         else:
             enc = base
-            positions = [_target_position(enc.ids.numel(), target)]
+            positions = [target_position(enc.ids.numel(), target)]
         if probes is not None and len(positions) != 1:
             raise HetaInputError("probes= can only be given for a single target")
         units = None if opts.units == "token" else [context_units(opts, enc.text, enc.offsets, t) for t in positions]
@@ -250,7 +250,7 @@ class Attributor:
             enc = self._with_continuation(enc, target)
             t = enc.ids.numel() - 1
         else:
-            t = _target_position(enc.ids.numel(), target)
+            t = target_position(enc.ids.numel(), target)
         return context_units(opts, enc.text, enc.offsets, t)
 
     # ---------------------------------------------------------------------------------- internals
@@ -288,8 +288,12 @@ class Attributor:
         )
 
 
-def _target_position(n: int, target: int | None) -> int:
-    """The position of an integer target (None = the last token; negative counts from the end) among n tokens."""
+def target_position(n: int, target: int | None) -> int:
+    """The position of an integer target (None = the last token; negative counts from the end) among n tokens.
+
+    Raises:
+        HetaInputError: a single token, position 0 (no context before it), or a position out of range.
+    """
     if n < 2:
         raise HetaInputError("the input has a single token: there is no context to attribute to")
     pos = n - 1 if target is None else int(target)

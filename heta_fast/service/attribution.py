@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import __version__
+from ..api import target_position
 from ..errors import HetaCancelled, HetaInputError, MemoryBudgetError
 from ..options import OPTION_NAMES, PRESETS, HetaOptions, options_from_preset, resolve_layers
 from ..result import SCHEMA_VERSION
@@ -228,22 +229,16 @@ class AttributionService:
             raise FieldError("options.max_memory", str(e), status=413) from e
 
     @staticmethod
-    def _positions(n_prompt: int, n_cont: int, target, generate: int | None, src_field: str) -> list[int]:
+    def _positions(n_context: int, n_cont: int, target, generate: int | None, src_field: str) -> list[int]:
         """The target positions (= context lengths) a request explains; the library's target checks, early."""
         if generate is not None:
-            return list(range(n_prompt, n_prompt + generate))
+            return list(range(n_context, n_context + generate))
         if isinstance(target, str):
-            return list(range(n_prompt, n_prompt + n_cont))
-        if n_prompt < 2:
-            raise FieldError(src_field, "the input has a single token: there is no context to attribute to")
-        pos = n_prompt - 1 if target is None else int(target)
-        pos = pos + n_prompt if pos < 0 else pos
-        if pos == 0:
-            raise FieldError("target", "target position 0 has no context before it; choose a position >= 1")
-        if not 1 <= pos <= n_prompt - 1:
-            raise FieldError("target", f"target position {target} is out of range for {n_prompt} tokens "
-                             f"(valid: 1 … {n_prompt - 1})")
-        return [pos]
+            return list(range(n_context, n_context + n_cont))
+        try:
+            return [target_position(n_context, target)]
+        except HetaInputError as e:
+            raise FieldError(_input_field(e, src_field == "text"), str(e)) from e
 
     # ------------------------------------------------------------------------------------ queue
     def admit(self) -> Ticket:
