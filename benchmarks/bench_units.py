@@ -99,6 +99,7 @@ def main():
     ap.add_argument("--max-memory-gib", type=float, default=6.0)
     ap.add_argument("--baseline", action="store_true", help="also run the `long` preset (token level, windows)")
     ap.add_argument("--kl-memory", type=int, default=None, metavar="T", help="only the KL-pass memory comparison")
+    ap.add_argument("--progress", action="store_true", help="progress bars on stderr (long runs)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,7 +108,7 @@ def main():
     heta_fast.engine.time = CpuClock  # stage timings in CPU seconds (see CpuClock)
     if args.kl_memory:
         return kl_memory(args.kl_memory)
-    attributor = Attributor.from_pretrained("default", progress=False)
+    attributor = Attributor.from_pretrained("default", progress=args.progress)
     text = reference_text(attributor.tokenizer, args.tokens)
     ids = torch.tensor(attributor.tokenizer(text)["input_ids"])
     print(f"# {args.tokens}-token context (Python Language Reference), default model — {machine()}")
