@@ -114,7 +114,8 @@ def test_mask_with_batch_dimension():
 def force_blocked(monkeypatch, rows, B, H, k_len, dtype=torch.float64):
     """Every call takes the blocked core, with ``rows`` query rows per block for this shape."""
     monkeypatch.setattr(core_module, "BLOCKED_MIN_SCORES", 0)
-    monkeypatch.setattr(core_module, "BLOCK_BYTES", rows * B * H * k_len * torch.finfo(dtype).bits // 8)
+    elem = torch.finfo(torch.promote_types(dtype, torch.float32)).bits // 8  # scores are at least float32
+    monkeypatch.setattr(core_module, "BLOCK_BYTES", rows * B * H * k_len * elem)
     assert core_module.block_rows(B, H, k_len, dtype) == rows
 
 
@@ -174,6 +175,36 @@ def test_blocked_core_finite_differences(case, monkeypatch):
     fn = lambda q, k, v: attention_core(q, k, v, allowed, 0.5, probs=False)[0]  # noqa: E731
     assert torch.autograd.gradcheck(fn, (q, k, v))
     assert torch.autograd.gradgradcheck(fn, (q, k, v))
+
+
+@pytest.mark.parametrize("dtype, bound", [(torch.bfloat16, 0.1), (torch.float16, 0.01), (torch.float32, 1e-5)])
+def test_blocked_core_in_low_precision_is_as_accurate_as_the_whole_core(dtype, bound, monkeypatch):
+    """Models run in bf16/fp16: the blocked core's exp(S − lse) per block must not lose more than the
+    whole-matrix core's softmax. Against float64 eager attention, values, gradients and HVPs of the blocked
+    core in ``dtype`` stay within 2x the whole core's error in the same dtype (measured in bf16/fp16: 1.0–1.9x)
+    or 50 units of round-off (float32, where both are ~1e-6 and their ratio is noise), and under ``bound``."""
+    B, H, H_kv, n, dh = 1, 4, 2, 96, 16
+    gen = torch.Generator().manual_seed(0)
+    q64, k64, v64 = (2 * torch.randn(B, h, n, dh, generator=gen, dtype=torch.float64) for h in (H, H_kv, H_kv))
+    allowed = allowed_mask(n, n)
+    w64 = torch.randn(B, H, n, dh, generator=gen, dtype=torch.float64)
+    dirs64 = tuple(torch.randn(x.shape, generator=gen, dtype=torch.float64) for x in (q64, k64, v64))
+
+    def outputs(fn, dt):
+        q, k, v = (x.to(dt).requires_grad_(True) for x in (q64, k64, v64))
+        O = fn(q, k, v)
+        grads = torch.autograd.grad((w64.to(dt) * O * O).sum(), (q, k, v), create_graph=True)
+        hvps = torch.autograd.grad(grads, (q, k, v), tuple(d.to(dt) for d in dirs64))
+        return [x.double() for x in (O, *grads, *hvps)]
+
+    exact = outputs(lambda q, k, v: eager(q, k, v, allowed, 0.25)[0], torch.float64)
+    whole = outputs(lambda q, k, v: attention_core(q, k, v, allowed, 0.25)[0], dtype)
+    force_blocked(monkeypatch, 8, B, H, n, dtype)
+    blocked = outputs(lambda q, k, v: attention_core(q, k, v, allowed, 0.25, probs=False)[0], dtype)
+    for name, b, w, e in zip(("O", "dq", "dk", "dv", "Hq", "Hk", "Hv"), blocked, whole, exact, strict=True):
+        err_blocked, err_whole = rel_err(b, e), rel_err(w, e)
+        assert err_blocked < bound, (name, err_blocked)
+        assert err_blocked <= max(2 * err_whole, 50 * torch.finfo(dtype).eps), (name, err_blocked, err_whole)
 
 
 @pytest.mark.parametrize("blocked", [True, False])
