@@ -368,13 +368,14 @@ def resolve_layers(layers: int | str | None, num_layers: int) -> int | None:
     return layers
 
 
-# The paper's large-model recipe (SPEC §4): windows of 512 with 50 % overlap, rank 64, last 6 layers.
 PRESETS: dict[str, dict] = {
     "default": {},
     # The paper's formula: raw S and I, curvature with respect to the embedding rows, no sink token.
     "paper": {"normalize": "none", "sink_token": None, "layers": None, "beta": 0.5, "gamma": 0.5},
+    # The paper's large-model recipe (SPEC §4): windows of 512 with 50 % overlap, rank 64, the last 6 layers
+    # ("auto": the same 6, or every layer of a model with no more, where a fixed 6 was an error).
     "paper-large": {"normalize": "none", "sink_token": None, "window": 512, "overlap": 0.5, "hessian": "lowrank",
-                    "rank": 64, "layers": 6},
+                    "rank": 64, "layers": "auto"},
     "fast": {"hessian": "lowrank", "rank": 16, "num_probes": 4},
     # Long inputs on a CPU: the exact KL term costs about W/2 forwards of W tokens per window, so windows
     # of 256 (half those of paper-large) halve its total; curvature on the last 6 layers as in the paper

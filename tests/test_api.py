@@ -1,6 +1,7 @@
 """The public API end to end on tiny models (offline), its outputs, and its errors on bad input."""
 
 import json
+import math
 import os
 
 import pytest
@@ -329,6 +330,18 @@ def test_layers_auto_is_the_last_six_layers_or_all():
     for bad in ("last", 0, -1, True, 2.5):
         with pytest.raises(HetaInputError, match="layers"):
             HetaOptions(layers=bad)
+
+
+def test_every_preset_runs_on_a_model_with_few_layers():
+    """A preset names a recipe, not a model: none may fail on a model with fewer layers than its recipe's 6."""
+    from heta_fast.options import PRESETS
+
+    shallow = Attributor(tiny_model("llama"), CharTokenizer())
+    assert len(shallow.adapter.layers) < 6
+    for name in PRESETS:
+        r = shallow.attribute("Ab cd. Ef gh.", preset=name, num_probes=1)
+        scores = [u.score for u in r.units] if r.units else r.scores  # unit runs score units, not tokens
+        assert scores and all(math.isfinite(s) for s in scores), name
 
 
 def test_cli_layers_flag():
