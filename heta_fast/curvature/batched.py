@@ -36,42 +36,77 @@ from ..units.ranges import check_units, token_units, unit_chunks
 from .head import HeadCurvature, clean_head_curvature, target_log_prob
 
 
-def bytes_per_direction(adapter: ModelAdapter, rows: int, kv_len: int, layers: int | None = None) -> int:
-    """Rough activation bytes one direction of a batched second backward keeps alive.
+# Floats per row and differentiated layer, as (× hidden size, × MLP width), measured on the default model
+# (576, 1536) with the blocked attention core at 1,025–4,097 rows (benchmarks/RESULTS.md, issue 16): the
+# first-order graph every direction shares kept 22–24 k floats per row and layer; one direction's second
+# backward held 7.5–9.5 k more.
+GRAPH_ROW_FLOATS = (24, 6)
+DIRECTION_ROW_FLOATS = (12, 3)
 
-    Per differentiated layer (all, or the last ``layers``) and row: a few hidden-size vectors, the MLP
-    width; and the attention cores' share (:func:`heta_fast.hf.attention_core.graph_bytes`): four score rows
-    per head, or, where ``rows × kv_len`` takes the query-blocked core (long inputs), four query-sized rows
-    per head plus one layer's block temporaries. Above that threshold the exact path's shorter suffix graphs
-    may still take the whole-matrix core, at most :data:`~heta_fast.hf.attention_core.BLOCKED_MIN_SCORES`
-    score elements per head and layer: the larger of the two is budgeted.
+
+def _row_bytes(adapter: ModelAdapter, rows: int, n_layers: int, floats: tuple[int, int]) -> int:
+    elem = torch.finfo(adapter.dtype).bits // 8
+    return n_layers * rows * (floats[0] * adapter.hidden_size + floats[1] * adapter.ffn_width) * elem
+
+
+def graph_bytes(adapter: ModelAdapter, rows: int, kv_len: int, layers: int | None = None) -> int:
+    """Bytes of the first-order graph over ``rows`` positions (keys ``kv_len``) that every direction shares.
+
+    Per differentiated layer (all, or the last ``layers``) and row: the saved activations of the forward and of
+    the first backward (:data:`GRAPH_ROW_FLOATS`); and the attention cores' share
+    (:func:`heta_fast.hf.attention_core.graph_bytes`): four score rows per head (whole-matrix core), or four
+    query-sized rows per head plus one layer's block temporaries (query-blocked core, long inputs).
     """
     n_layers = layers or adapter.num_layers
-    elem = torch.finfo(adapter.dtype).bits // 8
-    per_row = 12 * adapter.hidden_size + 3 * adapter.ffn_width
-    heads, head_dim = adapter.num_heads, adapter.head_dim
-    attention = attention_core.graph_bytes(rows, kv_len, heads, head_dim, n_layers, adapter.dtype)
-    if attention_core.uses_blocked_core(rows, kv_len):
-        # A suffix of q rows with q·kv_len at the threshold: the whole-matrix core's largest graph.
-        q_whole = max(1, int(attention_core.BLOCKED_MIN_SCORES // kv_len))
-        attention = max(attention, attention_core.graph_bytes(q_whole, kv_len, heads, head_dim, n_layers, adapter.dtype))
-    return n_layers * rows * per_row * elem + attention
+    attention = attention_core.graph_bytes(rows, kv_len, adapter.num_heads, adapter.head_dim, n_layers, adapter.dtype)
+    return _row_bytes(adapter, rows, n_layers, GRAPH_ROW_FLOATS) + attention
+
+
+def bytes_per_direction(adapter: ModelAdapter, rows: int, kv_len: int, layers: int | None = None) -> int:
+    """Bytes one more direction of a batched second backward adds above the shared graph.
+
+    Per layer and row a few hidden-size vectors and the MLP width (:data:`DIRECTION_ROW_FLOATS`); the
+    whole-matrix attention core adds score-sized temporaries for the one layer whose second backward is running
+    (the blocked core's blocks shrink as directions are added, so their bytes are in :func:`graph_bytes`).
+    """
+    n_layers = layers or adapter.num_layers
+    attention = 0
+    if not attention_core.uses_blocked_core(rows, kv_len):
+        elem = torch.finfo(torch.promote_types(adapter.dtype, torch.float32)).bits // 8
+        attention = attention_core.BLOCKED_TEMPORARIES * adapter.num_heads * rows * kv_len * elem
+    return _row_bytes(adapter, rows, n_layers, DIRECTION_ROW_FLOATS) + attention
+
+
+def curvature_bytes(adapter: ModelAdapter, rows: int, kv_len: int, layers: int | None, directions: int) -> int:
+    """Peak activation bytes of one graph over ``rows`` positions with ``directions`` in one second backward."""
+    return graph_bytes(adapter, rows, kv_len, layers) + directions * bytes_per_direction(adapter, rows, kv_len, layers)
 
 
 def probe_batch_size(adapter: ModelAdapter, rows: int, kv_len: int, max_memory: int,
-                     layers: int | None = None) -> int:
+                     layers: int | None = None, *, suffix_graphs: bool = True) -> int:
     """Directions per batched backward within ``max_memory`` bytes (at least 1, else an error).
 
+    Budgets the shared first-order graph once and each direction at its marginal cost. ``suffix_graphs``
+    (exact S): graphs are also built on shorter suffixes of the context; above the blocked core's threshold the
+    shortest of those that still take the whole-matrix core (q·kv_len at the threshold) is checked as well.
+    On the CPU the directions of a batch run in slices (:func:`cpu_slice`), so this bound is conservative there.
     Called before any forward runs, so a context that cannot fit fails at once.
     """
-    per_dir = bytes_per_direction(adapter, rows, kv_len, layers)
-    fit = max_memory // max(per_dir, 1)
-    if fit < 1:
-        raise MemoryBudgetError(
-            f"one Hessian–vector product over {rows} tokens needs about {per_dir / 2**20:.0f} MiB, more than "
-            f"max_memory={max_memory / 2**20:.0f} MiB; raise max_memory or shorten the context with window= "
-            "(e.g. window=512)" + ("" if layers else ", or differentiate only the last layers with layers= (e.g. 6)")
-        )
+    sizes = [rows]
+    if suffix_graphs and attention_core.uses_blocked_core(rows, kv_len):
+        sizes.append(max(1, min(rows, int(attention_core.BLOCKED_MIN_SCORES // kv_len))))
+    fit = None
+    for q in sizes:
+        need = curvature_bytes(adapter, q, kv_len, layers, 1)
+        if need > max_memory:
+            raise MemoryBudgetError(
+                f"the curvature graph over {rows} tokens and one Hessian–vector product through it need about "
+                f"{need / 2**20:.0f} MiB, more than max_memory={max_memory / 2**20:.0f} MiB; raise max_memory or "
+                "shorten the context with window= (e.g. window=512)"
+                + ("" if layers else ", or differentiate only the last layers with layers= (e.g. 6)")
+            )
+        q_fit = (max_memory - graph_bytes(adapter, q, kv_len, layers)) // bytes_per_direction(adapter, q, kv_len, layers)
+        fit = q_fit if fit is None else min(fit, q_fit)
     # Directions per first-order graph: enough to amortise rebuilding it (exact path), capped on the CPU,
     # where the second backwards then run in slices of cpu_slice() directions anyway.
     cap = 64 if adapter.device.type == "cpu" else 256
@@ -204,7 +239,8 @@ def sensitivity_batched(
     """
     t = ids.numel()
     units = token_units(t) if units is None else check_units(units, t)
-    batch = probe_batch_size(adapter, t, t, max_memory, layers)  # fail before any forward if it cannot fit
+    # Fail before any forward if it cannot fit; low-rank S builds one graph over the whole context only.
+    batch = probe_batch_size(adapter, t, t, max_memory, layers, suffix_graphs=hessian == "exact")
     X, point, layer, cache, head = clean_state(adapter, ids, layers, target_id)
     d = point.shape[1]
     check_probes(probes, t, d)

@@ -360,11 +360,13 @@ BLOCKED_TEMPORARIES = 10
 
 
 def graph_bytes(q_len: int, k_len: int, heads: int, head_dim: int, layers: int, dtype: torch.dtype) -> int:
-    """Bytes the attention cores of a second-order graph over ``layers`` layers hold for one direction.
+    """Bytes the attention cores hold in a first-order graph over ``layers`` layers, which every direction of
+    the second backward shares.
 
     The whole-matrix core keeps four score rows per head and layer (P, dP, dP − δ, dS); the blocked core four
     query-sized rows (Q, O, dO, dQ; keys and values are smaller) and, for the layer whose second backward is
-    running, :data:`BLOCKED_TEMPORARIES` blocks of :data:`BLOCK_BYTES`.
+    running, :data:`BLOCKED_TEMPORARIES` blocks of :data:`BLOCK_BYTES` (blocks hold fewer query rows as more
+    directions run at once, so their bytes do not grow with the directions).
     """
     elem = torch.finfo(dtype).bits // 8
     if uses_blocked_core(q_len, k_len):

@@ -222,7 +222,7 @@ class AttributionService:
         try:
             if "S" in opts.components and opts.engine == "fast":
                 probe_batch_size(adapter, longest, longest, opts.max_memory,
-                                 resolve_layers(opts.layers, adapter.num_layers))
+                                 resolve_layers(opts.layers, adapter.num_layers), suffix_graphs=opts.hessian == "exact")
             if "I" in opts.components and opts.engine == "fast":
                 mask_chunk_size(adapter, longest, opts.max_memory)
         except MemoryBudgetError as e:

@@ -238,7 +238,7 @@ def test_unit_requests_are_estimated_as_units_before_they_queue():
 
 
 def test_document_preset_runs_within_the_servers_memory_budget():
-    """The `document` preset asks for 6 GiB; on a server with a smaller budget it runs within that budget
+    """The `document` preset asks for 8 GiB; on a server with a smaller budget it runs within that budget
     (a preset suggests, the operator decides), while an explicit max_memory over it is refused."""
     service = AttributionService(load_attributor(tiny_model="llama"), max_tokens=256, max_memory=2**30)
     res = service.attribute(text="Ab cd. Ef gh. Ij", preset="document", options={"num_probes": 1})
