@@ -83,11 +83,10 @@ MEASURE_CHILD = textwrap.dedent(
     from heta_fast.profiling import reset_peak_rss, status_kib
 
     torch.set_num_threads(1)
-    t, blocked = int(sys.argv[1]), sys.argv[2] == "1"
+    t, blocked, d, ffn, heads, kv_heads = (int(x) for x in sys.argv[1:])
     core.BLOCKED_MIN_SCORES = 0 if blocked else float("inf")
-    # Two layers of the default model's shape (SmolLM2-135M: 576 wide, MLP 1,536, 9 heads, 3 KV heads).
-    model = tiny_model("llama", hidden_size=576, intermediate_size=1536, num_attention_heads=9,
-                       num_key_value_heads=3, num_hidden_layers=2, max_position_embeddings=t)
+    model = tiny_model("llama", hidden_size=d, intermediate_size=ffn, num_attention_heads=heads,
+                       num_key_value_heads=kv_heads, num_hidden_layers=2, max_position_embeddings=t)
     adapter = ModelAdapter(model)
     ids = torch.randint(3, 97, (t,), generator=torch.Generator().manual_seed(0))
     start = []
@@ -98,7 +97,7 @@ MEASURE_CHILD = textwrap.dedent(
         build(self, *a, **k)
     batched.CurvatureOperator.__init__ = build_and_mark
     def one_direction(n):  # low-rank, rank 1, one pass: one graph over the context, one HVP through it
-        return batched.sensitivity_batched(adapter, ids[:n], 5, probes=draw_probes(n, 1, 576, 0),
+        return batched.sensitivity_batched(adapter, ids[:n], 5, probes=draw_probes(n, 1, d, 0),
                                            hessian="lowrank", rank=1, lowrank_passes=1, max_memory=2**40)
     one_direction(64)  # warm up
     start.clear()
@@ -109,13 +108,18 @@ MEASURE_CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("t, blocked", [(1024, True), (512, False)])
-def test_the_estimate_covers_a_measured_graph_and_hvp(t, blocked):
-    """Graph + one HVP over 2 layers of the default model's shape, in a fresh process whose malloc maps every
-    large block (so the peak is live memory, as tests/hf/test_attention_core.py). Measured: 302 MB against
-    453 MB budgeted (blocked, 1,024 tokens), 260 against 311 MB (whole core, 512): covered, within 2x."""
+SMOLLM2 = (576, 1536, 9, 3)  # the default model's layer: width, MLP width, heads, KV heads
+QWEN25_05B = (896, 4864, 14, 2)  # a wide MLP
+
+
+@pytest.mark.parametrize("t, blocked, shape", [(1024, True, SMOLLM2), (512, False, SMOLLM2), (1024, True, QWEN25_05B)])
+def test_the_estimate_covers_a_measured_graph_and_hvp(t, blocked, shape):
+    """Graph + one HVP over 2 random-weight layers of a real model's shape, in a fresh process whose malloc maps
+    every large block (so the peak is live memory, as tests/hf/test_attention_core.py). Measured: 302 MB against
+    453 MB budgeted (SmolLM2 shape, blocked, 1,024 tokens), 260 against 311 MB (whole core, 512), 642 against
+    794 MB (Qwen2.5-0.5B shape, blocked, 1,024): covered, within 2x."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", MEASURE_CHILD, str(t), "1" if blocked else "0"],
+    out = subprocess.run([sys.executable, "-c", MEASURE_CHILD, str(t), "1" if blocked else "0", *map(str, shape)],
                          capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
