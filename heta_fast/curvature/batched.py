@@ -38,8 +38,8 @@ from .head import HeadCurvature, clean_head_curvature, target_log_prob
 
 # Floats per row and differentiated layer, as (× hidden size, × MLP width), measured on the default model
 # (576, 1536) with the blocked attention core at 1,025–4,097 rows (benchmarks/RESULTS.md, issue 16): the
-# first-order graph every direction shares kept 22–24 k floats per row and layer; one direction's second
-# backward held 7.5–9.5 k more.
+# first-order graph every direction shares kept 21–24 k floats per row and layer; one direction's second
+# backward held 7.5–11 k more.
 GRAPH_ROW_FLOATS = (24, 6)
 DIRECTION_ROW_FLOATS = (12, 3)
 
@@ -95,9 +95,10 @@ def probe_batch_size(adapter: ModelAdapter, rows: int, kv_len: int, max_memory: 
     sizes = [rows]
     if suffix_graphs and attention_core.uses_blocked_core(rows, kv_len):
         sizes.append(max(1, min(rows, int(attention_core.BLOCKED_MIN_SCORES // kv_len))))
-    fit = None
+    fits = []  # directions that fit beside each graph
     for q in sizes:
-        need = curvature_bytes(adapter, q, kv_len, layers, 1)
+        graph, per_dir = graph_bytes(adapter, q, kv_len, layers), bytes_per_direction(adapter, q, kv_len, layers)
+        need = graph + per_dir
         if need > max_memory:
             raise MemoryBudgetError(
                 f"the curvature graph over {rows} tokens and one Hessian–vector product through it need about "
@@ -105,12 +106,11 @@ def probe_batch_size(adapter: ModelAdapter, rows: int, kv_len: int, max_memory: 
                 "shorten the context with window= (e.g. window=512)"
                 + ("" if layers else ", or differentiate only the last layers with layers= (e.g. 6)")
             )
-        q_fit = (max_memory - graph_bytes(adapter, q, kv_len, layers)) // bytes_per_direction(adapter, q, kv_len, layers)
-        fit = q_fit if fit is None else min(fit, q_fit)
+        fits.append((max_memory - graph) // per_dir)
     # Directions per first-order graph: enough to amortise rebuilding it (exact path), capped on the CPU,
     # where the second backwards then run in slices of cpu_slice() directions anyway.
     cap = 64 if adapter.device.type == "cpu" else 256
-    return max(1, min(cap, fit))
+    return max(1, min(cap, *fits))
 
 
 # Rows (directions × suffix rows) per batched second backward on the CPU. On the default model the
