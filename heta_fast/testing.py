@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -16,6 +19,7 @@ __all__ = [
     "NoBosTokenizer",
     "frozen_float64",
     "hf_eager_run",
+    "live_memory_child",
     "random_ids",
     "rel_err",
     "tiny_model",
@@ -40,6 +44,20 @@ def rel_err(a, b, floor: float = 1e-12) -> float:
     a = torch.as_tensor(a, dtype=torch.float64).detach()
     b = torch.as_tensor(b, dtype=torch.float64).detach()
     return float((a - b).abs().max() / b.abs().max().clamp_min(floor))
+
+
+def live_memory_child(code: str, *args, timeout: float = 600) -> str:
+    """Run ``python -c code *args`` in a fresh process and return the last line it prints.
+
+    Its malloc maps every block above 64 KiB (``MALLOC_MMAP_THRESHOLD_``), so freed memory goes back to the
+    system and peak resident memory measures live tensors, not the heap's high-water mark; one OpenMP thread.
+    """
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                         timeout=timeout, env=env)
+    if out.returncode != 0:
+        raise AssertionError(f"the measuring child failed:\n{out.stderr[-2000:]}")
+    return out.stdout.strip().splitlines()[-1]
 
 
 def random_ids(n: int, vocab: int = 97, seed: int = 1) -> torch.Tensor:

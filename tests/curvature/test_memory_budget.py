@@ -8,9 +8,6 @@ numbers on the default model are in benchmarks/RESULTS.md (issue 16).
 """
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -19,7 +16,7 @@ from heta_fast.curvature.batched import curvature_bytes, graph_bytes, probe_batc
 from heta_fast.errors import MemoryBudgetError
 from heta_fast.hf import ModelAdapter
 from heta_fast.hf import attention_core as core_module
-from heta_fast.testing import tiny_model
+from heta_fast.testing import live_memory_child, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +115,5 @@ def test_the_estimate_covers_a_measured_graph_and_hvp(t, blocked, shape):
     every large block (so the peak is live memory, as tests/hf/test_attention_core.py). Measured: 302 MB against
     453 MB budgeted (SmolLM2 shape, blocked, 1,024 tokens), 260 against 311 MB (whole core, 512), 642 against
     794 MB (Qwen2.5-0.5B shape, blocked, 1,024): covered, within 2x."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", MEASURE_CHILD, str(t), "1" if blocked else "0", *map(str, shape)],
-                         capture_output=True, text=True, timeout=600, env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = json.loads(live_memory_child(MEASURE_CHILD, t, 1 if blocked else 0, *shape))
     assert r["measured"] <= r["estimate"] <= 2 * r["measured"], r

@@ -7,10 +7,9 @@ and 138 MiB; with it every large tensor is mapped and unmapped, and the peak is 
 same every run).
 """
 
-import os
-import subprocess
-import sys
 import textwrap
+
+from heta_fast.testing import live_memory_child
 
 CHILD = textwrap.dedent(
     """
@@ -43,11 +42,7 @@ CHILD = textwrap.dedent(
 
 
 def peak_mib(n: int, materialise: bool) -> float:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(n), "1" if materialise else "0"],
-                         capture_output=True, text=True, timeout=600, env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return float(out.stdout.strip().splitlines()[-1])
+    return float(live_memory_child(CHILD, n, 1 if materialise else 0))
 
 
 def test_gate_peak_memory_at_4096_tokens_is_far_below_attention_maps():

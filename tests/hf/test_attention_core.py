@@ -8,9 +8,6 @@ threshold forced tiny and blocks of 1, 2 and 3 rows (not dividing q_len), and mu
 The routing tests check which path ``heta_attention`` takes.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -20,7 +17,7 @@ from heta_fast.hf import ModelAdapter
 from heta_fast.hf import attention as recording_attention
 from heta_fast.hf import attention_core as core_module
 from heta_fast.hf.attention_core import attention_core
-from heta_fast.testing import rel_err
+from heta_fast.testing import live_memory_child, rel_err
 
 
 def eager(q, k, v, allowed, scaling):
@@ -262,11 +259,7 @@ def core_peak_bytes(n: int, blocked: bool) -> int:
     """Peak resident bytes of one attention layer's second-order graph plus one HVP (default model's heads),
     in a fresh process whose malloc maps every large block (so the peak is live memory, as
     tests/gate/test_memory.py)."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", CORE_MEMORY_CHILD, str(n), "1" if blocked else "0"],
-                         capture_output=True, text=True, timeout=600, env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return int(out.stdout.strip().splitlines()[-1])
+    return int(live_memory_child(CORE_MEMORY_CHILD, n, 1 if blocked else 0))
 
 
 def test_graph_bytes_covers_the_blocked_core_measured_peak():
