@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
 from .attention_core import attention_core
+from .suffix_attention import CausalMaskCheck, split_causal_attention
 
 ATTN_IMPL = "heta_eager"
 
@@ -89,6 +90,18 @@ def _causal_bool_mask(q_len: int, k_len: int, device) -> Tensor:
     return torch.arange(k_len, device=device)[None, :] <= q_pos
 
 
+def _plainly_causal(attention_mask: Tensor | None, q_len: int, k_len: int) -> bool:
+    """True when the mask (None: dropped by transformers as purely causal) is exactly bottom-right causal."""
+    if attention_mask is None:
+        return True
+    if attention_mask.shape[-1] != k_len:
+        return False
+    check = getattr(_state, "mask_check", None)
+    if check is None:
+        check = _state.mask_check = CausalMaskCheck()
+    return check(attention_mask, q_len, k_len)
+
+
 def _check_causal(mask: Tensor | None, q_len: int, k_len: int) -> None:
     """Refuse masks that let a position see later positions (checked while recording, on the mask)."""
     if mask is None or q_len < 2:
@@ -143,11 +156,15 @@ def heta_attention(
     probs = None
     if softcap is None and not keep_probs and not needs_graph:
         k, v = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
-        if mask is None:  # transformers dropped the mask because it is purely causal
+        out = None
+        if 1 < q_len < k_len and _plainly_causal(attention_mask, q_len, k_len):
+            # A suffix behind a cached prefix (the KL pass): prefix + causal suffix, no mask (None off CPU).
+            out = split_causal_attention(query, k, v, scaling)
+        if out is None and mask is None:  # transformers dropped the mask because it is purely causal
             causal = q_len == k_len and q_len > 1
             bool_mask = None if causal or q_len == 1 else _causal_bool_mask(q_len, k_len, query.device)
             out = F.scaled_dot_product_attention(query, k, v, attn_mask=bool_mask, is_causal=causal, scale=scaling)
-        else:
+        elif out is None:
             out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask.to(query.dtype) if mask.dtype != torch.bool
                                                  else mask, scale=scaling)
         out = out.transpose(1, 2).contiguous()

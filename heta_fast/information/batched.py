@@ -107,11 +107,13 @@ def information_multi(
     span = chunk_size or mask_chunk_size(adapter, n, max_memory)  # fails before any forward if it cannot fit
     count = chunk_size or span
     with torch.no_grad():
+        # One clean forward of the whole model fills the cache, yields the model's own logits at the
+        # prediction positions and (hooked) what its LM head received there.
         cache = new_full_cache()
-        out = base(inputs_embeds=(X * scale)[None], **cache_kwargs(base, cache))
-        h_clean = out.last_hidden_state[0, ps]  # [T, d]
+        with adapter.head_input() as seen:
+            model_logits = adapter.forward(X, keep=ps, past_key_values=cache).logits[0, predict_at.index(n - 1)]
+        h_clean = seen[0][0]  # [T, d]
         # The fused head must reproduce the model's own logits, or the KL would silently be wrong.
-        model_logits = adapter.last_logits(X)
         z = head_logits(h_clean, weight, bias, softcap)
         if not torch.isfinite(model_logits).all():
             raise NumericalError("the model produced non-finite logits (NaN/Inf); check its weights and dtype")
