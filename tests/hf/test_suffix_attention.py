@@ -10,9 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heta_fast.hf import ModelAdapter
+from heta_fast.hf import ModelAdapter, suffix_attention
 from heta_fast.hf import attention as recording_attention
-from heta_fast.hf import suffix_attention
 from heta_fast.hf.suffix_attention import CausalMaskCheck, split_causal_attention
 from heta_fast.testing import rel_err
 
