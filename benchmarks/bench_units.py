@@ -96,7 +96,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--passes", type=int, nargs="+", default=[1], help="lowrank_passes of the unit runs")
     ap.add_argument("--rank", type=int, default=32)
-    ap.add_argument("--max-memory-gib", type=float, default=6.0)
+    ap.add_argument("--max-memory-gib", type=float, default=8.0, help="as the document preset")
     ap.add_argument("--baseline", action="store_true", help="also run the `long` preset (token level, windows)")
     ap.add_argument("--kl-memory", type=int, default=None, metavar="T", help="only the KL-pass memory comparison")
     ap.add_argument("--progress", action="store_true", help="progress bars on stderr (long runs)")
