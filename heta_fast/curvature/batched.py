@@ -35,7 +35,6 @@ from ..probes import check_probes, draw_range_finder
 from ..units.ranges import check_units, token_units, unit_chunks
 from .head import HeadCurvature, clean_head_curvature, target_log_prob
 
-
 # Floats per row and differentiated layer, as (× hidden size, × MLP width), measured on the default model
 # (576, 1536) with the blocked attention core at 1,025–4,097 rows (benchmarks/RESULTS.md, issue 16): the
 # first-order graph every direction shares kept 21–24 k floats per row and layer; one direction's second
