@@ -17,6 +17,7 @@ __all__ = [
     "TINY_ARCHS",
     "CharTokenizer",
     "NoBosTokenizer",
+    "causal_allowed",
     "frozen_float64",
     "hf_eager_run",
     "live_memory_child",
@@ -58,6 +59,17 @@ def live_memory_child(code: str, *args, timeout: float = 600) -> str:
     if out.returncode != 0:
         raise AssertionError(f"the measuring child failed:\n{out.stderr[-2000:]}")
     return out.stdout.strip().splitlines()[-1]
+
+
+def causal_allowed(q_len: int, k_len: int, window: int | None = None) -> torch.Tensor:
+    """``[q_len, k_len]`` True where query row j (absolute position k_len − q_len + j) may attend to key i:
+    causal from the bottom right (a suffix behind a cached prefix), within ``window`` positions if given."""
+    q_pos = torch.arange(k_len - q_len, k_len)[:, None]
+    k_pos = torch.arange(k_len)[None, :]
+    ok = k_pos <= q_pos
+    if window is not None:
+        ok &= k_pos > q_pos - window
+    return ok
 
 
 def random_ids(n: int, vocab: int = 97, seed: int = 1) -> torch.Tensor:

@@ -17,7 +17,7 @@ from heta_fast.hf import ModelAdapter
 from heta_fast.hf import attention as recording_attention
 from heta_fast.hf import attention_core as core_module
 from heta_fast.hf.attention_core import attention_core
-from heta_fast.testing import live_memory_child, rel_err
+from heta_fast.testing import causal_allowed, live_memory_child, rel_err
 
 
 def eager(q, k, v, allowed, scaling):
@@ -27,15 +27,6 @@ def eager(q, k, v, allowed, scaling):
     scores = (q @ k.transpose(-1, -2)) * scaling
     probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1)
     return probs @ v, probs
-
-
-def allowed_mask(q_len, k_len, window=None):
-    q_pos = torch.arange(k_len - q_len, k_len)[:, None]
-    k_pos = torch.arange(k_len)[None, :]
-    ok = k_pos <= q_pos
-    if window is not None:
-        ok &= k_pos > q_pos - window
-    return ok
 
 
 CASES = {
@@ -56,7 +47,7 @@ def make(case, B=2, dh=4, seed=0):
 
     q = rnd(B, c["H"], c["q_len"], dh)
     k, v = rnd(B, c["H_kv"], c["k_len"], dh), rnd(B, c["H_kv"], c["k_len"], dh)
-    return q, k, v, allowed_mask(c["q_len"], c["k_len"], c.get("window"))
+    return q, k, v, causal_allowed(c["q_len"], c["k_len"], c.get("window"))
 
 
 def second_order(fn, q, k, v, directions, batched):
@@ -101,7 +92,7 @@ def test_finite_differences(case):
 def test_mask_with_batch_dimension():
     """HF passes masks as [B, 1, q, k]; each batch element keeps its own mask."""
     q, k, v, allowed = make("gqa")
-    per_batch = torch.stack([allowed, allowed & allowed_mask(5, 5, window=2)])[:, None]
+    per_batch = torch.stack([allowed, allowed & causal_allowed(5, 5, window=2)])[:, None]
     O, _ = attention_core(q, k, v, per_batch, 0.3)
     O_ref, _ = eager(q, k, v, per_batch, 0.3)
     assert rel_err(O, O_ref) < 1e-12
@@ -123,7 +114,7 @@ def blocked_masks(case, allowed, B):
     if case == "prefix_cache":  # batch element 1 left-padded: its first 3 keys hidden from every query
         per_batch[1, :, :, :3] = False
     elif q_len > 2:
-        per_batch[1] &= allowed_mask(q_len, k_len, window=2)
+        per_batch[1] &= causal_allowed(q_len, k_len, window=2)
     masks = {"bool": allowed, "per_batch": per_batch}
     if "window" not in CASES[case]:
         masks["causal_none"] = None
@@ -183,7 +174,7 @@ def test_blocked_core_in_low_precision_is_as_accurate_as_the_whole_core(dtype, b
     B, H, H_kv, n, dh = 1, 4, 2, 96, 16
     gen = torch.Generator().manual_seed(0)
     q64, k64, v64 = (2 * torch.randn(B, h, n, dh, generator=gen, dtype=torch.float64) for h in (H, H_kv, H_kv))
-    allowed = allowed_mask(n, n)
+    allowed = causal_allowed(n, n)
     w64 = torch.randn(B, H, n, dh, generator=gen, dtype=torch.float64)
     dirs64 = tuple(torch.randn(x.shape, generator=gen, dtype=torch.float64) for x in (q64, k64, v64))
 
@@ -291,7 +282,7 @@ def _route(monkeypatch, *, grad, softcap=None, mask=None, plain=False):
                 out, _ = recording_attention.heta_attention(Module(), q, k, v, mask, softcap=softcap)
         else:
             out, _ = recording_attention.heta_attention(Module(), q, k, v, mask, softcap=softcap)
-    ref = eager(q, k, v, allowed_mask(5, 5), q.shape[-1] ** -0.5)[0].transpose(1, 2)
+    ref = eager(q, k, v, causal_allowed(5, 5), q.shape[-1] ** -0.5)[0].transpose(1, 2)
     if softcap is None:
         assert rel_err(out, ref) < 1e-12
     return bool(calls)
@@ -299,7 +290,7 @@ def _route(monkeypatch, *, grad, softcap=None, mask=None, plain=False):
 
 def test_graph_path_uses_the_core(monkeypatch):
     assert _route(monkeypatch, grad=True)
-    assert _route(monkeypatch, grad=True, mask=allowed_mask(5, 5)[None, None].expand(2, 1, 5, 5))
+    assert _route(monkeypatch, grad=True, mask=causal_allowed(5, 5)[None, None].expand(2, 1, 5, 5))
 
 
 def test_plain_attention_and_softcap_use_autograd(monkeypatch):

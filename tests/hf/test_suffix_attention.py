@@ -13,16 +13,7 @@ import torch.nn.functional as F
 from heta_fast.hf import ModelAdapter, suffix_attention
 from heta_fast.hf import attention as recording_attention
 from heta_fast.hf.suffix_attention import CausalMaskCheck, split_causal_attention
-from heta_fast.testing import rel_err
-
-
-def allowed(q_len, k_len, window=None):
-    q_pos = torch.arange(k_len - q_len, k_len)[:, None]
-    k_pos = torch.arange(k_len)[None, :]
-    ok = k_pos <= q_pos
-    if window is not None:
-        ok &= k_pos > q_pos - window
-    return ok
+from heta_fast.testing import causal_allowed, rel_err
 
 
 def masked_math(q, k, v, ok, scaling):
@@ -42,13 +33,13 @@ def test_split_equals_masked_softmax(q_len, k_len, dtype, bound):
     q, k, v = qkv(3, 4, q_len, k_len, 16, dtype)
     out = split_causal_attention(q, k, v, 0.25)
     assert out.dtype == dtype and out.shape == q.shape
-    assert rel_err(out, masked_math(q, k, v, allowed(q_len, k_len), 0.25)) < bound
+    assert rel_err(out, masked_math(q, k, v, causal_allowed(q_len, k_len), 0.25)) < bound
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_split_in_low_precision_is_as_accurate_as_masked_sdpa(dtype):
     q, k, v = qkv(2, 4, 96, 160, 32, dtype, seed=1)
-    ok = allowed(96, 160)
+    ok = causal_allowed(96, 160)
     exact = masked_math(q, k, v, ok, 32**-0.5)
     split_err = rel_err(split_causal_attention(q, k, v, 32**-0.5), exact)
     sdpa_err = rel_err(F.scaled_dot_product_attention(q, k, v, attn_mask=ok, scale=32**-0.5), exact)
@@ -57,11 +48,11 @@ def test_split_in_low_precision_is_as_accurate_as_masked_sdpa(dtype):
 
 def test_mask_check_accepts_only_bottom_right_causal():
     check = CausalMaskCheck()
-    assert check(allowed(5, 9)[None, None], 5, 9)
-    assert check(allowed(5, 9)[None, None].expand(3, 1, 5, 9), 5, 9)
-    assert not check(allowed(5, 9, window=4)[None, None], 5, 9)
-    assert not check(allowed(5, 9)[None, None].float(), 5, 9)  # additive masks are not checked
-    padded = allowed(5, 9)[None, None].repeat(2, 1, 1, 1)
+    assert check(causal_allowed(5, 9)[None, None], 5, 9)
+    assert check(causal_allowed(5, 9)[None, None].expand(3, 1, 5, 9), 5, 9)
+    assert not check(causal_allowed(5, 9, window=4)[None, None], 5, 9)
+    assert not check(causal_allowed(5, 9)[None, None].float(), 5, 9)  # additive masks are not checked
+    padded = causal_allowed(5, 9)[None, None].repeat(2, 1, 1, 1)
     padded[1, :, :, 0] = False
     assert not check(padded, 5, 9)
 
@@ -69,7 +60,7 @@ def test_mask_check_accepts_only_bottom_right_causal():
 def test_mask_check_runs_once_per_mask_tensor(monkeypatch):
     """Every layer of a forward gets the same mask tensor: it is compared once, not once per layer."""
     check = CausalMaskCheck()
-    mask = allowed(5, 9)[None, None]
+    mask = causal_allowed(5, 9)[None, None]
     assert check(mask, 5, 9)
     monkeypatch.setattr(torch, "arange", lambda *a, **kw: pytest.fail("the same mask was compared again"))
     assert check(mask, 5, 9)
@@ -92,7 +83,7 @@ def test_routing_by_mask(monkeypatch, mask):
     calls = _spy(monkeypatch)
     q, k, v = qkv(2, 4, 5, 9, 8, torch.float64)
     k, v = k[:, :2], v[:, :2]  # GQA: two key/value heads for four query heads
-    ok = allowed(5, 9, window=3 if mask == "window" else None)
+    ok = causal_allowed(5, 9, window=3 if mask == "window" else None)
     given = None if mask == "none" else ok[None, None].expand(2, 1, 5, 9)
     with torch.no_grad():
         out, _ = recording_attention.heta_attention(Module(), q, k, v, given)
@@ -107,7 +98,7 @@ def test_square_and_single_query_calls_keep_sdpa(monkeypatch):
         q, k, v = qkv(1, 2, q_len, k_len, 8, torch.float64)
         with torch.no_grad():
             out, _ = recording_attention.heta_attention(Module(), q, k, v, None)
-        assert rel_err(out, masked_math(q, k, v, allowed(q_len, k_len), 8**-0.5).transpose(1, 2)) < 1e-12
+        assert rel_err(out, masked_math(q, k, v, causal_allowed(q_len, k_len), 8**-0.5).transpose(1, 2)) < 1e-12
     assert not calls
 
 
