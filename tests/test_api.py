@@ -211,8 +211,8 @@ def test_default_model_integration(tmp_path):
 def test_context_too_long_for_memory_budget_names_the_option(attributor):
     from heta_fast import MemoryBudgetError
 
-    with pytest.raises(MemoryBudgetError, match="window="):
-        attributor.attribute(random_ids(400), components=["I"], max_memory=1 << 20)
+    with pytest.raises(MemoryBudgetError, match="window="):  # a masked row of 1,500 tokens needs ~5 MiB here
+        attributor.attribute(random_ids(1500), components=["I"], max_memory=1 << 20)
     with pytest.raises(MemoryBudgetError, match="max_memory"):
         attributor.attribute(random_ids(400), components=["S"], num_probes=1, max_memory=1 << 20)
 

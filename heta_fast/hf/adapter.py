@@ -220,6 +220,11 @@ class ModelAdapter:
         return int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * self.hidden_size)
 
     @property
+    def attention_softcap(self) -> bool:
+        """Whether attention scores are soft-capped (Gemma-2): such attention runs eagerly, holding its scores."""
+        return bool(getattr(self.config, "attn_logit_softcapping", None))
+
+    @property
     def vocab_size(self) -> int:
         return int(self.embedding.weight.shape[0])
 

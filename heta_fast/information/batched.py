@@ -23,6 +23,26 @@ from ..units.ranges import Unit, check_units, token_units, unit_chunks
 from .prefix_cache import shared_prefix_cache
 
 
+def mask_row_bytes(adapter: ModelAdapter, t: int) -> int:
+    """Bytes one mask row of the KL pass holds: its suffix (≤ t tokens) through one layer at a time.
+
+    Measured on real layer shapes (tests/information/test_memory_budget.py): 1.4–1.7x below this.
+    """
+    elem = torch.finfo(adapter.dtype).bits // 8
+    # One layer's keys and values at a time (prefix view + suffix, concatenated, GQA heads repeated):
+    # the shared prefix cache is never copied per mask.
+    kv = 2 * 2 * adapter.num_heads * adapter.head_dim
+    # Attention scores: fused SDPA kernels never hold them, only the [q, k] mask, a byte per score on the CPU
+    # and up to a float on CUDA (which turns a boolean mask into an additive one). Soft-capped attention runs
+    # eagerly and holds every head's scores and float32 probabilities.
+    if adapter.attention_softcap:
+        score_bytes = 2 * adapter.num_heads * t * 4
+    else:
+        score_bytes = t * (1 if adapter.device.type == "cpu" else 4)
+    # A gated MLP holds three of its rows at once (activation, up projection, their product).
+    return t * ((8 * adapter.hidden_size + 3 * adapter.ffn_width + kv) * elem + score_bytes)
+
+
 def mask_chunk_size(adapter: ModelAdapter, t: int, max_memory: int) -> int:
     """Tokens per chunk of masks: small enough to re-use most of the clean prefix, within ``max_memory``.
 
@@ -30,12 +50,7 @@ def mask_chunk_size(adapter: ModelAdapter, t: int, max_memory: int) -> int:
     t²/2 · (1 + chunk/t); chunks of t/16 keep that within 7 % of the t²/2 floor while each forward still
     carries (b − a)·(t − a) rows, enough for efficient matrix products.
     """
-    elem = torch.finfo(adapter.dtype).bits // 8
-    # One layer's keys and values at a time (prefix view + suffix, concatenated, GQA heads repeated):
-    # the shared prefix cache is never copied per mask.
-    kv = 2 * 2 * adapter.num_heads * adapter.head_dim
-    # One mask row: its suffix (≤ t tokens) through one layer at a time.
-    per_row = t * (8 * adapter.hidden_size + 2 * adapter.ffn_width + 2 * adapter.num_heads * t + kv) * elem
+    per_row = mask_row_bytes(adapter, t)
     fit = max_memory // max(per_row, 1)
     if fit < 1:
         raise MemoryBudgetError(

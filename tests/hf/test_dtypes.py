@@ -16,7 +16,7 @@ import torch
 
 from heta_fast import Attributor
 from heta_fast.curvature.batched import bytes_per_direction, graph_bytes
-from heta_fast.information.batched import mask_chunk_size
+from heta_fast.information.batched import mask_chunk_size, mask_row_bytes
 from heta_fast.models import MORE_TINY_ARCHS, TINY_ARCHS, tiny_model
 from heta_fast.probes import draw_probes
 from heta_fast.testing import random_ids, rel_err
@@ -69,8 +69,10 @@ def test_memory_budget_counts_the_models_dtype():
     half = Attributor(tiny_model("llama").to(torch.bfloat16)).adapter
     assert graph_bytes(full, 64, 64) == 2 * graph_bytes(half, 64, 64)
     assert bytes_per_direction(full, 64, 64) / 2 < bytes_per_direction(half, 64, 64) < bytes_per_direction(full, 64, 64)
-    budget = 64 * 1024**2  # 1,024 masked rows: one per chunk in float32, three in bfloat16
-    assert (mask_chunk_size(full, 1024, budget), mask_chunk_size(half, 1024, budget)) == (1, 3)
+    t, mask_bytes = 1024, 1024 * 1024  # the KL pass's [q, k] boolean mask: a byte per score in any dtype
+    assert mask_row_bytes(full, t) - mask_bytes == 2 * (mask_row_bytes(half, t) - mask_bytes)
+    budget = 3 * mask_row_bytes(full, t)  # three masks of 1,024 rows in float32, four in bfloat16 on this tiny model
+    assert (mask_chunk_size(full, t, budget), mask_chunk_size(half, t, budget)) == (3, 4)
 
 
 def test_device_map_models(tmp_path):
