@@ -165,13 +165,19 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
     ``"scores"``).
     """
     full = enc.ids + [enc.target_id]
-    t = len(enc.ids)
+    t = None  # the last token of full: the target, however many leading special tokens the library sets aside
     opts = settings.heta_options(seed)
     out: dict[str, dict] = {}
     secs: dict[str, float] = {}
 
+    def aligned(values):
+        # A BOS the tokenizer added is the library's sink (special_tokens="sink"), not a position, so its
+        # scores start after it; a zero in front keeps them aligned with enc.ids, as every baseline's are.
+        v = torch.tensor(values, dtype=torch.float64)
+        return torch.cat([v.new_zeros(len(enc.ids) - len(v)), v])
+
     def comps(r):
-        return {k: torch.tensor(getattr(r, k), dtype=torch.float64) for k in "MSI" if getattr(r, k) is not None}
+        return {k: aligned(getattr(r, k)) for k in "MSI" if getattr(r, k) is not None}
 
     if runs & {"base", "mean"}:
         t0 = time.perf_counter()
@@ -180,7 +186,7 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
     if "mean" in runs:
         t0 = time.perf_counter()
         r = attributor.attribute(full, target=t, components=("I",), mask="mean", **opts)
-        out["mean"] = {**out["base"], "I": torch.tensor(r.I, dtype=torch.float64)}
+        out["mean"] = {**out["base"], "I": aligned(r.I)}
         secs["mean"] = secs["base"] + time.perf_counter() - t0  # a standalone run would need M and S too
     if "sink" in runs:
         t0 = time.perf_counter()
@@ -191,12 +197,12 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
     if "default" in runs:
         t0 = time.perf_counter()
         r = attributor.attribute(full, target=t, preset="default", seed=opts["seed"])
-        out["default"] = comps(r) | {"scores": torch.tensor(r.scores, dtype=torch.float64)}
+        out["default"] = comps(r) | {"scores": aligned(r.scores)}
         secs["default"] = time.perf_counter() - t0
     if "fast" in runs:
         t0 = time.perf_counter()
         r = attributor.attribute(full, target=t, preset="fast", seed=opts["seed"])
-        out["fast"] = comps(r) | {"scores": torch.tensor(r.scores, dtype=torch.float64)}
+        out["fast"] = comps(r) | {"scores": aligned(r.scores)}
         secs["fast"] = time.perf_counter() - t0
     return out, secs
 

@@ -15,7 +15,7 @@ from heta_fast.evaluation import metrics as mt
 from heta_fast.evaluation.curated import RunSettings, parse_methods, run_curated, summarize, write_report
 from heta_fast.evaluation.data import load_examples, parse_example
 from heta_fast.hf import ModelAdapter
-from heta_fast.testing import NoBosTokenizer, tiny_model
+from heta_fast.testing import CharTokenizer, NoBosTokenizer, tiny_model
 
 V, T, D = 5, 10, 3
 W = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]],
@@ -370,3 +370,21 @@ def test_curated_encoding_on_the_default_model():
     dis = mt.token_span_mask(enc.offsets, enc.text, [ex.distractor])
     assert bool(dis[0]) and not bool(sup[0])
     assert "".join(enc.text[s:e] for (s, e), m in zip(enc.offsets, sup, strict=True) if m).strip() == enc.text[slice(*ex.support)]
+
+
+def test_a_tokenizer_bos_is_the_sink_and_scores_stay_aligned(tmp_path):
+    """Gemma-style tokenizers add a BOS, which the library sets aside as the sink (no position): the runner's
+    HETA scores must still cover every token of the encoded example, the BOS scored 0 and the rest exactly the
+    library's (this failed with "target position out of range" before)."""
+    from heta_fast.evaluation.curated import encode
+
+    attr = Attributor(tiny_model("llama"), CharTokenizer())
+    exs = load_examples(_write_rows(tmp_path, 1))
+    enc = encode(attr.tokenizer, exs[0])
+    assert enc.ids[0] == attr.tokenizer.bos_token_id
+    settings = RunSettings(hessian="lowrank", rank=4, num_probes=2, soft_samples=1, ig_steps=2, stability_examples=0)
+    rec = run_curated(exs, tmp_path / "out", ["heta_fast", "loo"], settings, attributor=attr, progress=False)[0]
+    scores = rec["methods"]["heta_fast"]["scores"]
+    lib = attr.attribute(enc.ids + [enc.target_id], preset="fast", seed=0)
+    assert len(scores) == len(enc.ids) == len(lib.scores) + 1 and len(rec["methods"]["loo"]["scores"]) == len(enc.ids)
+    assert scores[0] == 0 and scores[1:] == pytest.approx(lib.scores, rel=1e-9)
