@@ -164,8 +164,7 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
     ``"fast"``: the library's presets of those names with only the seed set (their own score is kept as
     ``"scores"``).
     """
-    full = enc.ids + [enc.target_id]
-    t = None  # the last token of full: the target, however many leading special tokens the library sets aside
+    full = enc.ids + [enc.target_id]  # the target is its last token (attribute()'s default)
     opts = settings.heta_options(seed)
     out: dict[str, dict] = {}
     secs: dict[str, float] = {}
@@ -181,27 +180,27 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
 
     if runs & {"base", "mean"}:
         t0 = time.perf_counter()
-        out["base"] = comps(attributor.attribute(full, target=t, **opts))
+        out["base"] = comps(attributor.attribute(full, **opts))
         secs["base"] = time.perf_counter() - t0
     if "mean" in runs:
         t0 = time.perf_counter()
-        r = attributor.attribute(full, target=t, components=("I",), mask="mean", **opts)
+        r = attributor.attribute(full, components=("I",), mask="mean", **opts)
         out["mean"] = {**out["base"], "I": aligned(r.I)}
         secs["mean"] = secs["base"] + time.perf_counter() - t0  # a standalone run would need M and S too
     if "sink" in runs:
         t0 = time.perf_counter()
         sink = settings.sink_id(attributor.tokenizer)
-        r = attributor.attribute(full, target=t, **{**opts, "sink_token": sink})
+        r = attributor.attribute(full, **{**opts, "sink_token": sink})
         out["sink"] = comps(r) | {"sink_gate_mass": r.sink_gate_mass}
         secs["sink"] = time.perf_counter() - t0
     if "default" in runs:
         t0 = time.perf_counter()
-        r = attributor.attribute(full, target=t, preset="default", seed=opts["seed"])
+        r = attributor.attribute(full, preset="default", seed=opts["seed"])
         out["default"] = comps(r) | {"scores": aligned(r.scores)}
         secs["default"] = time.perf_counter() - t0
     if "fast" in runs:
         t0 = time.perf_counter()
-        r = attributor.attribute(full, target=t, preset="fast", seed=opts["seed"])
+        r = attributor.attribute(full, preset="fast", seed=opts["seed"])
         out["fast"] = comps(r) | {"scores": aligned(r.scores)}
         secs["fast"] = time.perf_counter() - t0
     return out, secs

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
 from .attention_core import attention_core
-from .suffix_attention import CausalMaskCheck, split_causal_attention
+from .suffix_attention import CausalMaskCheck, causal_bool_mask, split_causal_attention
 
 ATTN_IMPL = "heta_eager"
 
@@ -84,12 +84,6 @@ def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
     return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
 
 
-def _causal_bool_mask(q_len: int, k_len: int, device) -> Tensor:
-    """[q_len, k_len] True where query row j (at absolute position k_len - q_len + j) may see key i."""
-    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
-    return torch.arange(k_len, device=device)[None, :] <= q_pos
-
-
 def _plainly_causal(attention_mask: Tensor | None, q_len: int, k_len: int) -> bool:
     """True when the mask (None: dropped by transformers as purely causal) is exactly bottom-right causal."""
     if attention_mask is None:
@@ -106,7 +100,7 @@ def _check_causal(mask: Tensor | None, q_len: int, k_len: int) -> None:
     """Refuse masks that let a position see later positions (checked while recording, on the mask)."""
     if mask is None or q_len < 2:
         return
-    future = ~_causal_bool_mask(q_len, k_len, mask.device)
+    future = ~causal_bool_mask(q_len, k_len, mask.device)
     m = mask.reshape(-1, q_len, k_len)[0]
     visible = m[future] if m.dtype == torch.bool else m[future] > torch.finfo(m.dtype).min / 2
     if visible.any():
@@ -162,7 +156,7 @@ def heta_attention(
             out = split_causal_attention(query, k, v, scaling)
         if out is None and mask is None:  # transformers dropped the mask because it is purely causal
             causal = q_len == k_len and q_len > 1
-            bool_mask = None if causal or q_len == 1 else _causal_bool_mask(q_len, k_len, query.device)
+            bool_mask = None if causal or q_len == 1 else causal_bool_mask(q_len, k_len, query.device)
             out = F.scaled_dot_product_attention(query, k, v, attn_mask=bool_mask, is_causal=causal, scale=scaling)
         elif out is None:
             out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask.to(query.dtype) if mask.dtype != torch.bool
@@ -179,7 +173,7 @@ def heta_attention(
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
         if mask is None:
-            mask = _causal_bool_mask(q_len, k_len, query.device)
+            mask = causal_bool_mask(q_len, k_len, query.device)
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
         else:

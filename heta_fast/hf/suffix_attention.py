@@ -23,6 +23,12 @@ from torch import Tensor
 _cpu_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
+def causal_bool_mask(q_len: int, k_len: int, device) -> Tensor:
+    """[q_len, k_len] True where query row j (at absolute position k_len - q_len + j) may see key i."""
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    return torch.arange(k_len, device=device)[None, :] <= q_pos
+
+
 def split_causal_attention(query: Tensor, key: Tensor, value: Tensor, scaling: float) -> Tensor | None:
     """Bottom-right causal attention for q_len < k_len, as prefix + causal suffix; None if unavailable.
 
@@ -58,8 +64,6 @@ class CausalMaskCheck:
             return self._answer
         answer = False
         if mask.dtype == torch.bool and mask.shape[-2:] == (q_len, k_len):
-            q_pos = torch.arange(k_len - q_len, k_len, device=mask.device)[:, None]
-            causal = torch.arange(k_len, device=mask.device)[None, :] <= q_pos
-            answer = bool((mask == causal).all())
+            answer = bool((mask == causal_bool_mask(q_len, k_len, mask.device)).all())
         self._mask, self._answer = weakref.ref(mask), answer
         return answer
