@@ -15,7 +15,6 @@ Rows go to ``results/suffix_attention.csv`` and ``results/suffix_kl_pass.csv``.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
@@ -29,22 +28,12 @@ from heta_fast.information import mask_vector
 from heta_fast.information.batched import information_batched
 
 
-def best_seconds(fn, repeats: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def clean_forward_wall(attributor, ids) -> float:
     """Wall seconds of one clean forward of the transformer body over ids (best of two): the floor's unit."""
     adapter = attributor.adapter
     with torch.no_grad():
         X = adapter.embed(ids) * adapter.embed_scale
-        return best_seconds(lambda: adapter.model.base_model(inputs_embeds=X[None]), repeats=1)
+        return measure(lambda: adapter.model.base_model(inputs_embeds=X[None]), repeats=2)[0]
 
 
 def attention_rows(t: int) -> list[dict]:
@@ -54,8 +43,9 @@ def attention_rows(t: int) -> list[dict]:
         q = torch.randn(1, 9, q_len, 64, generator=g)
         k, v = (torch.randn(1, 9, t, 64, generator=g) for _ in range(2))
         mask = torch.arange(t)[None, :] <= torch.arange(t - q_len, t)[:, None]
-        masked = best_seconds(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.125))
-        split = best_seconds(lambda: split_causal_attention(q, k, v, 0.125))
+        # Best of four calls (the first warms up).
+        masked = measure(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.125), repeats=4)[0]
+        split = measure(lambda: split_causal_attention(q, k, v, 0.125), repeats=4)[0]
         diff = (F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.125)
                 - split_causal_attention(q, k, v, 0.125)).abs().max()
         print(f"attention t={t} queries={q_len}: mask {masked * 1e3:7.1f} ms  split {split * 1e3:7.1f} ms  "
