@@ -249,10 +249,12 @@ class HetaOptions:
     rollout: Literal["flow", "reference"] = option(
         "flow", "gate M: attention-value flow, or the official per-head chain 'reference' (needs H_kv = H)",
         words=("flow", "reference"))
+    # Low-rank S by default: on answers the models predict it matches exact S's evidence shares at a third of
+    # the time (benchmarks/eval/README.md, "Default preset"); preset="exact" keeps SPEC §2's exact S.
     hessian: Literal["exact", "lowrank"] = option(
-        "exact", "S from every block HVP, or a randomized range finder of `rank` HVPs ('lowrank')",
+        "lowrank", "S from a randomized range finder of `rank` HVPs ('lowrank'), or from every block HVP ('exact')",
         words=("exact", "lowrank"))
-    rank: int = option(64, "number of range-finder directions for hessian='lowrank'", number=int, minimum=1,
+    rank: int = option(16, "number of range-finder directions for hessian='lowrank'", number=int, minimum=1,
                        metavar="K")
     curvature: Literal["hessian", "gauss_newton"] = option(
         "hessian", "the Hessian, or the PSD Gauss-Newton matrix J^T (diag pi - pi pi^T) J",
@@ -370,12 +372,18 @@ def resolve_layers(layers: int | str | None, num_layers: int) -> int | None:
 
 PRESETS: dict[str, dict] = {
     "default": {},
-    # The paper's formula: raw S and I, curvature with respect to the embedding rows, no sink token.
-    "paper": {"normalize": "none", "sink_token": None, "layers": None, "beta": 0.5, "gamma": 0.5},
+    # SPEC §2's exact S (every block HVP, m = 10) with the default's sink, normalisation and layers: the default
+    # until 2026-12-01. Its cost grows with t² (t·m HVPs over causal suffixes); low-rank S costs 2·rank HVPs.
+    "exact": {"hessian": "exact"},
+    # The paper's formula: raw S and I, exact S with respect to the embedding rows, no sink token.
+    "paper": {"normalize": "none", "sink_token": None, "layers": None, "beta": 0.5, "gamma": 0.5,
+              "hessian": "exact"},
     # The paper's large-model recipe (SPEC §4): windows of 512 with 50 % overlap, rank 64, the last 6 layers
     # ("auto": the same 6, or every layer of a model with no more, where a fixed 6 was an error).
     "paper-large": {"normalize": "none", "sink_token": None, "window": 512, "overlap": 0.5, "hessian": "lowrank",
                     "rank": 64, "layers": "auto"},
+    # The default with 4 probes per token instead of 10 (reading the probes from the low-rank factors is cheap, so
+    # this saves little since low-rank S became the default; kept for scripts that name it).
     "fast": {"hessian": "lowrank", "rank": 16, "num_probes": 4},
     # Long inputs on a CPU: the exact KL term costs about W/2 forwards of W tokens per window, so windows
     # of 256 (half those of paper-large) halve its total; curvature on the last 6 layers as in the paper

@@ -2,7 +2,7 @@
 errors and win counts (the mean ± SE tables of summary.md cannot say whether one method beats another on
 the same examples).
 
-    python benchmarks/eval/paired.py OUT [--data PATH] [--metric dsa] [--methods heta_default heta_fast]
+    python benchmarks/eval/paired.py OUT [--data PATH] [--metric dsa] [--methods heta_default heta_exact]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(Path(__file__).parent / "data" / "evidence_qa.jsonl"))
     ap.add_argument("--model", default="default")
     ap.add_argument("--metric", nargs="+", default=["dsa", "soft_nc", "comprehensiveness", "sufficiency"])
-    ap.add_argument("--methods", nargs="+", default=["heta_default", "heta_fast"])
+    ap.add_argument("--methods", nargs="+", default=["heta_default", "heta_exact"])
     args = ap.parse_args()
     records = load_records(load_examples(args.data), args.out, RunSettings(model=args.model))
     lines = [f"Paired per-example differences, method − baseline (mean ± standard error; wins = examples where the "

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..combine import combine
 from ..errors import HetaInputError
+from ..options import SPECS_BY_NAME, options_from_preset
 from ..sinks import default_sink_id, resolve_sink
 from . import metrics as mt
 from .baselines import BASELINES, baseline_scores, perturbed_embeddings
@@ -31,16 +32,19 @@ from .data import Example
 # HETA variants. Each is (run, recipe): the run says which attribute() call provides the components
 # (runs are shared, so all ablations cost one run), the recipe how to combine them.
 HETA_METHODS = {
-    # What a user gets: attribute() with the library's default preset, untouched by the runner's --hessian,
-    # --rank and --num-probes (which the ablations below use to stay cheap).
-    "heta_default": ("default", dict(comps="MSI", library_scores=True),
-                     "the library's default preset exactly as shipped (exact S, m=10, last 6 layers, sink, "
-                     "normalize='sum'; README, Default preset)"),
-    "heta_default_M": ("default", dict(comps="M"), "ablation of the default preset: M only (last 6 layers, sink)"),
-    "heta_default_S": ("default", dict(comps="S"), "ablation of the default preset: S only (exact, last 6 layers)"),
-    "heta_default_I": ("default", dict(comps="I"), "ablation of the default preset: I only (zero mask, sink)"),
-    "heta_fast": ("fast", dict(comps="MSI", library_scores=True),
-                  "the library's 'fast' preset exactly as shipped (default preset with low-rank S, rank 16, m=4)"),
+    # What a user gets: attribute() with one of the library's presets (run "preset:<name>"), untouched by the
+    # runner's --hessian, --rank and --num-probes (which the ablations below use to stay cheap). Their records
+    # keep the preset's options, so a preset that changes is recomputed, never mixed with old rows.
+    "heta_default": ("preset:default", dict(comps="MSI", library_scores=True),
+                     "the library's default preset exactly as shipped (low-rank S, rank 16, m=10, last 6 layers, "
+                     "sink, normalize='sum'; README, Default preset)"),
+    "heta_exact": ("preset:exact", dict(comps="MSI", library_scores=True),
+                   "the library's 'exact' preset (the default with exact S, m=10; the default until 2026-12-01)"),
+    "heta_exact_M": ("preset:exact", dict(comps="M"), "ablation of the exact preset: M only (last 6 layers, sink)"),
+    "heta_exact_S": ("preset:exact", dict(comps="S"), "ablation of the exact preset: S only (exact, last 6 layers)"),
+    "heta_exact_I": ("preset:exact", dict(comps="I"), "ablation of the exact preset: I only (zero mask, sink)"),
+    "heta_fast": ("preset:fast", dict(comps="MSI", library_scores=True),
+                  "the library's 'fast' preset exactly as shipped (the default with m=4)"),
     "heta": ("base", dict(comps="MSI", normalize="none"), "paper formula M(βS+γI), normalize='none', mask zero"),
     "heta_sum": ("base", dict(comps="MSI", normalize="sum"), "normalize='sum' (S, I divided by their sums)"),
     "heta_M": ("base", dict(comps="M"), "ablation: M only"),
@@ -160,9 +164,8 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
     """The attribute() calls the requested HETA variants need: components per run, seconds per run.
 
     ``"base"``: M, S, I (mask zero); ``"mean"``: the base M and S with I recomputed with ``mask="mean"``;
-    ``"sink"``: all three with a sink token prepended and dropped (option ``sink_token``); ``"default"`` and
-    ``"fast"``: the library's presets of those names with only the seed set (their own score is kept as
-    ``"scores"``).
+    ``"sink"``: all three with a sink token prepended and dropped (option ``sink_token``); ``"preset:<name>"``:
+    the library's preset of that name with only the seed set (its own score is kept as ``"scores"``).
     """
     full = enc.ids + [enc.target_id]  # the target is its last token (attribute()'s default)
     opts = settings.heta_options(seed)
@@ -193,17 +196,22 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
         r = attributor.attribute(full, **{**opts, "sink_token": sink})
         out["sink"] = comps(r) | {"sink_gate_mass": r.sink_gate_mass}
         secs["sink"] = time.perf_counter() - t0
-    if "default" in runs:
+    for run in sorted(r for r in runs if r.startswith("preset:")):
         t0 = time.perf_counter()
-        r = attributor.attribute(full, preset="default", seed=opts["seed"])
-        out["default"] = comps(r) | {"scores": aligned(r.scores)}
-        secs["default"] = time.perf_counter() - t0
-    if "fast" in runs:
-        t0 = time.perf_counter()
-        r = attributor.attribute(full, preset="fast", seed=opts["seed"])
-        out["fast"] = comps(r) | {"scores": aligned(r.scores)}
-        secs["fast"] = time.perf_counter() - t0
+        r = attributor.attribute(full, preset=run.removeprefix("preset:"), seed=opts["seed"])
+        out[run] = comps(r) | {"scores": aligned(r.scores)}
+        secs[run] = time.perf_counter() - t0
     return out, secs
+
+
+def preset_key(method: str) -> dict | None:
+    """The options of the library preset behind a ``heta_*`` method (None for the runner's own recipes): stored
+    with the method's record, so rows of a preset whose options have changed since are recomputed."""
+    run = HETA_METHODS.get(method, ("",))[0]
+    if not run.startswith("preset:"):
+        return None
+    opts = options_from_preset(run.removeprefix("preset:")).to_dict()
+    return {k: v for k, v in opts.items() if SPECS_BY_NAME[k].affects_result}
 
 
 def _combine(c: dict, recipe: dict, settings: RunSettings) -> Tensor:
@@ -313,6 +321,8 @@ def _load_done(path: Path, key: dict) -> dict[tuple[str, str], dict]:
             continue
         entry = done.setdefault((rec["id"], rec.get("target", "gold")), {})
         for m, val in rec["methods"].items():
+            if val.get("preset_options") != preset_key(m):
+                continue  # a library preset whose options have changed since (or a row from before they were kept)
             if "stability_noise" in val or m not in entry:
                 entry[m] = val
     return done
@@ -411,6 +421,7 @@ def _evaluate(attributor, logprob_fn, X, enc: Encoded, ex: Example, todo: list[s
             **example_metrics(logprob_fn, X, enc, ex, scores[m], settings),
             "seconds": seconds[m],
             "scores": [float(v) for v in scores[m].tolist()],
+            **({"preset_options": preset_key(m)} if preset_key(m) is not None else {}),
             **({"sink_gate_mass": extra["sink_gate_mass"]} if "sink_gate_mass" in extra and m.startswith("heta_sink")
                else {}),
         }
@@ -450,7 +461,8 @@ def rescore(examples: list[Example], out_dir: str | Path, settings: RunSettings,
             methods = {}
             for m, old in done[(ex.id, kind)].items():
                 a = torch.tensor(old["scores"], dtype=torch.float64)
-                keep = {k: v for k, v in old.items() if k.startswith("stability") or k in ("seconds", "scores")}
+                keep = {k: v for k, v in old.items()
+                        if k.startswith("stability") or k in ("seconds", "scores", "preset_options")}
                 methods[m] = {**example_metrics(logprob_fn, X, enc, ex, a, settings), **keep}
             lines.append(json.dumps({**top.get((ex.id, kind), {}), "id": ex.id, "target": kind, **facts,
                                      "settings": settings.key(), "methods": methods}))

@@ -323,25 +323,54 @@ def test_runner_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert "| heta |" in (tmp_path / "out" / "summary.md").read_text() and len(paths) == 2
 
 
-def test_heta_default_is_the_library_default_untouched_by_runner_settings(tmp_path):
+def test_preset_methods_are_the_library_presets_untouched_by_runner_settings(tmp_path):
     from heta_fast.evaluation.curated import encode
 
     attr = Attributor(tiny_model("llama", num_hidden_layers=8), NoBosTokenizer())
     exs = load_examples(_write_rows(tmp_path, 1))
-    # The runner's cheap settings (low rank, 2 probes) apply to the other HETA methods, not to heta_default.
+    # The runner's cheap settings (low rank 4, 2 probes) apply to its own HETA recipes, not to the presets.
     settings = RunSettings(hessian="lowrank", rank=4, num_probes=2, soft_samples=1, ig_steps=2, stability_examples=1)
-    methods = ["heta_default", "heta_default_M", "heta_default_S", "heta_default_I", "heta_sink_sum"]
+    methods = ["heta_default", "heta_exact", "heta_exact_M", "heta_exact_S", "heta_exact_I", "heta_sink_sum"]
     rec = run_curated(exs, tmp_path / "out", methods, settings, attributor=attr, progress=False)[0]["methods"]
     enc = encode(attr.tokenizer, exs[0])
     lib = attr.attribute(enc.ids + [enc.target_id], target=len(enc.ids), seed=0)
-    assert lib.options["layers"] == 6 and lib.options["sink_token"] == 89 and lib.options["hessian"] == "exact"
+    assert lib.options["layers"] == 6 and lib.options["sink_token"] == 89
+    assert (lib.options["hessian"], lib.options["rank"], lib.options["num_probes"]) == ("lowrank", 16, 10)
     assert rec["heta_default"]["scores"] == pytest.approx(lib.scores, rel=1e-9)
+    exact = attr.attribute(enc.ids + [enc.target_id], preset="exact", seed=0)
+    assert exact.options["hessian"] == "exact" and exact.options["num_probes"] == 10
+    assert rec["heta_exact"]["scores"] == pytest.approx(exact.scores, rel=1e-9)
+    assert rec["heta_exact"]["scores"] != pytest.approx(lib.scores, rel=1e-3)
     for c in "MSI":  # each ablation is its component up to a constant factor (β or γ)
-        a, b = torch.tensor(rec[f"heta_default_{c}"]["scores"]), torch.tensor(getattr(lib, c))
+        a, b = torch.tensor(rec[f"heta_exact_{c}"]["scores"]), torch.tensor(getattr(exact, c))
         assert (a / a.sum()).tolist() == pytest.approx((b / b.sum()).tolist(), rel=1e-9)
     assert rec["heta_sink_sum"]["scores"] != pytest.approx(lib.scores)
     # Stability under embedding noise runs the default preset on the perturbed input (its sink row unperturbed).
     assert 0.5 < rec["heta_default"]["stability_noise"] < 1.0 and "stability_seed" in rec["heta_default"]
+
+
+def test_rows_of_a_preset_whose_options_changed_are_recomputed(tmp_path, monkeypatch):
+    """A stored heta_default row belongs to the preset's options when it ran: after a default changes, resuming
+    recomputes it instead of reporting the old preset under the new name (the runner's own recipes are kept)."""
+    import heta_fast.evaluation.curated as cur
+    from heta_fast.options import PRESETS
+
+    attr = Attributor(tiny_model("llama"), NoBosTokenizer())
+    exs = load_examples(_write_rows(tmp_path, 1))
+    settings = RunSettings(hessian="lowrank", rank=4, num_probes=2, soft_samples=1, ig_steps=2, stability_examples=0)
+    first = run_curated(exs, tmp_path / "out", ["heta_default", "heta"], settings, attributor=attr,
+                        progress=False)[0]["methods"]
+    assert first["heta_default"]["preset_options"]["hessian"] == "lowrank"
+    monkeypatch.setitem(PRESETS, "default", {"hessian": "exact", "num_probes": 3})
+    calls = []
+    real = cur.method_scores
+    monkeypatch.setattr(cur, "method_scores", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    again = run_curated(exs, tmp_path / "out", ["heta_default", "heta"], settings, attributor=attr,
+                        progress=False)[0]["methods"]
+    assert calls == [["heta_default"]]  # only the preset's row is stale
+    assert again["heta_default"]["preset_options"]["hessian"] == "exact"
+    assert again["heta_default"]["scores"] != pytest.approx(first["heta_default"]["scores"], rel=1e-3)
+    assert again["heta"]["scores"] == first["heta"]["scores"]
 
 
 def test_cli_reports_unknown_method(capsys):

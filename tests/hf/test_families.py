@@ -3,7 +3,8 @@ the fused LM head (logit scaling folded in) against the model's own logits, and 
 whose attention does not go through transformers' attention interface (Falcon).
 
 Lighter than the per-component tests that run on TINY_ARCHS: each family runs the whole pipeline twice
-(default options; curvature over the last layer with Gauss–Newton and the mean mask), about a second each.
+(exact S; the default options, low-rank S; curvature over the last layer with Gauss–Newton and the mean mask),
+about a second each.
 """
 
 import pytest
@@ -23,16 +24,20 @@ def family(request):
     return request.param, Attributor(tiny_model(request.param))
 
 
-@pytest.mark.parametrize("options", [{}, {"layers": 1, "curvature": "gauss_newton", "mask": "mean"}],
-                         ids=["default", "last-layer-gauss-newton-mean"])
+@pytest.mark.parametrize("options", [{"hessian": "exact"}, {},
+                                     {"hessian": "exact", "layers": 1, "curvature": "gauss_newton", "mask": "mean"}],
+                         ids=["exact", "default", "last-layer-gauss-newton-mean"])
 def test_fast_engine_equals_reference_engine(family, options):
     arch, attributor = family
     ids = random_ids(T + 1, seed=2)
     probes = draw_probes(T, 2, attributor.adapter.hidden_size, seed=3).float()
     fast = attributor.attribute(ids, probes=probes, **options)
     ref = attributor.attribute(ids, probes=probes, engine="reference", **options)
+    # Low-rank S (the default): the range finder's QR of a nearly rank-deficient Y amplifies float32 noise.
+    loose = 1e-3 if fast.options["hessian"] == "lowrank" else 1e-4
     for name in ("M", "S", "I", "scores"):
-        assert rel_err(getattr(fast, name), getattr(ref, name)) < 1e-4, (arch, name)
+        assert rel_err(getattr(fast, name), getattr(ref, name)) < (loose if name in ("S", "scores") else 1e-4), \
+            (arch, name)
     assert fast.target_logprob == pytest.approx(ref.target_logprob, abs=1e-5)
 
 

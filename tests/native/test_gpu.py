@@ -114,12 +114,15 @@ def test_information_cuda(pair, mask):
     assert rel_err(I.cpu(), information_reference(ref, ids, mask_vector(ref, ids, mask, 3))) < 1e-5
 
 
-def test_attribute_cuda_matches_reference(pair):
+@pytest.mark.parametrize("hessian", ["exact", "lowrank"])
+def test_attribute_cuda_matches_reference(pair, hessian):
     """The public API on the GPU equals the reference engine for the same seed (probes are drawn on the CPU)."""
     _, fast, _ = pair
     ids = random_ids(T)
     attributor = Attributor(fast.model)
-    a = attributor.attribute(ids, num_probes=2, seed=5)
-    b = attributor.attribute(ids, num_probes=2, seed=5, engine="reference")
+    a = attributor.attribute(ids, num_probes=2, seed=5, hessian=hessian)
+    b = attributor.attribute(ids, num_probes=2, seed=5, hessian=hessian, engine="reference")
     for name in ("M", "S", "I", "scores"):
-        assert rel_err(getattr(a, name), getattr(b, name)) < 1e-4, name
+        # low-rank S (the default): the range finder's QR amplifies float32 noise, 1e-3 as on the CPU
+        tol = 1e-3 if hessian == "lowrank" and name in ("S", "scores") else 1e-4
+        assert rel_err(getattr(a, name), getattr(b, name)) < tol, name
