@@ -345,8 +345,10 @@ def test_preset_methods_are_the_library_presets_untouched_by_runner_settings(tmp
         a, b = torch.tensor(rec[f"heta_exact_{c}"]["scores"]), torch.tensor(getattr(exact, c))
         assert (a / a.sum()).tolist() == pytest.approx((b / b.sum()).tolist(), rel=1e-9)
     assert rec["heta_sink_sum"]["scores"] != pytest.approx(lib.scores)
-    # Stability under embedding noise runs the default preset on the perturbed input (its sink row unperturbed).
-    assert 0.5 < rec["heta_default"]["stability_noise"] < 1.0 and "stability_seed" in rec["heta_default"]
+    # Stability under embedding noise runs each preset on the perturbed input (its sink row unperturbed): the
+    # exact preset's ranking moves; the default's may not on this tiny model (measured ρ = 1.0).
+    assert 0.5 < rec["heta_exact"]["stability_noise"] < 1.0 and "stability_seed" in rec["heta_exact"]
+    assert 0.5 < rec["heta_default"]["stability_noise"] <= 1.0 and "stability_seed" in rec["heta_default"]
 
 
 def test_rows_of_a_preset_whose_options_changed_are_recomputed(tmp_path, monkeypatch):

@@ -19,7 +19,8 @@ from heta_fast.service.app import AttributionService, create_app
 from heta_fast.service.cli import load_attributor
 from heta_fast.service.limits import ServiceLimits
 
-RUNAWAY = {"text": "the quick brown fox jumps over the lazy dog " * 2, "options": {"num_probes": 400}}
+# Exact S: its cost grows with num_probes (low-rank S, the default, reads the probes from its factors: cheap).
+RUNAWAY = {"text": "the quick brown fox jumps over the lazy dog " * 2, "options": {"num_probes": 400, "hessian": "exact"}}
 NORMAL = {"text": "hello world", "options": {"num_probes": 1}}
 # Bounds for a shared 2-core machine: a bad request is answered in well under a second; a running request
 # notices a stop within one chunk of work (≈ 0.4 s measured for the runaway above).
@@ -95,7 +96,8 @@ BAD = [
     ('{"text": "hello", "generate": 1000}', 413, "generate", "--max-generate"),
     ('{"text": "' + "hello world " * 4 + '", "options": {"window": 1, "overlap": 0.9}}', 413, "options.window",
      "--max-windows"),
-    ('{"text": "' + "abcdefgh" * 10 + '", "options": {"num_probes": 64, "layers": null}}', 413, "options.num_probes",
+    ('{"text": "' + "abcdefgh" * 10 + '", "options": {"num_probes": 64, "layers": null, "hessian": "exact"}}', 413,
+     "options.num_probes",
      "--max-work"),
     ('{"text": "' + "abcdefgh" * 110 + '", "generate": 64, "options": {"components": ["M"]}}', 413, "generate",
      "--max-work"),
@@ -246,18 +248,20 @@ def test_load_many_clients_a_runaway_and_a_disconnecting_client(serve, http_requ
 
     with ThreadPoolExecutor(20) as pool:
         poller = pool.submit(poll_health)
-        runaway = pool.submit(_timed, http_request, srv.url + "/attribute", "POST", RUNAWAY)
-        _wait_until(lambda: _health(http_request, srv)["queue"]["running"] == 1, 10, "the runaway starting")
-        hanging = _send_and_keep(srv.port, {**RUNAWAY, "options": {"num_probes": 300}})
-        normal = [pool.submit(_timed, http_request, srv.url + "/attribute", "POST",
-                              {"text": f"client {i} says hi", "options": {"num_probes": 1}}, timeout=60)
-                  for i in range(16)]
-        _wait_until(lambda: _health(http_request, srv)["queue"]["admitted"] >= 10, 10, "clients queueing")
-        _hang_up(hanging)
-        status, body, _, seconds = runaway.result(timeout=30)
-        assert status == 413 and "--time-limit" in body["error"] and seconds < 2.0 + STOP_SLACK
-        answers = [f.result(timeout=60) for f in normal]
-        stop_polling.set()
+        try:
+            runaway = pool.submit(_timed, http_request, srv.url + "/attribute", "POST", RUNAWAY)
+            _wait_until(lambda: _health(http_request, srv)["queue"]["running"] == 1, 10, "the runaway starting")
+            hanging = _send_and_keep(srv.port, {**RUNAWAY, "options": {"num_probes": 300, "hessian": "exact"}})
+            normal = [pool.submit(_timed, http_request, srv.url + "/attribute", "POST",
+                                  {"text": f"client {i} says hi", "options": {"num_probes": 1}}, timeout=60)
+                      for i in range(16)]
+            _wait_until(lambda: _health(http_request, srv)["queue"]["admitted"] >= 10, 10, "clients queueing")
+            _hang_up(hanging)
+            status, body, _, seconds = runaway.result(timeout=30)
+            assert status == 413 and "--time-limit" in body["error"] and seconds < 2.0 + STOP_SLACK
+            answers = [f.result(timeout=60) for f in normal]
+        finally:
+            stop_polling.set()  # a failure above must not leave the poller (and the pool's exit) running forever
         poller.result(timeout=10)
     assert [a[0] for a in answers] == [200] * 16
     assert max(a[3] for a in answers) < 30

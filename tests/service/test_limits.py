@@ -19,7 +19,8 @@ def test_window_count(t, window, overlap, expected):
 
 
 def _opts(**kw):
-    return HetaOptions(sink_token=None, **kw)
+    # Exact S unless a test says otherwise: its work, 2·m·t², is the one these hand counts follow.
+    return HetaOptions(sink_token=None, **{"hessian": "exact", **kw})
 
 
 def test_work_of_one_target_by_hand():
@@ -57,7 +58,7 @@ def test_work_of_units_by_hand():
     assert w.parts == {"gate": 10, "S": 8 * 19, "I": 19, "generate": 0}
     # refine=1 adds the longest unit's 4 tokens with whole-context suffixes (10 rows each); a sink adds a unit
     # of its own at 0 and shifts the others by one (n = 11): I = 11 + 10 + 6 + 3 + 4·11.
-    w = estimate_work(HetaOptions(num_probes=2, layers=None, units="sentence", refine=1, sink_token=5),
+    w = estimate_work(HetaOptions(num_probes=2, layers=None, units="sentence", refine=1, sink_token=5, hessian="exact"),
                       num_layers=2, positions=[10], prompt_tokens=11, units=units)
     assert w.parts["I"] == 11 + 10 + 6 + 3 + 44 and w.parts["S"] == 8 * w.parts["I"]
     # Low rank: as for tokens (twice with refine), independent of the number of units.

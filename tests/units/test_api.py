@@ -84,7 +84,8 @@ def test_refined_tokens_are_the_token_level_values(attributor):
     for i in range(len(r.tokens)):
         if i in inside:
             assert r.S[i] == pytest.approx(tok.S[i], rel=1e-4)
-            assert r.I[i] == pytest.approx(tok.I[i], rel=1e-4, abs=1e-9)
+            # a KL from float32 log-probabilities of order 1: about 1e-7 absolute, whatever the batch it ran in
+            assert r.I[i] == pytest.approx(tok.I[i], rel=1e-4, abs=1e-6)
         else:
             assert r.S[i] is None and r.I[i] is None and r.scores[i] is None
     assert pytest.approx(tok.M, rel=1e-6) == r.M
