@@ -276,13 +276,19 @@ def stability(attributor, enc: Encoded, methods: list[str], scores: dict[str, Te
     noise = mt.embedding_noise(adapter.embed(full), relative_sigma=settings.noise_sigma, seed=settings.seed + 1)
     out = {m: {} for m in methods}
     # Runs that prepend a sink token see [sink] + ids: the same noise on the real tokens, none on the sink row.
-    # The default preset's sink is "auto"; the heta_sink* runs use the runner's --sink-token-id if given.
-    auto = resolve_sink("auto", attributor.tokenizer, adapter.vocab_size, int(full[0]))
-    sinks = {"sink": settings.sink_id(attributor.tokenizer), "default": auto, "fast": auto}
+    # The library presets' sink is their own sink_token ("auto" in every preset but paper's); the heta_sink* runs
+    # use the runner's --sink-token-id if given.
+    def run_sink(run: str | None) -> int | None:
+        if run == "sink":
+            return settings.sink_id(attributor.tokenizer)
+        if run is not None and run.startswith("preset:"):
+            choice = options_from_preset(run.removeprefix("preset:")).sink_token
+            return resolve_sink(choice, attributor.tokenizer, adapter.vocab_size, int(full[0]))
+        return None
+
     groups: dict[int | None, list[str]] = {}
     for m in methods:
-        run = HETA_METHODS[m][0] if m in HETA_METHODS else None
-        groups.setdefault(sinks.get(run), []).append(m)
+        groups.setdefault(run_sink(HETA_METHODS[m][0] if m in HETA_METHODS else None), []).append(m)
     noisy = {}
     for sink, group in groups.items():
         seq, seq_noise = full, noise
