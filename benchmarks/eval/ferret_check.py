@@ -29,7 +29,7 @@ import torch
 from heta_fast import Attributor
 from heta_fast.evaluation import metrics as mt
 from heta_fast.evaluation.baselines import baseline_scores
-from heta_fast.evaluation.curated import encode
+from heta_fast.evaluation.curated import encode, prompt_aligned
 from heta_fast.evaluation.data import load_examples
 
 ERASED = -1  # the "mask token": its embedding row is zero
@@ -95,13 +95,6 @@ def _write(rows: list[dict], model: str, out: str, final: bool = False) -> None:
               f"(same k); with heta_fast's own round(f*t) counts: {dd:.2e}")
 
 
-def _context_scores(result, t: int) -> torch.Tensor:
-    """A result's scores over all t prompt tokens: a BOS the tokenizer added is the library's sink, not a
-    position, so it is scored 0 in front (as the evaluation runner does)."""
-    s = torch.tensor(result.scores, dtype=torch.float64)
-    return torch.cat([s.new_zeros(t - len(s)), s])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
@@ -127,7 +120,7 @@ def main() -> None:
         methods = {
             "random": baseline_scores("random", adapter, ids, enc.target_id, seed=0),
             "grad_norm": baseline_scores("grad_norm", adapter, ids, enc.target_id),
-            "heta_fast": _context_scores(attributor.attribute(enc.ids + [enc.target_id], preset="fast"), t),
+            "heta_fast": prompt_aligned(attributor.attribute(enc.ids + [enc.target_id], preset="fast").scores, t),
         }
         for name, a in methods.items():
             expl = ex_mod.Explanation(text=helper.tokenizer.decode(enc.ids), tokens=[str(i) for i in enc.ids],

@@ -160,6 +160,19 @@ def with_target(enc: Encoded, kind: str, facts: dict) -> Encoded:
     raise HetaInputError(f"unknown target {kind!r}; choose from {', '.join(TARGETS)}")
 
 
+def prompt_aligned(values, n_prompt: int) -> Tensor:
+    """A result's per-position values over all ``n_prompt`` prompt tokens, in float64: a BOS the tokenizer added
+    is the library's sink (special_tokens="sink"), not a position, so its values start after it; a zero in front
+    keeps them aligned with the prompt's ids, as every baseline's are."""
+    v = torch.tensor(values, dtype=torch.float64)
+    return torch.cat([v.new_zeros(n_prompt - len(v)), v])
+
+
+def _preset_of(run: str | None) -> str | None:
+    """The library preset a run of :data:`HETA_METHODS` calls (``"preset:<name>"``), or None for the runner's own."""
+    return run.removeprefix("preset:") if run is not None and run.startswith("preset:") else None
+
+
 def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, seed=None):
     """The attribute() calls the requested HETA variants need: components per run, seconds per run.
 
@@ -173,10 +186,7 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
     secs: dict[str, float] = {}
 
     def aligned(values):
-        # A BOS the tokenizer added is the library's sink (special_tokens="sink"), not a position, so its
-        # scores start after it; a zero in front keeps them aligned with enc.ids, as every baseline's are.
-        v = torch.tensor(values, dtype=torch.float64)
-        return torch.cat([v.new_zeros(len(enc.ids) - len(v)), v])
+        return prompt_aligned(values, len(enc.ids))
 
     def comps(r):
         return {k: aligned(getattr(r, k)) for k in "MSI" if getattr(r, k) is not None}
@@ -196,9 +206,9 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
         r = attributor.attribute(full, **{**opts, "sink_token": sink})
         out["sink"] = comps(r) | {"sink_gate_mass": r.sink_gate_mass}
         secs["sink"] = time.perf_counter() - t0
-    for run in sorted(r for r in runs if r.startswith("preset:")):
+    for run in sorted(r for r in runs if _preset_of(r)):
         t0 = time.perf_counter()
-        r = attributor.attribute(full, preset=run.removeprefix("preset:"), seed=opts["seed"])
+        r = attributor.attribute(full, preset=_preset_of(run), seed=opts["seed"])
         out[run] = comps(r) | {"scores": aligned(r.scores)}
         secs[run] = time.perf_counter() - t0
     return out, secs
@@ -207,10 +217,10 @@ def _heta_runs(attributor, enc: Encoded, runs: set[str], settings: RunSettings, 
 def preset_key(method: str) -> dict | None:
     """The options of the library preset behind a ``heta_*`` method (None for the runner's own recipes): stored
     with the method's record, so rows of a preset whose options have changed since are recomputed."""
-    run = HETA_METHODS.get(method, ("",))[0]
-    if not run.startswith("preset:"):
+    preset = _preset_of(HETA_METHODS.get(method, (None,))[0])
+    if preset is None:
         return None
-    opts = options_from_preset(run.removeprefix("preset:")).to_dict()
+    opts = options_from_preset(preset).to_dict()
     return {k: v for k, v in opts.items() if SPECS_BY_NAME[k].affects_result}
 
 
@@ -281,8 +291,8 @@ def stability(attributor, enc: Encoded, methods: list[str], scores: dict[str, Te
     def run_sink(run: str | None) -> int | None:
         if run == "sink":
             return settings.sink_id(attributor.tokenizer)
-        if run is not None and run.startswith("preset:"):
-            choice = options_from_preset(run.removeprefix("preset:")).sink_token
+        if _preset_of(run):
+            choice = options_from_preset(_preset_of(run)).sink_token
             return resolve_sink(choice, attributor.tokenizer, adapter.vocab_size, int(full[0]))
         return None
 
@@ -423,11 +433,12 @@ def _evaluate(attributor, logprob_fn, X, enc: Encoded, ex: Example, todo: list[s
     stab = stability(attributor, enc, todo, scores, settings) if want_stab else {}
     out = {}
     for m in todo:
+        key = preset_key(m)
         base = have[m] if reuse else {
             **example_metrics(logprob_fn, X, enc, ex, scores[m], settings),
             "seconds": seconds[m],
             "scores": [float(v) for v in scores[m].tolist()],
-            **({"preset_options": preset_key(m)} if preset_key(m) is not None else {}),
+            **({"preset_options": key} if key is not None else {}),
             **({"sink_gate_mass": extra["sink_gate_mass"]} if "sink_gate_mass" in extra and m.startswith("heta_sink")
                else {}),
         }

@@ -2,7 +2,7 @@
 the fused LM head (logit scaling folded in) against the model's own logits, and a clear refusal for a model
 whose attention does not go through transformers' attention interface (Falcon).
 
-Lighter than the per-component tests that run on TINY_ARCHS: each family runs the whole pipeline twice
+Lighter than the per-component tests that run on TINY_ARCHS: each family runs the whole pipeline three times
 (exact S; the default options, low-rank S; curvature over the last layer with Gauss–Newton and the mean mask),
 about a second each.
 """
