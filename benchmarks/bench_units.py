@@ -1,6 +1,7 @@
 """Sentence units over a whole long context against the windowed token level, side by side (issue 16).
 
     python benchmarks/bench_units.py [--tokens 2048] [--threads 1] [--baseline] [--passes 1 2]
+    python benchmarks/bench_units.py --tokens 8192 --baseline-only   # the `long` preset alone, same input
     python benchmarks/bench_units.py --kl-memory 256      # the KL pass's prefix cache: copied vs shared view
 
 The text is the Python Language Reference as shipped with CPython (``pydoc_data.topics``, PSF License 2.0):
@@ -98,6 +99,8 @@ def main():
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--max-memory-gib", type=float, default=8.0, help="as the document preset")
     ap.add_argument("--baseline", action="store_true", help="also run the `long` preset (token level, windows)")
+    ap.add_argument("--baseline-only", action="store_true",
+                    help="run only the `long` preset (when the unit run's row is already in results/units.csv)")
     ap.add_argument("--kl-memory", type=int, default=None, metavar="T", help="only the KL-pass memory comparison")
     ap.add_argument("--progress", action="store_true", help="progress bars on stderr (long runs)")
     args = ap.parse_args()
@@ -113,9 +116,10 @@ def main():
     ids = torch.tensor(attributor.tokenizer(text)["input_ids"])
     print(f"# {args.tokens}-token context (Python Language Reference), default model — {machine()}")
     fwd = clean_forward_seconds(attributor, ids[: args.tokens])
+    print(f"clean forward over {args.tokens} rows: {fwd:.2f} CPU s (prices the KL floor; compares machines across runs)")
     rows = []
     base = dict(hessian="lowrank", rank=args.rank, layers=6, max_memory=int(args.max_memory_gib * 2**30))
-    for passes in args.passes:
+    for passes in [] if args.baseline_only else args.passes:
         opts = dict(base, units="sentence", lowrank_passes=passes)
         load0 = load_avg()
         cpu0 = time.process_time()
@@ -136,7 +140,7 @@ def main():
                      "peak_extra_mib": f"{peak:.0f}", "kl_floor_rows": floor_rows, "kl_floor_s": f"{floor_s:.1f}",
                      "load": f"{load0:.1f}-{load_avg():.1f}", "machine": machine()})
         res.to_json(str(RESULTS_DIR / f"units_{args.tokens}_passes{passes}.json"))
-    if args.baseline:
+    if args.baseline or args.baseline_only:
         load0 = load_avg()
         cpu0 = time.process_time()
         secs, peak, res = measure(lambda: attributor.attribute(text, preset="long"))
@@ -148,6 +152,7 @@ def main():
                      "wall_s": f"{secs:.1f}", "cpu_s": f"{cpu:.1f}",
                      **{f"{n}_cpu_s": f"{v:.1f}" for n, v in res.timings.items()},
                      "peak_extra_mib": f"{peak:.0f}", "load": f"{load0:.1f}-{load_avg():.1f}", "machine": machine()})
+        res.to_json(str(RESULTS_DIR / f"long_preset_{args.tokens}.json"))
     keys = list(dict.fromkeys(k for r in rows for k in r))
     append_csv("units", [{k: r.get(k, "") for k in keys} for r in rows])
 
