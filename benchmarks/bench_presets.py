@@ -23,14 +23,9 @@ from utils import append_csv, load_avg, machine
 from heta_fast import Attributor
 from heta_fast.evaluation.curated import encode
 from heta_fast.evaluation.data import load_examples
+from heta_fast.evaluation.metrics import spearman
 
 DATA = Path(__file__).resolve().parent / "eval" / "data" / "evidence_qa.jsonl"
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
 
 
 def main():
