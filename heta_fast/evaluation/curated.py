@@ -262,9 +262,9 @@ def method_scores(attributor, enc: Encoded, methods: list[str], settings: RunSet
 def example_metrics(logprob_fn, X: Tensor, enc: Encoded, ex: Example, a: Tensor, settings: RunSettings) -> dict:
     """All per-example metrics of one attribution ``a`` over the context."""
     offs = [(s, e) for s, e in enc.offsets]
-    support = mt.token_span_mask(offs, enc.text, [ex.support])
-    distractor = mt.token_span_mask(offs, enc.text, [ex.distractor])
-    question = mt.token_span_mask(offs, enc.text, [(max(ex.support[1], ex.distractor[1]), len(enc.text))])
+    support = mt.token_span_mask(offs, enc.text, ex.support)
+    distractor = mt.token_span_mask(offs, enc.text, ex.distractor)
+    question = mt.token_span_mask(offs, enc.text, [(ex.passage_end, len(enc.text))])
     out = {
         **mt.soft_erasure(logprob_fn, X, a, seed=settings.seed, samples=settings.soft_samples),
         **mt.aopc(logprob_fn, X, enc.target_id, a),

@@ -7,7 +7,9 @@ Accepted inputs:
   ``important_word_indices_in_sciq_support`` / ``important_words``;
 - JSONL, one example per line, with ``text`` (or ``input_text``), ``answer`` and labelled segments, either
   as substrings (``support`` / ``distractor``, or the released names) or as character spans
-  (``support_span`` / ``distractor_span``: ``[start, end)``); gold words optionally as ``important_spans``
+  (``support_span`` / ``distractor_span``: ``[start, end)``). A segment in several pieces (a support sentence
+  in the middle of the passage, distractor sentences on both sides) is a list: ``distractor_spans`` /
+  ``support_spans`` (``[[start, end], ...]``), or a list of substrings under ``support`` / ``distractor``; gold words optionally as ``important_spans``
   (character spans), ``important_word_indices`` (whitespace-split words of the support segment) or
   ``important_words`` (matched as whole words inside the support segment only); optionally a ``cue``
   appended to the text before the answer (default ``"\nAnswer:"``), e.g. ``"\nAnswer: Marta's favourite
@@ -30,19 +32,27 @@ _STRIP = "\"'.,;:!?()[]{}"
 
 @dataclass
 class Example:
-    """One curated example; every span is ``[start, end)`` in ``text``."""
+    """One curated example; every span is ``[start, end)`` in ``text``.
+
+    ``support`` and ``distractor`` are each one or more spans (a segment may come in pieces), sorted.
+    """
 
     id: str
     text: str
     answer: str
-    support: tuple[int, int]
-    distractor: tuple[int, int]
+    support: list[tuple[int, int]]
+    distractor: list[tuple[int, int]]
     gold: list[tuple[int, int]] = field(default_factory=list)
     cue: str = "\nAnswer:"  # appended to the text; the answer follows it
 
     def prompt(self) -> str:
         """The question followed by the answer cue; the gold answer's first token is the target."""
         return self.text + self.cue
+
+    @property
+    def passage_end(self) -> int:
+        """Where the last labelled segment ends: the question and cue are what follows."""
+        return max(e for _, e in self.support + self.distractor)
 
 
 def _find_unique(text: str, segment: str, what: str) -> tuple[int, int]:
@@ -76,6 +86,34 @@ def _span(value, text: str, what: str) -> tuple[int, int]:
     return s, e
 
 
+def _segment(obj: dict, text: str, what: str, names: tuple[str, ...]) -> list[tuple[int, int]]:
+    """One labelled segment as sorted, non-overlapping spans, from whichever of its spellings ``obj`` uses."""
+    given = [k for k in (f"{what}_span", f"{what}_spans") if k in obj]
+    if len(given) > 1:
+        raise HetaInputError(f"give either {what}_span or {what}_spans, not both")
+    if given == [f"{what}_span"]:
+        spans = [_span(obj[f"{what}_span"], text, what)]
+    elif given:
+        value = obj[f"{what}_spans"]
+        if not isinstance(value, list) or not value:
+            raise HetaInputError(f"{what}_spans must be a non-empty list of [start, end] spans, got {value!r}")
+        spans = [_span(v, text, what) for v in value]
+    else:
+        seg = next((obj[n] for n in names if isinstance(obj.get(n), (str, list))), None)
+        if seg is None:
+            raise HetaInputError(f"missing the {what} segment: give '{what}' (a substring or a list of them), "
+                                 f"'{what}_span' or '{what}_spans'")
+        pieces = [seg] if isinstance(seg, str) else seg
+        if not pieces or not all(isinstance(x, str) and x for x in pieces):
+            raise HetaInputError(f"the {what} segment must be a non-empty substring or a list of them")
+        spans = [_find_unique(text, x, what) for x in pieces]
+    spans.sort()
+    for (_, e0), (s1, _) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise HetaInputError(f"the pieces of the {what} segment overlap")
+    return spans
+
+
 def parse_example(obj: dict, index: int) -> Example:
     """Validate one raw example (``index`` only labels the default id)."""
     if not isinstance(obj, dict):
@@ -86,21 +124,14 @@ def parse_example(obj: dict, index: int) -> Example:
         raise HetaInputError("missing or empty 'text' (or 'input_text')")
     if not isinstance(answer, str) or not answer.strip():
         raise HetaInputError("missing or empty 'answer'")
-    spans = {}
-    for what, names in (("support", ("support", "support_segment", "sciq_support_segment")),
-                        ("distractor", ("distractor", "distractor_segment", "narrative_segment"))):
-        if f"{what}_span" in obj:
-            spans[what] = _span(obj[f"{what}_span"], text, what)
-            continue
-        seg = next((obj[n] for n in names if isinstance(obj.get(n), str)), None)
-        if seg is None:
-            raise HetaInputError(f"missing the {what} segment: give '{what}' (a substring) or '{what}_span'")
-        spans[what] = _find_unique(text, seg, what)
-    (a, b), (c, d) = spans["support"], spans["distractor"]
-    if max(a, c) < min(b, d):
-        raise HetaInputError("the support and distractor segments overlap")
-    s0, s1 = spans["support"]
-    words = _word_spans(text, s0, s1)
+    segments = {what: _segment(obj, text, what, names)
+                for what, names in (("support", ("support", "support_segment", "sciq_support_segment")),
+                                    ("distractor", ("distractor", "distractor_segment", "narrative_segment")))}
+    for a, b in segments["support"]:
+        for c, d in segments["distractor"]:
+            if max(a, c) < min(b, d):
+                raise HetaInputError("the support and distractor segments overlap")
+    words = [w for s0, s1 in segments["support"] for w in _word_spans(text, s0, s1)]
     gold: list[tuple[int, int]] = []
     if "important_spans" in obj:
         gold = [_span(v, text, "important") for v in obj["important_spans"]]
@@ -116,7 +147,7 @@ def parse_example(obj: dict, index: int) -> Example:
     if not isinstance(cue, str):
         raise HetaInputError(f"'cue' must be a string, got {type(cue).__name__}")
     return Example(id=str(obj.get("id", f"example_{index:05d}")), text=text, answer=answer.strip(),
-                   support=spans["support"], distractor=spans["distractor"], gold=gold, cue=cue)
+                   support=segments["support"], distractor=segments["distractor"], gold=gold, cue=cue)
 
 
 def load_examples(path: str | Path) -> list[Example]:

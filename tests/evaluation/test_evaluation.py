@@ -249,11 +249,56 @@ def test_parse_example_released_format_and_gold_words():
            "important_word_indices_in_sciq_support": [0, 3]}
     ex = parse_example(obj, 0)
     assert [ex.text[s:e] for s, e in ex.gold] == ["Leaves", "plant"]  # trailing comma trimmed
-    assert ex.text[slice(*ex.distractor)] == "A story here."
+    assert [ex.text[s:e] for s, e in ex.distractor] == ["A story here."]
     with pytest.raises(HetaInputError, match="not a substring"):
         parse_example({**obj, "narrative_segment": "absent"}, 0)
     with pytest.raises(HetaInputError, match="do not index"):
         parse_example({**obj, "important_word_indices_in_sciq_support": [99]}, 0)
+
+
+def test_segments_in_pieces_support_in_the_middle():
+    """A support sentence between distractor sentences: the distractor is two pieces, given as spans or as a
+    list of substrings (same result); the question and cue are what follows the last piece."""
+    before, sup, after = "Ada owns a red van.", "Ada's bike is blue.", "Ada's hat is green."
+    text = f"{before} {sup} {after}\nQuestion: What colour is Ada's bike?"
+    spans = {"text": text, "answer": "blue", "support_span": [20, 39],
+             "distractor_spans": [[40, 59], [0, 19]], "important_spans": [[text.index("blue"), text.index("blue") + 4]]}
+    ex = parse_example(spans, 0)
+    assert [ex.text[s:e] for s, e in ex.support] == [sup]
+    assert [ex.text[s:e] for s, e in ex.distractor] == [before, after]  # sorted
+    assert ex.text[ex.passage_end:].startswith("\nQuestion")
+    by_text = parse_example({"text": text, "answer": "blue", "support": sup, "distractor": [after, before],
+                             "important_words": ["blue"]}, 0)
+    assert (by_text.support, by_text.distractor, by_text.gold) == (ex.support, ex.distractor, ex.gold)
+    with pytest.raises(HetaInputError, match="overlap"):
+        parse_example({**spans, "distractor_spans": [[0, 19], [10, 25]]}, 0)
+    with pytest.raises(HetaInputError, match="overlap"):
+        parse_example({**spans, "distractor_spans": [[0, 25]]}, 0)
+    with pytest.raises(HetaInputError, match="not both"):
+        parse_example({**spans, "distractor_span": [0, 19]}, 0)
+    with pytest.raises(HetaInputError, match="non-empty list"):
+        parse_example({**spans, "distractor_spans": []}, 0)
+
+
+def test_metrics_count_every_piece_of_a_segment():
+    """DSA and the shares over a support in the middle: each distractor piece counts, the question does not."""
+    from heta_fast.evaluation.curated import Encoded, RunSettings, example_metrics
+
+    text = "aa bb cc dd\nQ?"
+    ex = parse_example({"text": text, "answer": "x", "support_span": [3, 5],
+                        "distractor_spans": [[0, 2], [6, 11]]}, 0)
+    offsets = [(0, 2), (2, 5), (5, 8), (8, 11), (11, 14)]  # "aa", " bb", " cc", " dd", "\nQ?"
+    enc = Encoded(ids=[1, 2, 3, 4, 5], offsets=offsets, text=text, target_id=6)
+    a = torch.tensor([1.0, 4.0, 2.0, 1.0, 2.0], dtype=torch.float64)
+
+    def logprob_fn(X):  # [B, t, d] -> log π [B, V]; any function of the rows will do for the shares
+        return torch.log_softmax(X.sum(1)[:, :7], -1)
+
+    out = example_metrics(logprob_fn, torch.randn(5, 8, dtype=torch.float64), enc, ex, a, RunSettings())
+    assert out["support_share"] == pytest.approx(0.4)
+    assert out["distractor_share"] == pytest.approx(0.4)  # "aa" + " cc" + " dd"
+    assert out["question_share"] == pytest.approx(0.2)
+    assert out["dsa"] == pytest.approx(0.0)
 
 
 def test_load_examples_jsonl_errors_name_the_line(tmp_path):
@@ -397,10 +442,11 @@ def test_curated_encoding_on_the_default_model():
     enc = encode(tok, ex)
     assert tok.decode([enc.target_id]) == " leaves"  # the answer's first token, not the question's last
     assert enc.text.endswith("\nAnswer:") and len(enc.ids) == len(enc.offsets)
-    sup = mt.token_span_mask(enc.offsets, enc.text, [ex.support])
-    dis = mt.token_span_mask(enc.offsets, enc.text, [ex.distractor])
+    sup = mt.token_span_mask(enc.offsets, enc.text, ex.support)
+    dis = mt.token_span_mask(enc.offsets, enc.text, ex.distractor)
     assert bool(dis[0]) and not bool(sup[0])
-    assert "".join(enc.text[s:e] for (s, e), m in zip(enc.offsets, sup, strict=True) if m).strip() == enc.text[slice(*ex.support)]
+    (s0, s1), = ex.support
+    assert "".join(enc.text[s:e] for (s, e), m in zip(enc.offsets, sup, strict=True) if m).strip() == enc.text[s0:s1]
 
 
 def test_a_tokenizer_bos_is_the_sink_and_scores_stay_aligned(tmp_path):
