@@ -196,8 +196,6 @@ class Attributor:
         # Record the sink (the lead's first token) and the layers actually used, not "auto".
         opts = opts.replace(sink_token=lead[0] if lead else None,
                             layers=resolve_layers(opts.layers, self.adapter.num_layers))
-        if opts.units != "token":  # units run over the whole context in one window (SPEC §6)
-            opts = opts.replace(window=None)
         if generate is not None:
             if generate < 1:
                 raise HetaInputError(f"generate must be >= 1, got {generate}")

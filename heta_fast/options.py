@@ -314,7 +314,7 @@ class HetaOptions:
         self._check_units()
 
     def _check_units(self) -> None:
-        """spans= sets units='spans'; refine= needs units larger than a token."""
+        """spans= sets units='spans'; refine= needs units larger than a token; units take no windows."""
         if self.spans is not None:
             if self.units not in ("token", "spans"):
                 raise HetaInputError(f"give either units={self.units!r} or spans=, not both", field="spans")
@@ -322,6 +322,13 @@ class HetaOptions:
         elif self.units == "spans":
             raise HetaInputError("units='spans' needs spans=[(start, end), ...] (character offsets of the text)",
                                  field="units")
+        if self.units != "token" and self.window is not None:
+            # Not ignored: a unit's KL masks it over the whole context, which windows would cut (SPEC §6).
+            raise HetaInputError(
+                f"window={self.window} does not apply with units={self.units!r}: units are scored over the whole "
+                "context in one window; leave window out (window=None, command line: --window none), or keep "
+                "units='token' for windows (the 'document' preset is sentence units, the 'long' preset token windows)",
+                field="window")
         if self.refine is not None and self.units == "token":
             raise HetaInputError("refine needs units larger than a token: units='sentence', 'paragraph' or spans=",
                                  field="refine")

@@ -228,7 +228,10 @@ def test_unit_requests_are_estimated_as_units_before_they_queue():
     assert info.value.status == 413 and "--max-work" in str(info.value)
     with pytest.raises(FieldError, match="--max-windows"):
         service.prepare(text=text, options={"num_probes": 1, "layers": 1, "window": 16, "components": ["M"]})
-    job = service.prepare(text=text, options={"num_probes": 1, "layers": 1, "units": "sentence", "window": 16})
+    with pytest.raises(FieldError) as info:  # units take no windows: said, not ignored
+        service.prepare(text=text, options={"num_probes": 1, "layers": 1, "units": "sentence", "window": 16})
+    assert info.value.field == "options.window" and info.value.status == 422
+    job = service.prepare(text=text, options={"num_probes": 1, "layers": 1, "units": "sentence"})
     units = service.attributor.units(text, units="sentence")
     n = len(text)  # the context (the last character is the target) and the BOS, which is the sink: a unit too
     assert len(units) == 30 and job.work.parts["I"] == n + sum(n - (u.start + 1) for u in units)

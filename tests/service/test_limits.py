@@ -51,9 +51,9 @@ def test_work_of_windows_and_of_several_targets():
 
 def test_work_of_units_by_hand():
     # t = 10 in units (0, 4), (4, 7), (7, 10), every layer, m = 2: I = Σ (t − start) = 10 + 6 + 3 = 19;
-    # exact S = 4·m per suffix row = 8 · 19; the window is ignored (units run in one window).
+    # exact S = 4·m per suffix row = 8 · 19 (units run in one window).
     units = [(0, 4), (4, 7), (7, 10)]
-    w = estimate_work(_opts(num_probes=2, layers=None, units="sentence", window=4), num_layers=2, positions=[10],
+    w = estimate_work(_opts(num_probes=2, layers=None, units="sentence"), num_layers=2, positions=[10],
                       prompt_tokens=11, units=units)
     assert w.parts == {"gate": 10, "S": 8 * 19, "I": 19, "generate": 0}
     # refine=1 adds the longest unit's 4 tokens with whole-context suffixes (10 rows each); a sink adds a unit

@@ -131,9 +131,12 @@ def test_terminal_view_lists_units(attributor, capsys):
     assert "rank" in out and "Ann met Bob." in out and "refined tokens" in out
 
 
-def test_units_run_the_whole_context_in_one_window(attributor):
-    """The `long` preset's windows are not used with units, and the result says so."""
-    r = attributor.attribute(TEXT, preset="long", units="sentence", num_probes=1, rank=4, layers=None)
-    assert r.options["window"] is None and r.options["units"] == "sentence"
-    tok = attributor.attribute(TEXT, preset="long", units="sentence", num_probes=1, rank=4, layers=None, window=8)
-    assert tok.options["window"] is None and [u.M for u in tok.units] == pytest.approx([u.M for u in r.units])
+def test_units_with_a_window_are_an_error_not_ignored(attributor):
+    """Units run over the whole context in one window: a window with units (given, or the `long` preset's) is
+    refused with what to do, never silently dropped; without it the `long` preset's other options run."""
+    for kw in ({"preset": "long"}, {"window": 8}):
+        with pytest.raises(HetaInputError, match=r"window=\d+ does not apply with units='sentence'") as info:
+            attributor.attribute(TEXT, units="sentence", num_probes=1, **kw)
+        assert info.value.field == "window" and "window=None" in str(info.value)
+    r = attributor.attribute(TEXT, preset="long", units="sentence", window=None, num_probes=1, rank=4, layers=None)
+    assert r.options["window"] is None and r.options["units"] == "sentence" and r.options["rank"] == 4
