@@ -291,8 +291,9 @@ def stability(attributor, enc: Encoded, methods: list[str], scores: dict[str, Te
     def run_sink(run: str | None) -> int | None:
         if run == "sink":
             return settings.sink_id(attributor.tokenizer)
-        if _preset_of(run):
-            choice = options_from_preset(_preset_of(run)).sink_token
+        preset = _preset_of(run)
+        if preset:
+            choice = options_from_preset(preset).sink_token
             return resolve_sink(choice, attributor.tokenizer, adapter.vocab_size, int(full[0]))
         return None
 
