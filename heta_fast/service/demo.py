@@ -89,6 +89,9 @@ def demo_options(*, num_probes, hessian, rank, layers, window, seed, units="toke
     if units != "spans" and parsed is not None:
         raise FieldError("options.spans", f"spans are units of their own: choose Units 'spans' to use them, or "
                          f"clear the Spans field to score by {units}")
+    if units != "token" and int(window or 0):
+        raise FieldError("options.window", f"Units '{units}' are scored over the whole text in one window: set Window "
+                         "to 0, or choose Units 'token' to use windows")
     refine = int(refine or 0)
     if refine < 0:
         raise FieldError("options.refine", f"refine must be 0 (off) or a number of units >= 1, got {refine}")

@@ -70,11 +70,12 @@ def test_spans_field_round_trips():
         ({"units": "sentence", "spans": "0-4"}, "options.spans", "choose Units 'spans'"),
         ({"units": "sentence", "refine": -1}, "options.refine", "0 (off)"),
         ({"units": "words"}, "options.units", "sentence"),
+        ({"units": "sentence", "window": 256}, "options.window", "set Window to 0"),
     ],
 )
 def test_unreadable_fields_name_the_option(fields, field, words):
     with pytest.raises(FieldError) as info:
-        demo_options(**FIELDS, **fields)
+        demo_options(**{**FIELDS, **fields})
     assert info.value.field == field and words in str(info.value)
     shown = _gr_error(info.value)  # what the page shows
     assert isinstance(shown, gr.Error) and shown.message.startswith(f"{field}: ") and words in shown.message
