@@ -46,7 +46,7 @@ def passage_view(a: torch.Tensor, support, distractor, gold) -> dict:
     total = float(a.sum())
     top = int(torch.argmax(torch.where(passage, a, torch.full_like(a, -1.0))))
     return {
-        "passage_dsa": (float((a * support).sum()) - float((a * distractor).sum())) / mass if mass > 0 else 0.0,
+        "passage_dsa": mt.dsa(a * passage, support, distractor),  # SPEC §5's DSA with the rest of the context zeroed
         "top_is_answer": bool(gold[top]) and mass > 0,
         "top_in_support": bool(support[top]) and mass > 0,
         "outside_share": 1 - mass / total if total > 0 else float("nan"),

@@ -183,11 +183,12 @@ class AttributionService:
         positions = self._positions(n_context, n_cont, target, generate, src_field)
 
         units = self._units(text, ids, target, preset, options, opts, generate)
-        windows = 1 if units is not None else max(window_count(t, opts.window, opts.overlap) for t in positions)
+        # Units never carry a window (HetaOptions refuses one), so they count as one window here.
+        windows = max(window_count(t, opts.window, opts.overlap) for t in positions)
         if windows > lim.max_windows:
             raise FieldError("options.window", f"window={opts.window}, overlap={opts.overlap} make {windows} windows; "
                              f"this server allows at most {lim.max_windows} (--max-windows)", status=413)
-        self._check_memory(opts, positions, units is not None)
+        self._check_memory(opts, positions)
         work = estimate_work(opts, num_layers=self.attributor.adapter.num_layers, positions=positions,
                              prompt_tokens=n_prompt, generate=generate or 0, units=units)
         cost_field = _cost_field(work, opts, src_field)
@@ -209,16 +210,14 @@ class AttributionService:
         except HetaInputError as e:
             raise FieldError(_input_field(e, text is not None), str(e)) from e
 
-    def _check_memory(self, opts: HetaOptions, positions: list[int], whole_context: bool = False) -> None:
-        """The budget checks the batched passes make before their first forward, made before queueing
-        (``whole_context``: units, which run the whole context in one window)."""
+    def _check_memory(self, opts: HetaOptions, positions: list[int]) -> None:
+        """The budget checks the batched passes make before their first forward, made before queueing."""
         from ..curvature.batched import probe_batch_size
         from ..information.batched import mask_chunk_size
 
         adapter = self.attributor.adapter
         lead = 0 if opts.sink_token is None else 1
-        window = None if whole_context else opts.window
-        longest = min(max(positions), window or max(positions)) + lead  # the longest window run
+        longest = min(max(positions), opts.window or max(positions)) + lead  # the longest window run
         try:
             if "S" in opts.components and opts.engine == "fast":
                 probe_batch_size(adapter, longest, longest, opts.max_memory,
