@@ -6,6 +6,7 @@ and building results. The numbers come from :class:`heta_fast.engine.Engine`.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -96,6 +97,9 @@ class Attributor:
         else:
             ids = torch.as_tensor(text_or_ids).reshape(-1).tolist() if not isinstance(text_or_ids, list) \
                 else list(text_or_ids)
+            bad = next((i for i in ids if not is_integer(i)), None)
+            if bad is not None:  # a float or bool would otherwise be truncated to some token silently
+                raise HetaInputError(f"token ids must be integers, got {bad!r} ({type(bad).__name__})")
             offsets, text = None, None
         if not ids:
             raise HetaInputError("empty input: there are no tokens to explain")
@@ -185,6 +189,9 @@ class Attributor:
             :class:`Attribution` for one target, :class:`AttributionSequence` for a continuation.
         """
         opts = options_from_preset(preset, **overrides) if preset else self.options.replace(**overrides)
+        check_target(target)
+        if generate is not None and not is_integer(generate):
+            raise HetaInputError(f"generate must be a positive integer, got {generate!r} ({type(generate).__name__})")
         if generate is not None and target is not None:
             raise HetaInputError("give either target= or generate=, not both")
         with self.adapter.attached():  # one call at a time on this Attributor; the model itself is not touched
@@ -244,6 +251,7 @@ class Attributor:
         """
         opts = options_from_preset(preset, **overrides) if preset else self.options.replace(**overrides)
         enc = self._encode(text_or_ids, opts.special_tokens)
+        check_target(target)
         if isinstance(target, str):
             enc = self._with_continuation(enc, target)
             t = enc.ids.numel() - 1
@@ -284,6 +292,18 @@ class Attributor:
             model=self.name,
             sink_gate_mass=ex.sink_gate_mass,
         )
+
+
+def is_integer(value) -> bool:
+    """An integer and not a bool: ``True`` is no position, token id or count (numpy/torch ints are fine)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_target(target) -> None:
+    """Raise HetaInputError unless ``target`` is None, a continuation string or an integer position."""
+    if target is not None and not isinstance(target, str) and not is_integer(target):
+        raise HetaInputError(f"target must be a position (an integer), a continuation (a string) or None, "
+                             f"got {target!r} ({type(target).__name__})")
 
 
 def target_position(n: int, target: int | None) -> int:

@@ -170,6 +170,25 @@ TINY_ARCHS = ("llama", "qwen2", "mistral", "gemma", "gemma2", "phi3", "gpt2")
 MORE_TINY_ARCHS = ("qwen3", "olmo2", "granite", "gpt_neox", "stablelm", "starcoder2", "gemma3", "cohere")
 
 
+def falcon_supported() -> bool:
+    """Whether this transformers routes Falcon's attention through its attention interface (5.25 on).
+
+    Before 5.25 Falcon computes attention inline, and heta_fast refuses it when the Attributor is built
+    (tests/hf/test_families.py checks this answer against transformers' own flag, and both behaviours).
+    Read from the installed version's metadata, so that listing the families does not import transformers.
+    """
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    return Version(version("transformers")) >= Version("5.25.0.dev0")
+
+
+# Falcon (fused QKV grouped per kv head, parallel attention and MLP) joins them where transformers supports it.
+if falcon_supported():
+    MORE_TINY_ARCHS += ("falcon",)
+
+
 def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
     """A tiny random-weight causal LM built from a config in-process (tests, examples, benchmarks).
 
@@ -214,6 +233,11 @@ def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
         ),
         "cohere": lambda: tf.CohereConfig(
             **common, **ids, num_key_value_heads=2, max_position_embeddings=256, logit_scale=0.5,
+        ),
+        # Falcon-40B's layout: new decoder architecture, GQA, QKV fused and grouped per kv head, rotary.
+        "falcon": lambda: tf.FalconConfig(
+            vocab_size=97, hidden_size=32, ffn_hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_kv_heads=2, new_decoder_architecture=True, bias=True, **ids,
         ),
     }
     if arch not in configs:

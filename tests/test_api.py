@@ -150,6 +150,14 @@ def test_outputs_json_html_heatmap_topk(attributor, tmp_path):
         (lambda a: a.attribute("abc", layers=5), "only 2 layers"),
         (lambda a: a.attribute("abc", generate=0), "generate"),
         (lambda a: a.attribute("abc", probes=torch.ones(3, 1, 32)), "probes must have shape"),
+        # A bool or float is never a position, count or token id (True would silently be position 1).
+        (lambda a: a.attribute("abc", target=True), "target must be a position"),
+        (lambda a: a.attribute("abc", target=1.0), "target must be a position"),
+        (lambda a: a.units("abc", target=True, units="sentence"), "target must be a position"),
+        (lambda a: a.attribute("abc", generate=True), "generate must be a positive integer"),
+        (lambda a: a.attribute([3, True, 4]), "token ids must be integers"),
+        (lambda a: a.attribute(torch.tensor([3.0, 4.0, 5.0])), "token ids must be integers"),
+        (lambda a: a.attribute("abc", num_probes=True), "num_probes"),
     ],
 )
 def test_bad_input_raises_clear_errors(attributor, call, message):

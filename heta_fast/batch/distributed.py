@@ -78,12 +78,37 @@ class DistContext:
         return [int(x) for x in t.tolist()]
 
     def close(self) -> None:
+        """Leave the job: destroy the process group this context created, once every rank is ready to."""
         if self.owns_group:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                _meet_before_teardown(self.rank, self.world_size)
                 dist.destroy_process_group()
             self.owns_group = False
+
+
+def _meet_before_teardown(rank: int, world_size: int) -> None:
+    """Return on every rank only when no rank can still be inside a collective.
+
+    A collective barrier cannot do this: a gloo rank that leaves the last barrier (or broadcast) first and
+    destroys its group closes the sockets a slower peer is still completing it on, and that peer aborts
+    ("terminate called without an active exception"). So the ranks meet through the rendezvous store
+    instead, which is not torn down with the group: each says it has left every collective, waits for all
+    the others, and only then may anyone close its sockets. Rank 0 goes last, because under a ``tcp://``
+    rendezvous it hosts the store the others are still reading.
+    """
+    import torch.distributed as dist
+
+    store = dist.distributed_c10d._get_default_store()
+    # One key space per process group: a later group on the same store (a second job) starts afresh.
+    prefix = f"heta_fast/teardown/{dist.distributed_c10d._world.group_count}"
+    store.set(f"{prefix}/arrived/{rank}", b"1")
+    store.wait([f"{prefix}/arrived/{r}" for r in range(world_size)])
+    if rank != 0:
+        store.set(f"{prefix}/left/{rank}", b"1")  # the last this rank asks of the store
+    else:
+        store.wait([f"{prefix}/left/{r}" for r in range(1, world_size)])
 
 
 def _pick_device(local_rank: int, device: str | None) -> torch.device:

@@ -256,10 +256,13 @@ class ModelAdapter:
             return _conv1d_or_linear_weight(attn.qkv_proj)[q + kv : q + 2 * kv]
         if hasattr(attn, "c_attn"):  # GPT-2: Conv1D with columns [q | k | v]
             return _conv1d_or_linear_weight(attn.c_attn)[q + kv : q + 2 * kv]
-        if hasattr(attn, "query_key_value") and self.num_kv_heads == self.num_heads:
-            # GPT-NeoX: rows grouped per head, [q_h | k_h | v_h] for head h.
+        if hasattr(attn, "query_key_value"):
             w = _conv1d_or_linear_weight(attn.query_key_value)
-            return w.reshape(self.num_heads, 3, self.head_dim, -1)[:, 2].reshape(q, -1)
+            if getattr(attn, "multi_query", False) and not getattr(attn, "new_decoder_architecture", False):
+                return w[q + kv : q + 2 * kv]  # Falcon's multi-query layout: rows [q | k | v], one kv head
+            # GPT-NeoX and Falcon: rows grouped per kv head, [its queries | k | v] (GPT-NeoX: one query a group).
+            group = self.num_heads // self.num_kv_heads + 2
+            return w.reshape(self.num_kv_heads, group, self.head_dim, -1)[:, -1].reshape(kv, -1)
         raise UnsupportedModelError(
             f"{type(attn).__name__} has no v_proj/qkv_proj/c_attn/query_key_value value projection"
         )

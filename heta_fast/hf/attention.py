@@ -96,6 +96,25 @@ def _plainly_causal(attention_mask: Tensor | None, q_len: int, k_len: int) -> bo
     return check(attention_mask, q_len, k_len)
 
 
+def _check_no_position_bias(mask: Tensor | None) -> None:
+    """Refuse an additive mask that carries a position bias (ALiBi: Falcon with ``alibi=True``, ...).
+
+    The gate recomputes attention from the recorded queries and keys, so a bias hidden in the mask would be
+    missing from M; only 0 / -inf (or boolean) masks are exact. Checked while recording, so a model is
+    refused when the Attributor is built, before any work.
+    """
+    if mask is None or mask.dtype == torch.bool:
+        return
+    # Masked entries are -inf or the dtype's lowest value (transformers' eager masks); the rest must be equal.
+    visible = mask[mask > torch.finfo(mask.dtype).min / 2]
+    if visible.numel() and bool((visible != visible.reshape(-1)[0]).any()):
+        raise UnsupportedModelError(
+            "this model adds a position bias to its attention scores through the attention mask (ALiBi); "
+            "heta_fast's gate recomputes attention from queries and keys and would miss it, so such models "
+            "are not supported (for Falcon, use a rotary checkpoint: alibi=False)"
+        )
+
+
 def _check_causal(mask: Tensor | None, q_len: int, k_len: int) -> None:
     """Refuse masks that let a position see later positions (checked while recording, on the mask)."""
     if mask is None or q_len < 2:
@@ -145,6 +164,7 @@ def heta_attention(
     rec = active_recorder()
     if rec is not None:
         _check_causal(mask, q_len, k_len)
+        _check_no_position_bias(mask)
     keep_probs = rec is not None and rec.keep_probs
     needs_graph = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
     probs = None

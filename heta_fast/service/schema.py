@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema, create_model
 
 from ..options import OPTION_SPECS, PRESETS, OptionSpec
 
@@ -63,11 +63,12 @@ class AttributeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str | None = Field(None, description="input text (needs the model's tokenizer)")
-    ids: list[int] | None = Field(None, description="input token ids, instead of text")
-    target: int | str | None = Field(
+    # StrictInt: JSON true is not position 1, and "3" or 3.0 is not an integer (pydantic's lax mode converts them).
+    ids: list[StrictInt] | None = Field(None, description="input token ids, instead of text")
+    target: StrictInt | str | None = Field(
         None, description="position (int, negative from the end), continuation (string), or omitted: last token"
     )
-    generate: int | None = Field(None, ge=1, description="greedy-generate N tokens, explain each (at most the server's max_generate)")
+    generate: StrictInt | None = Field(None, ge=1, description="greedy-generate N tokens, explain each (at most the server's max_generate)")
     preset: str | None = Field(None, description=f"one of {', '.join(PRESETS)}")
     options: AttributeOptions = Field(default_factory=AttributeOptions)
 

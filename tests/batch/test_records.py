@@ -37,3 +37,21 @@ def test_lone_surrogates_are_malformed_records():
 
 def test_only_machine_options_are_left_out_of_the_fingerprint():
     assert NOT_FINGERPRINTED == ("max_memory",)
+
+
+@pytest.mark.parametrize("line, words", [
+    # JSON true/false are not numbers: never position 1, one generated token or seed 0.
+    ('{"text": "abc", "target": true}', '"target" must be an integer position'),
+    ('{"text": "abc", "target": 1.0}', '"target" must be an integer position'),
+    ('{"text": "abc", "generate": true}', '"generate" must be a positive integer'),
+    ('{"ids": [3, true, 5]}', '"ids" must be a non-empty list of integer'),
+    ('{"ids": [3, 4.0, 5]}', '"ids" must be a non-empty list of integer'),
+    ('{"id": true, "text": "abc"}', "'id' must be a string or an integer"),
+    ('{"text": "abc", "num_probes": true}', "num_probes must be an integer"),
+    ('{"text": "abc", "seed": false}', "seed must be an integer"),
+    ('{"text": "abc", "beta": true}', "beta must be a finite number"),
+    ('{"text": "abc", "window": true}', "window must be an integer"),
+])
+def test_booleans_are_not_numbers_in_records(line, words):
+    rec = _parsed(line)
+    assert rec.error is not None and words in rec.error, rec.error

@@ -1,6 +1,7 @@
 """More model families than TINY_ARCHS: the whole pipeline, fast engine against the float64 reference engine,
-the fused LM head (logit scaling folded in) against the model's own logits, and a clear refusal for a model
-whose attention does not go through transformers' attention interface (Falcon).
+the fused LM head (logit scaling folded in) against the model's own logits; Falcon's other fused-QKV layouts
+where transformers routes Falcon through its attention interface (5.25 on), and a clear refusal before that,
+for ALiBi position biases and for any model computing attention inline.
 
 Lighter than the per-component tests that run on TINY_ARCHS: each family runs the whole pipeline three times
 (exact S; the default options, low-rank S; curvature over the last layer with Gauss–Newton and the mean mask),
@@ -64,12 +65,75 @@ def test_rollout_reference_reads_gpt_neox_fused_value_projection():
     assert rel_err(fast.M, ref.M) < 1e-4
 
 
-def test_falcon_is_refused_before_any_work():
+# Falcon's fused-QKV layouts besides the grouped one of the "falcon" tiny model, as Falcon-7B, the original
+# per-head interleaving and a sequential (not parallel) block have them.
+FALCON_LAYOUTS = {
+    "multi-query": dict(multi_query=True),
+    "per-head-qkv": dict(multi_query=False),
+    "sequential-block": dict(multi_query=False, parallel_attn=False),
+}
+
+
+def _tiny_falcon(**overrides):
     import transformers as tf
 
-    cfg = tf.FalconConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
-    model = tf.AutoModelForCausalLM.from_config(cfg)
+    cfg = tf.FalconConfig(vocab_size=97, hidden_size=32, ffn_hidden_size=48, num_hidden_layers=2,
+                          num_attention_heads=4, initializer_range=0.3, **overrides)
+    torch.manual_seed(0)
+    return tf.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def test_falcon_support_is_what_transformers_says():
+    """Falcon is supported exactly when this transformers routes its attention through the attention
+    interface (5.25 on); before, it is refused when the Attributor is built, naming why."""
+    import transformers as tf
+
+    from heta_fast.models import MORE_TINY_ARCHS, falcon_supported
+
+    assert falcon_supported() == tf.FalconForCausalLM._can_set_attn_implementation()
+    assert ("falcon" in MORE_TINY_ARCHS) == falcon_supported()
+    if not falcon_supported():
+        with pytest.raises(UnsupportedModelError, match="attention interface"):
+            Attributor(_tiny_falcon())
+
+
+@pytest.mark.parametrize("layout", FALCON_LAYOUTS)
+def test_falcon_layouts_equal_the_reference(layout):
+    from heta_fast.models import falcon_supported
+
+    model = _tiny_falcon(**FALCON_LAYOUTS[layout])
+    if not falcon_supported():
+        with pytest.raises(UnsupportedModelError, match="attention interface"):
+            Attributor(model)
+        return
+    attributor = Attributor(model)
+    ids = random_ids(T + 1, seed=2)
+    probes = draw_probes(T, 2, attributor.adapter.hidden_size, seed=3).float()
+    runs = [{"hessian": "exact"}]
+    if attributor.adapter.num_kv_heads == attributor.adapter.num_heads:  # the official chain reads W_V
+        runs.append({"rollout": "reference", "components": ["M"]})
+    for options in runs:
+        fast = attributor.attribute(ids, probes=probes, **options)
+        ref = attributor.attribute(ids, probes=probes, engine="reference", **options)
+        for name in options.get("components", ["M", "S", "I"]):
+            assert rel_err(getattr(fast, name), getattr(ref, name)) < 1e-4, (layout, options, name)
+
+
+def test_alibi_position_bias_is_refused_before_any_work():
+    """ALiBi reaches attention as a bias inside the mask, which the gate's recomputed attention would miss."""
+    from heta_fast.models import falcon_supported
+
+    model = _tiny_falcon(alibi=True)
+    match = "position bias" if falcon_supported() else "attention interface"
+    with pytest.raises(UnsupportedModelError, match=match):
+        Attributor(model)
+    with pytest.raises(UnsupportedModelError, match=match):
+        ModelAdapter(model)
+
+
+def test_a_model_computing_attention_inline_is_refused(monkeypatch):
+    """transformers' own flag for models that compute attention inside their modules (Falcon before 5.25)."""
+    model = tiny_model("llama")
+    monkeypatch.setattr(type(model), "_can_set_attn_implementation", classmethod(lambda cls: False))
     with pytest.raises(UnsupportedModelError, match="attention interface"):
         Attributor(model)
-    with pytest.raises(UnsupportedModelError, match="attention interface"):
-        ModelAdapter(model)
