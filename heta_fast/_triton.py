@@ -2,8 +2,9 @@
 
 ``import heta_fast`` must work on a CPU box whose torch wheel did not pull in Triton, so nothing here
 raises at import time. The Triton kernels live in the top-level ``kernels/`` folder, which setup.py maps
-to ``heta_fast.kernels``; :func:`load_kernel_module` also finds them by file path in a plain checkout.
-Never import that folder as the top-level ``kernels`` module: that name belongs to Hugging Face.
+to ``heta_fast.kernels`` in a built wheel; :func:`load_kernel_module` finds them by file path in an editable
+install or a plain checkout. That folder has no ``__init__.py`` on purpose: the top-level name ``kernels``
+belongs to Hugging Face's package, which transformers imports (kernels/README.md).
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ _KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
 def load_kernel_module(name: str) -> ModuleType:
     """Import ``heta_fast.kernels.<name>``, falling back to loading ``kernels/<name>.py`` by path.
 
-    The fallback covers a source checkout that is not pip-installed (setup.py's package_dir mapping is
-    what normally makes ``heta_fast.kernels`` importable). The module is registered under its
+    The fallback covers editable installs and plain checkouts (setup.py's package_dir mapping makes
+    ``heta_fast.kernels`` importable in a built wheel only, since ``kernels/`` is no import package). The module is registered under its
     ``heta_fast.kernels.<name>`` name either way, so it is only ever loaded once.
 
     Raises:

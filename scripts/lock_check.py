@@ -34,8 +34,9 @@ def read_lock(path: str) -> tuple[dict[str, str], dict[str, str]]:
     """(header, {canonical name: version}) of a lock file."""
     header: dict[str, str] = {}
     pins: dict[str, str] = {}
-    for raw in open(path, encoding="utf-8"):
-        line = raw.strip()
+    with open(path, encoding="utf-8") as f:
+        lines = [raw.strip() for raw in f]
+    for line in lines:
         if line.startswith("#"):
             key, sep, value = line[1:].partition(":")
             if sep:

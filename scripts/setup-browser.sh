@@ -12,8 +12,9 @@ else
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver
 fi
-# selenium drives the browser; it is also in requirements/service.txt.
+# selenium drives the browser; it is in requirements/service.txt, so scripts/setup.sh installs the locked
+# version. Here only for a .venv made before that (held to the lock all the same).
 if [ -x .venv/bin/python ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check "selenium>=4.20"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/lock.txt "selenium>=4.20"
 fi
 echo "browser ready: $(chromium --version 2>/dev/null) / $(chromedriver --version 2>/dev/null | cut -d' ' -f1-2)"

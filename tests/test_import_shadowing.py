@@ -37,8 +37,8 @@ def test_an_installed_kernels_package_wins_over_the_triton_folder(tmp_path):
     dist = site / "kernels-0.0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kernels\nVersion: 0.0.1\n")
-    res = _python("import sys, kernels; assert sys.path[0] in ('', %r); "
-                  "print(getattr(kernels, 'STAND_IN', False), kernels.__file__)" % str(REPO), extra_path=site)
+    res = _python(f"import sys, kernels; assert sys.path[0] in ('', {str(REPO)!r}); "
+                  "print(getattr(kernels, 'STAND_IN', False), kernels.__file__)", extra_path=site)
     assert res.returncode == 0, res.stderr
     found, where = res.stdout.split()
     assert found == "True" and Path(where).is_relative_to(site), res.stdout

@@ -108,7 +108,7 @@ def _segment(obj: dict, text: str, what: str, names: tuple[str, ...]) -> list[tu
             raise HetaInputError(f"the {what} segment must be a non-empty substring or a list of them")
         spans = [_find_unique(text, x, what) for x in pieces]
     spans.sort()
-    for (_, e0), (s1, _) in zip(spans, spans[1:]):
+    for (_, e0), (s1, _) in zip(spans, spans[1:], strict=False):
         if s1 < e0:
             raise HetaInputError(f"the pieces of the {what} segment overlap")
     return spans
