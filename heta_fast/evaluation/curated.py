@@ -43,6 +43,9 @@ HETA_METHODS = {
     "heta_exact_M": ("preset:exact", dict(comps="M"), "ablation of the exact preset: M only (last 6 layers, sink)"),
     "heta_exact_S": ("preset:exact", dict(comps="S"), "ablation of the exact preset: S only (exact, last 6 layers)"),
     "heta_exact_I": ("preset:exact", dict(comps="I"), "ablation of the exact preset: I only (zero mask, sink)"),
+    "heta_paper": ("preset:paper", dict(comps="MSI", library_scores=True),
+                   "the library's 'paper' preset: the paper's formula (raw S and I, exact S over every layer, "
+                   "no sink)"),
     "heta_fast": ("preset:fast", dict(comps="MSI", library_scores=True),
                   "the library's 'fast' preset exactly as shipped (the default with m=4)"),
     "heta": ("base", dict(comps="MSI", normalize="none"), "paper formula M(βS+γI), normalize='none', mask zero"),

@@ -57,14 +57,9 @@ def minmax(scores) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------ soft erasure
-def hellinger_sufficiency(logp_ref: Tensor, logp_new: Tensor) -> Tensor:
-    """``Soft-S = 1 - ‖√π' - √π‖₂ / √2`` (1 = the distribution is unchanged)."""
-    diff = torch.exp(0.5 * logp_new) - torch.exp(0.5 * logp_ref)
-    return 1.0 - diff.norm(dim=-1) / math.sqrt(2.0)
-
-
-def hellinger_comprehensiveness(logp_ref: Tensor, logp_new: Tensor) -> Tensor:
-    """``Soft-C = Σ_v (√π'_v - √π_v)² / √2`` exactly as SPEC §5 writes it (0 = unchanged)."""
+def sqrt_prob_distance(logp_ref: Tensor, logp_new: Tensor) -> Tensor:
+    """``D(π', π) = Σ_v (√π'_v − √π_v)² / √2`` (SPEC §5, as the ReAGent authors' released evaluator computes
+    it): 0 when the distribution is unchanged, at most √2."""
     diff = torch.exp(0.5 * logp_new) - torch.exp(0.5 * logp_ref)
     return (diff**2).sum(-1) / math.sqrt(2.0)
 
@@ -106,15 +101,16 @@ def soft_erasure(
     logp = logprob_fn(batch)
     ref, allzero = logp[0], logp[1]
     suff, comp = logp[2 : 2 + samples], logp[2 + samples :]
-    soft_s = float(hellinger_sufficiency(ref[None], suff).mean())
-    soft_c = float(hellinger_comprehensiveness(ref[None], comp).mean())
-    s0 = 1.0 - max(0.0, float(kl(ref, allzero)))
+    # One distance D for all three (SPEC §5 since 2026-12; before, Soft-S used the Hellinger norm and S_0 a KL).
+    soft_s = 1.0 - float(sqrt_prob_distance(ref[None], suff).mean())
+    soft_c = float(sqrt_prob_distance(ref[None], comp).mean())
+    s0 = 1.0 - float(sqrt_prob_distance(ref, allzero))
     denom = 1.0 - s0
     if denom <= 1e-12:
         return {"soft_nc": float("nan"), "soft_ns": float("nan"), "soft_c": soft_c, "soft_s": soft_s, "s0": s0}
     return {
         "soft_nc": soft_c / denom,
-        "soft_ns": min(max(soft_s - s0, 0.0), 10.0) / denom,
+        "soft_ns": max(soft_s - s0, 0.0) / denom,
         "soft_c": soft_c,
         "soft_s": soft_s,
         "s0": s0,

@@ -39,29 +39,36 @@ def onehot(i, t=T):
 
 
 # ------------------------------------------------------------------------------------------- soft metrics
-def test_hellinger_formulas_on_known_distributions():
+def _distance_by_hand(logp_ref, logp_new) -> float:
+    """SPEC §5's D(π', π) = Σ_v (√π'_v − √π_v)² / √2, written out over Python floats."""
+    return sum((math.sqrt(b) - math.sqrt(a)) ** 2 for a, b in zip(logp_ref.exp().tolist(),
+                                                                   logp_new.exp().tolist())) / math.sqrt(2)
+
+
+def test_distance_on_known_distributions():
     p = torch.tensor([0.5, 0.5], dtype=torch.float64).log()
     q = torch.tensor([1.0, 0.0], dtype=torch.float64).log()
     sq = (1 - math.sqrt(0.5)) ** 2 + 0.5  # Σ (√q - √p)²
-    assert float(mt.hellinger_sufficiency(p, q)) == pytest.approx(1 - math.sqrt(sq) / math.sqrt(2), abs=1e-12)
-    assert float(mt.hellinger_comprehensiveness(p, q)) == pytest.approx(sq / math.sqrt(2), abs=1e-12)
-    assert float(mt.hellinger_sufficiency(p, p)) == pytest.approx(1.0)
-    assert float(mt.hellinger_comprehensiveness(p, p)) == pytest.approx(0.0)
+    assert float(mt.sqrt_prob_distance(p, q)) == pytest.approx(sq / math.sqrt(2), abs=1e-12)
+    assert float(mt.sqrt_prob_distance(p, p)) == pytest.approx(0.0)
+    disjoint = torch.tensor([0.0, 1.0], dtype=torch.float64).log()
+    assert float(mt.sqrt_prob_distance(q, disjoint)) == pytest.approx(math.sqrt(2))  # the largest D
 
 
 def test_soft_erasure_known_answers(X):
     ref = only_token0(X[None])[0]
     uniform = torch.full((V,), 1.0 / V, dtype=torch.float64).log()  # all rows zeroed: W·0 = 0
-    s0 = 1 - float(mt.kl(ref, uniform))
+    # Every term uses the same D (SPEC §5 since 2026-12): S_0 = 1 − D(π^all, π), not 1 − KL.
+    s0 = 1 - _distance_by_hand(ref, uniform)
     # The right token: sufficiency keeps it entirely (π' = π), comprehensiveness removes it (π' = uniform).
     good = mt.soft_erasure(only_token0, X, onehot(0))
     assert good["s0"] == pytest.approx(s0)
-    assert good["soft_ns"] == pytest.approx(1.0)
-    assert good["soft_nc"] == pytest.approx(float(mt.hellinger_comprehensiveness(ref, uniform)) / (1 - s0))
-    # A wrong token: sufficiency sees the uniform distribution, comprehensiveness changes nothing.
+    assert good["soft_s"] == pytest.approx(1.0) and good["soft_ns"] == pytest.approx(1.0)
+    assert good["soft_c"] == pytest.approx(_distance_by_hand(ref, uniform))
+    assert good["soft_nc"] == pytest.approx(1.0)  # Soft-C = 1 − S_0 exactly when comprehensiveness = all masked
+    # A wrong token: sufficiency sees the uniform distribution (Soft-S = S_0), comprehensiveness changes nothing.
     bad = mt.soft_erasure(only_token0, X, onehot(4))
-    soft_s = float(mt.hellinger_sufficiency(ref, uniform))
-    assert bad["soft_ns"] == pytest.approx(min(max(soft_s - s0, 0), 10) / (1 - s0))
+    assert bad["soft_s"] == pytest.approx(s0) and bad["soft_ns"] == pytest.approx(0.0)
     assert bad["soft_nc"] == pytest.approx(0.0)
     assert good["soft_ns"] > bad["soft_ns"] and good["soft_nc"] > bad["soft_nc"]
     # Scale and shift of the scores do not matter (min-max normalisation).
