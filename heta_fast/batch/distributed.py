@@ -10,6 +10,7 @@ files, which is also what makes the job resumable.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +86,10 @@ class DistContext:
             if dist.is_initialized():
                 _meet_before_teardown(self.rank, self.world_size)
                 dist.destroy_process_group()
+                # Free the backend now, while the interpreter is whole: a finished collective's work object in
+                # a reference cycle would otherwise keep gloo's threads alive until interpreter shutdown, where
+                # releasing its tensors aborts the process (SIGABRT after a successful job).
+                gc.collect()
             self.owns_group = False
 
 
