@@ -19,6 +19,7 @@ __all__ = [
     "NoBosTokenizer",
     "causal_allowed",
     "frozen_float64",
+    "hf_char_tokenizer",
     "hf_eager_run",
     "live_memory_child",
     "random_ids",
@@ -128,3 +129,24 @@ def hf_eager_run(model, X, *, hidden_states=False):
             y = y[:, 2 * H * dh :]
         vals.append(y.reshape(y.shape[0], Hkv, dh).transpose(0, 1))  # [Hkv, n, dh]
     return out, vals, attn_mods
+
+
+HF_CHARS = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,!?'"
+
+
+def hf_char_tokenizer(add_bos: bool = True):
+    """A real HuggingFace fast tokenizer, one token per character of :data:`HF_CHARS` (ids < 97, the tiny
+    models' vocabulary), for code that needs a ``PreTrainedTokenizerFast`` (Inseq, ContextCite's collator)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "</s>": 1, "<unk>": 2, "<pad>": 3}
+    for c in HF_CHARS:
+        vocab.setdefault(c, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tk.decoder = decoders.Fuse()  # decode to the text itself (WordLevel would join tokens with spaces)
+    if add_bos:
+        tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>")

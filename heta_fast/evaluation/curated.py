@@ -28,6 +28,7 @@ from ..sinks import default_sink_id, resolve_sink
 from . import metrics as mt
 from .baselines import BASELINES, baseline_scores, perturbed_embeddings
 from .data import Example
+from .peers import PEERS, peer_scores
 
 # HETA variants. Each is (run, recipe): the run says which attribute() call provides the components
 # (runs are shared, so all ablations cost one run), the recipe how to combine them.
@@ -61,9 +62,9 @@ HETA_METHODS = {
                       "until 2026-11-28, when curvature was over all layers)"),
     "heta_sink_M": ("sink", dict(comps="M"), "ablation: M only, sink token"),
 }
-METHODS = {**BASELINES, **{k: v[2] for k, v in HETA_METHODS.items()}}
+METHODS = {**BASELINES, **PEERS, **{k: v[2] for k, v in HETA_METHODS.items()}}
 # Methods whose scores change with the seed (stability across seeds is measured only for these).
-SEEDED = {m for m, (_, r, _) in HETA_METHODS.items() if "S" in r["comps"]} | {"random"}
+SEEDED = {m for m, (_, r, _) in HETA_METHODS.items() if "S" in r["comps"]} | {"random", *PEERS}
 
 # What is explained: the gold answer's first token, or the model's own greedy answer after the cue.
 TARGETS = ("gold", "greedy")
@@ -248,6 +249,11 @@ def method_scores(attributor, enc: Encoded, methods: list[str], settings: RunSet
             scores[m] = baseline_scores(m, adapter, ids, enc.target_id, seed=settings.seed if seed is None else seed,
                                         ig_steps=settings.ig_steps).double().cpu()
             seconds[m] = time.perf_counter() - t0
+        elif m in PEERS:
+            t0 = time.perf_counter()
+            scores[m] = peer_scores(m, attributor, enc.ids, enc.offsets, enc.text, enc.target_id,
+                                    seed=settings.seed if seed is None else seed)
+            seconds[m] = time.perf_counter() - t0
     runs_needed = {HETA_METHODS[m][0] for m in methods if m in HETA_METHODS}
     extra = {}
     if runs_needed:
@@ -301,7 +307,7 @@ def stability(attributor, enc: Encoded, methods: list[str], scores: dict[str, Te
         return None
 
     groups: dict[int | None, list[str]] = {}
-    for m in methods:
+    for m in (m for m in methods if m not in PEERS):
         groups.setdefault(run_sink(HETA_METHODS[m][0] if m in HETA_METHODS else None), []).append(m)
     noisy = {}
     for sink, group in groups.items():
@@ -312,7 +318,8 @@ def stability(attributor, enc: Encoded, methods: list[str], scores: dict[str, Te
         with perturbed_embeddings(adapter, seq, seq_noise):
             noisy.update(method_scores(attributor, enc, group, settings)[0])
     for m in methods:
-        out[m]["stability_noise"] = mt.spearman(scores[m], noisy[m])
+        # Peers run their own code on token ids: noise on the embedding rows never reaches them.
+        out[m]["stability_noise"] = float("nan") if m in PEERS else mt.spearman(scores[m], noisy[m])
     seeded = [m for m in methods if m in SEEDED]
     if seeded:
         other, _, _ = method_scores(attributor, enc, seeded, settings, seed=settings.seed + 1)

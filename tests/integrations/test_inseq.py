@@ -14,31 +14,11 @@ import pytest
 import torch
 
 from heta_fast import Attributor, HetaInputError, UnsupportedModelError
-from heta_fast.testing import tiny_model, torch_threads
+from heta_fast.testing import hf_char_tokenizer, tiny_model, torch_threads
 
 inseq = pytest.importorskip("inseq", reason="inseq not installed: pip install -r requirements/integrations.txt "
                                             "&& pip install --no-deps -r requirements/no-deps/inseq.txt")
 heta_inseq = pytest.importorskip("heta_fast.integrations.inseq")
-
-CHARS = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,!?'"
-
-
-def char_tokenizer(add_bos: bool = True):
-    """A real HF fast tokenizer, one token per character (ids < 97, the tiny models' vocabulary)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<s>": 0, "</s>": 1, "<unk>": 2, "<pad>": 3}
-    for c in CHARS:
-        vocab.setdefault(c, len(vocab))
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tk.decoder = decoders.Fuse()  # decode to the text itself (WordLevel would join tokens with spaces)
-    if add_bos:
-        tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>")
-
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -48,7 +28,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tok():
-    return char_tokenizer()
+    return hf_char_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +89,12 @@ def test_attribution_matches_heta_fast_and_options_pass_through(heta_model, dire
 
 
 def test_sink_mass_is_a_step_score_and_probability_steps_run_alongside(direct):
-    model = inseq.load_model(tiny_model("llama"), "heta", tokenizer=char_tokenizer(add_bos=False), num_probes=2)
+    model = inseq.load_model(tiny_model("llama"), "heta", tokenizer=hf_char_tokenizer(add_bos=False), num_probes=2)
     out = model.attribute("hi there", "hi there you", sink_token=0, step_scores=["probability"],
                           show_progress=False)
     seq = out.sequence_attributions[0]
     assert set(seq.step_scores) == {"heta_sink_gate_mass", "probability"}
-    no_bos = Attributor(tiny_model("llama"), char_tokenizer(add_bos=False))
+    no_bos = Attributor(tiny_model("llama"), hf_char_tokenizer(add_bos=False))
     _check_against_direct(seq, no_bos, num_probes=2, sink_token=0)
     # Inseq's own probability step score agrees with the target log-probability heta_fast reports (without
     # a sink: HETA's log-probability is the one of the sequence it explains, sink included).
