@@ -1,0 +1,106 @@
+"""Recompute the stored Soft-NC / Soft-NS of a results folder under SPEC §5 as of 2026-12 (one distance D for
+Soft-S, Soft-C and S_0, as the ReAGent authors' evaluator), from the stored scores, keeping the old values.
+
+    python benchmarks/eval/soft_metrics_v2.py OUT [--data PATH] [--model default]
+
+Until 2026-12, Soft-S used the Hellinger norm and S_0 a KL divergence (and Soft-NS was capped at 10). Every
+record's ``soft_nc``, ``soft_ns``, ``soft_s`` and ``s0`` are recomputed (``soft_c`` is unchanged: the same D);
+the previous values move to ``soft_nc_v1``, ``soft_ns_v1``, ``soft_s_v1``, ``s0_v1``. Records that already carry
+``soft_nc_v1`` are left alone, so the script can be rerun. Writes OUT/soft_v1_v2.md: old and new means per method
+and slice, side by side. The Bernoulli draws are the harness's (same seed and sample count as each record).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from heta_fast import Attributor
+from heta_fast.evaluation import metrics as mt
+from heta_fast.evaluation.curated import SLICES, encode
+from heta_fast.evaluation.data import default_data_path, load_examples
+
+SOFT_KEYS = ("soft_nc", "soft_ns", "soft_s", "s0")
+
+
+def _mean_sem(v: list[float]) -> tuple[float, float]:
+    v = [x for x in v if not math.isnan(x)]
+    n = len(v)
+    if n == 0:
+        return float("nan"), float("nan")
+    m = sum(v) / n
+    return m, (math.sqrt(sum((x - m) ** 2 for x in v) / (n - 1) / n) if n > 1 else float("nan"))
+
+
+def recompute(out: Path, data: Path, model: str) -> list[dict]:
+    path = out / "results.jsonl"
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    examples = {ex.id: ex for ex in load_examples(data)}
+    attributor = Attributor.from_pretrained(model)
+    logprob_fn = mt.model_logprob_fn(attributor.adapter)
+    todo = [r for r in records if any("soft_nc_v1" not in m for m in r["methods"].values())]
+    for i, rec in enumerate(todo, 1):
+        ex = examples[rec["id"]]
+        settings = rec["settings"]
+        # The soft metrics compare whole next-token distributions after the prompt: no target involved.
+        enc = encode(attributor.tokenizer, ex)
+        X = attributor.adapter.embed(torch.tensor(enc.ids, device=attributor.adapter.device)).detach()
+        for vals in rec["methods"].values():
+            if "soft_nc_v1" in vals or "scores" not in vals:
+                continue
+            new = mt.soft_erasure(logprob_fn, X, torch.tensor(vals["scores"], dtype=torch.float64),
+                                  seed=settings["seed"], samples=settings["soft_samples"])
+            for k in SOFT_KEYS:
+                vals[f"{k}_v1"] = vals.get(k)
+                vals[k] = new[k]
+        if i % 20 == 0:
+            print(f"{i}/{len(todo)} records", flush=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
+    return records
+
+
+def side_by_side(records: list[dict], out: Path) -> Path:
+    lines = ["# Soft-NC and Soft-NS before and after the SPEC §5 change (2026-12)", "",
+             "v1: Soft-S with the Hellinger norm, S_0 = 1 − KL(π ‖ π^all), Soft-NS capped at 10. "
+             "v2 (SPEC §5 now, the ReAGent authors' evaluator): Soft-S = 1 − D, S_0 = 1 − D(π^all, π) with "
+             "D = Σ_v (√π'_v − √π_v)² / √2. Same stored scores, same Bernoulli draws; mean ± standard error.", ""]
+    for name, kind, top1_only, what in SLICES:
+        rows = [r for r in records if r.get("target", "gold") == kind and (not top1_only or r.get("gold_is_top1"))]
+        if not rows:
+            continue
+        lines += [f"## {name}: {what} (n = {len(rows)})", "",
+                  "| method | Soft-NC v1 | Soft-NC v2 | Soft-NS v1 | Soft-NS v2 |", "|---|---|---|---|---|"]
+        methods = list(rows[0]["methods"])
+        for m in methods:
+            cells = []
+            for k in ("soft_nc", "soft_ns"):
+                for key in (f"{k}_v1", k):
+                    mean, sem = _mean_sem([r["methods"][m][key] for r in rows
+                                           if m in r["methods"] and r["methods"][m].get(key) is not None])
+                    cells.append(f"{mean:.3f} ± {sem:.3f}")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    path = out / "soft_v1_v2.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--data", type=Path, default=None, help="the examples (default: the curated set)")
+    ap.add_argument("--model", default="default")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    records = recompute(args.out, args.data or default_data_path(), args.model)
+    print(side_by_side(records, args.out))
+
+
+if __name__ == "__main__":
+    main()
