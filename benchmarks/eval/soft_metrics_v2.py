@@ -5,7 +5,8 @@ Soft-S, Soft-C and S_0, as the ReAGent authors' evaluator), from the stored scor
 
 Until 2026-12, Soft-S used the Hellinger norm and S_0 a KL divergence (and Soft-NS was capped at 10). Every
 record's ``soft_nc``, ``soft_ns``, ``soft_s`` and ``s0`` are recomputed (``soft_c`` is unchanged: the same D);
-the previous values move to ``soft_nc_v1``, ``soft_ns_v1``, ``soft_s_v1``, ``s0_v1``. Records that already carry
+the previous values move to ``soft_nc_v1``, ``soft_ns_v1``, ``soft_s_v1``, ``s0_v1``. ``--relabel-only`` (or the
+records outside ``--targets``) only moves the old values, so no stale number is read as SPEC §5's. Records that already carry
 ``soft_nc_v1`` are left alone, so the script can be rerun. Writes OUT/soft_v1_v2.md: old and new means per method
 and slice, side by side. The Bernoulli draws are the harness's (same seed and sample count as each record).
 """
@@ -36,14 +37,28 @@ def _mean_sem(v: list[float]) -> tuple[float, float]:
     return m, (math.sqrt(sum((x - m) ** 2 for x in v) / (n - 1) / n) if n > 1 else float("nan"))
 
 
-def recompute(out: Path, data: Path, model: str) -> list[dict]:
+def relabel(vals: dict) -> None:
+    """Keep a record's old soft values as ``*_v1`` only; the SPEC §5 values stay absent (reported as NaN)."""
+    if "soft_nc_v1" not in vals:
+        for k in SOFT_KEYS:
+            vals[f"{k}_v1"] = vals.pop(k, None)
+
+
+def recompute(out: Path, data: Path | None, model: str, targets: tuple[str, ...]) -> list[dict]:
+    """Recompute the records explaining ``targets``; relabel the others (and everything when ``data`` is None)."""
     path = out / "results.jsonl"
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    examples = {ex.id: ex for ex in load_examples(data)}
-    attributor = Attributor.from_pretrained(model)
-    logprob_fn = mt.model_logprob_fn(attributor.adapter)
     todo = [r for r in records if any("soft_nc_v1" not in m for m in r["methods"].values())]
-    for i, rec in enumerate(todo, 1):
+    chosen = [r for r in todo if data is not None and r.get("target", "gold") in targets]
+    for r in todo:
+        if not any(r is c for c in chosen):
+            for vals in r["methods"].values():
+                relabel(vals)
+    if chosen:
+        examples = {ex.id: ex for ex in load_examples(data)}
+        attributor = Attributor.from_pretrained(model)
+        logprob_fn = mt.model_logprob_fn(attributor.adapter)
+    for i, rec in enumerate(chosen, 1):
         ex = examples[rec["id"]]
         settings = rec["settings"]
         # The soft metrics compare whole next-token distributions after the prompt: no target involved.
@@ -58,7 +73,7 @@ def recompute(out: Path, data: Path, model: str) -> list[dict]:
                 vals[f"{k}_v1"] = vals.get(k)
                 vals[k] = new[k]
         if i % 20 == 0:
-            print(f"{i}/{len(todo)} records", flush=True)
+            print(f"{i}/{len(chosen)} records", flush=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     tmp.replace(path)
@@ -96,10 +111,14 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--data", type=Path, default=None, help="the examples (default: the curated set)")
     ap.add_argument("--model", default="default")
+    ap.add_argument("--targets", nargs="+", default=["gold", "greedy"], help="records to recompute; the others "
+                    "are relabelled (old values as *_v1, new ones absent)")
+    ap.add_argument("--relabel-only", action="store_true", help="recompute nothing (no model needed)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    records = recompute(args.out, args.data or default_data_path(), args.model)
-    print(side_by_side(records, args.out))
+    data = None if args.relabel_only else (args.data or default_data_path())
+    records = recompute(args.out, data, args.model, tuple(args.targets))
+    if data is not None:
+        print(side_by_side(records, args.out))
 
 
 if __name__ == "__main__":
