@@ -44,8 +44,10 @@ def relabel(vals: dict) -> None:
             vals[f"{k}_v1"] = vals.pop(k, None)
 
 
-def recompute(out: Path, data: Path | None, model: str, targets: tuple[str, ...]) -> list[dict]:
-    """Recompute the records explaining ``targets``; relabel the others (and everything when ``data`` is None)."""
+def recompute(out: Path, data: Path | None, model: str, targets: tuple[str, ...],
+              methods: tuple[str, ...] | None = None) -> list[dict]:
+    """Recompute the records explaining ``targets`` (only ``methods``, when given); relabel the rest (everything
+    when ``data`` is None)."""
     path = out / "results.jsonl"
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     todo = [r for r in records if any("soft_nc_v1" not in m for m in r["methods"].values())]
@@ -64,8 +66,11 @@ def recompute(out: Path, data: Path | None, model: str, targets: tuple[str, ...]
         # The soft metrics compare whole next-token distributions after the prompt: no target involved.
         enc = encode(attributor.tokenizer, ex)
         X = attributor.adapter.embed(torch.tensor(enc.ids, device=attributor.adapter.device)).detach()
-        for vals in rec["methods"].values():
+        for name, vals in rec["methods"].items():
             if "soft_nc_v1" in vals or "scores" not in vals:
+                continue
+            if methods is not None and name not in methods:
+                relabel(vals)
                 continue
             new = mt.soft_erasure(logprob_fn, X, torch.tensor(vals["scores"], dtype=torch.float64),
                                   seed=settings["seed"], samples=settings["soft_samples"])
@@ -91,7 +96,7 @@ def side_by_side(records: list[dict], out: Path) -> Path:
             continue
         lines += [f"## {name}: {what} (n = {len(rows)})", "",
                   "| method | Soft-NC v1 | Soft-NC v2 | Soft-NS v1 | Soft-NS v2 |", "|---|---|---|---|---|"]
-        methods = list(rows[0]["methods"])
+        methods = sorted({m for r in rows for m, v in r["methods"].items() if v.get("soft_nc") is not None})
         for m in methods:
             cells = []
             for k in ("soft_nc", "soft_ns"):
@@ -113,10 +118,11 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--targets", nargs="+", default=["gold", "greedy"], help="records to recompute; the others "
                     "are relabelled (old values as *_v1, new ones absent)")
+    ap.add_argument("--methods", nargs="+", help="recompute only these methods; relabel the others")
     ap.add_argument("--relabel-only", action="store_true", help="recompute nothing (no model needed)")
     args = ap.parse_args()
     data = None if args.relabel_only else (args.data or default_data_path())
-    records = recompute(args.out, data, args.model, tuple(args.targets))
+    records = recompute(args.out, data, args.model, tuple(args.targets), args.methods and tuple(args.methods))
     if data is not None:
         print(side_by_side(records, args.out))
 
