@@ -6,7 +6,6 @@ and building results. The numbers come from :class:`heta_fast.engine.Engine`.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +15,7 @@ from .cpu_allocator import tune_malloc_for_tensors
 from .engine import Engine, Explanation
 from .errors import HetaInputError, NumericalError
 from .hf import ModelAdapter
-from .options import HetaOptions, options_from_preset, resolve_layers
+from .options import HetaOptions, is_integer, options_from_preset, resolve_layers
 from .progress import StopCheck, check_stop
 from .result import Attribution, AttributionSequence, floats
 from .sinks import leading_special_count, resolve_sink
@@ -292,11 +291,6 @@ class Attributor:
             model=self.name,
             sink_gate_mass=ex.sink_gate_mass,
         )
-
-
-def is_integer(value) -> bool:
-    """An integer and not a bool: ``True`` is no position, token id or count (numpy/torch ints are fine)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_target(target) -> None:

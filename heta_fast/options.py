@@ -26,6 +26,11 @@ COMPONENTS = ("M", "S", "I")
 UNIT_KINDS = ("token", "sentence", "paragraph", "spans")
 
 
+def is_integer(value) -> bool:
+    """An integer and not a bool: ``True`` is no position, token id or count (numpy/torch ints are fine)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """What one option takes, how it is written on a command line, and what it means.

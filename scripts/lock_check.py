@@ -2,6 +2,7 @@
 
     python scripts/lock_check.py requirements/lock.txt           fail if a locked package has another version
     python scripts/lock_check.py --header requirements/lock.txt  only warn if this Python/platform is not the lock's
+    python scripts/lock_check.py --environment                   print this environment's header lines
 
 The lock is ``name==version`` lines (pip freeze) under a header of ``# key: value`` comments that
 scripts/lock.sh writes; the header names the Python and platform the set was tested on.
@@ -57,9 +58,16 @@ def installed() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("lock")
+    parser.add_argument("lock", nargs="?")
     parser.add_argument("--header", action="store_true", help="only compare the Python version and platform")
+    parser.add_argument("--environment", action="store_true",
+                        help="print the '# key: value' header lines of this environment (scripts/lock_write.sh)")
     args = parser.parse_args(argv)
+    if args.environment:
+        print("\n".join(f"# {k}: {v}" for k, v in environment_header().items()))
+        return 0
+    if args.lock is None:
+        parser.error("the lock file is required")
     header, pins = read_lock(args.lock)
     here = environment_header()
     differs = [f"{k} {header.get(k)} (lock) vs {v} (here)" for k, v in here.items() if header.get(k) != v]
@@ -74,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if wrong:
         print(f"lock_check: installed versions differ from {args.lock}: " + ", ".join(wrong), file=sys.stderr)
         return 1
-    # heta_fast itself is installed editable after this check; pip/setuptools of the venv are not locked.
+    # heta_fast itself is installed editable after this check; the venv's pip is not locked.
     extra = sorted(n for n in have if n not in pins and n not in ("heta-fast", "pip"))
     if extra:
         print(f"lock_check: note: installed but not in the lock (left by an earlier setup?): {', '.join(extra)}",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BatchError, HetaInputError
-from ..options import OPTION_NAMES, OPTION_SPECS, HetaOptions
+from ..options import OPTION_NAMES, OPTION_SPECS, HetaOptions, is_integer
 from ..tokenizers import check_text
 
 RECORD_FIELDS = ("id", "text", "ids", "target", "generate", "meta")
@@ -71,10 +71,6 @@ class InputRecord:
         return self.id if self.id is not None else self.line
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def parse_line(raw: bytes, line: int, job_fp: str, base_options: HetaOptions) -> InputRecord | None:
     """Parse one input line; None for a blank line, an :class:`InputRecord` (maybe with ``error``) otherwise."""
     text = raw.rstrip(b"\r\n")
@@ -94,7 +90,7 @@ def parse_line(raw: bytes, line: int, job_fp: str, base_options: HetaOptions) ->
     if not isinstance(obj, dict):
         return bad(f"expected a JSON object, got {type(obj).__name__}")
     rid = obj.get("id")
-    if rid is not None and not (isinstance(rid, str) or _is_int(rid)):
+    if rid is not None and not (isinstance(rid, str) or is_integer(rid)):
         return bad(f"'id' must be a string or an integer, got {rid!r}")
     unknown = sorted(set(obj) - set(RECORD_FIELDS) - set(OPTION_NAMES))
     if unknown:
@@ -116,10 +112,10 @@ def parse_line(raw: bytes, line: int, job_fp: str, base_options: HetaOptions) ->
             return bad(str(e), rid)
     else:
         source = obj["ids"]
-        if not isinstance(source, list) or not source or not all(_is_int(x) for x in source):
+        if not isinstance(source, list) or not source or not all(is_integer(x) for x in source):
             return bad('"ids" must be a non-empty list of integer token ids', rid)
     target = obj.get("target")
-    if target is not None and not (_is_int(target) or isinstance(target, str)):
+    if target is not None and not (is_integer(target) or isinstance(target, str)):
         return bad(f'"target" must be an integer position or a continuation string, got {target!r}', rid)
     if isinstance(target, str):
         try:
@@ -127,7 +123,7 @@ def parse_line(raw: bytes, line: int, job_fp: str, base_options: HetaOptions) ->
         except HetaInputError as e:
             return bad(str(e), rid)
     generate = obj.get("generate")
-    if generate is not None and not (_is_int(generate) and generate >= 1):
+    if generate is not None and not (is_integer(generate) and generate >= 1):
         return bad(f'"generate" must be a positive integer, got {generate!r}', rid)
     if generate is not None and target is not None:
         return bad('give either "target" or "generate", not both', rid)

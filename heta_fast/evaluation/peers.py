@@ -41,9 +41,9 @@ def _need(module: str, what: str):
         raise HetaInputError(f"{what} needs the package {module!r} (requirements/evaluation.txt): {e}") from None
 
 
-def contextcite_scores(model, ids: Sequence[int], target_id: int, *, units: Sequence[tuple[int, int]] | None = None,
-                       keep: Sequence[int] = (), num_ablations: int = 64, keep_prob: float = 0.5, seed: int = 0,
-                       tokenizer=None) -> Tensor:
+def contextcite_scores(model, ids: Sequence[int], target_id: int, *, tokenizer,
+                       units: Sequence[tuple[int, int]] | None = None, keep: Sequence[int] = (),
+                       num_ablations: int = 64, keep_prob: float = 0.5, seed: int = 0) -> Tensor:
     """ContextCite's attribution of ``target_id`` after ``ids``, per context token.
 
     Args:
@@ -78,8 +78,6 @@ def contextcite_scores(model, ids: Sequence[int], target_id: int, *, units: Sequ
             return list(ids)
         return [tok for i, tok in enumerate(ids) if i not in unit_of or mask[unit_of[i]]]
 
-    if tokenizer is None:
-        raise HetaInputError("ContextCite needs the model's tokenizer (its data collator pads with it)")
     with torch.no_grad():
         masks, logit_probs = utils.get_masks_and_logit_probs(
             model, tokenizer, num_ablations, len(units), prompt_ids, [int(target_id)], keep_prob, 1,
