@@ -20,7 +20,7 @@ from .progress import StopCheck, check_stop
 from .result import Attribution, AttributionSequence, floats
 from .sinks import leading_special_count, resolve_sink
 from .tokenizers import check_text
-from .units import UnitSpan, context_units, unit_ranges, unit_results
+from .units import UnitSpan, coarse_groups, context_units, unit_ranges, unit_results
 
 
 @dataclass
@@ -229,13 +229,15 @@ class Attributor:
         if probes is not None and len(positions) != 1:
             raise HetaInputError("probes= can only be given for a single target")
         units = None if opts.units == "token" else [context_units(opts, enc.text, enc.offsets, t) for t in positions]
+        groups = None if units is None else [coarse_groups(opts.coarse, u, enc.text, opts.expand) for u in units]
         explained = self.engine.explain(enc.ids, positions, opts, probes=probes, lead=enc.ids.new_tensor(lead),
                                         units=None if units is None else [unit_ranges(u) for u in units],
-                                        should_stop=should_stop)
+                                        groups=groups, should_stop=should_stop)
         results = AttributionSequence(self._build(enc, t, opts, ex) for t, ex in zip(positions, explained, strict=True))
         if units is not None:
-            for res, spans, ex in zip(results, units, explained, strict=True):
-                res.units = unit_results(spans, ex.units, res.tokens, enc.text)
+            kind = "paragraph" if opts.coarse == "paragraph" else "block"
+            for res, spans, g, ex in zip(results, units, groups, explained, strict=True):
+                res.units, res.coarse_units = unit_results(spans, ex.units, res.tokens, enc.text, g, kind)
         return results[0] if len(positions) == 1 and not isinstance(target, str) and generate is None else results
 
     def units(self, text_or_ids, target: int | str | None = None, *, preset: str | None = None,

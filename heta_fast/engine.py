@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .combine import combine
-from .curvature import sensitivity_batched, sensitivity_reference
+from .curvature import lowrank_curvature, sensitivity_batched, sensitivity_reference
 from .errors import HetaInputError, MemoryBudgetError, NumericalError
 from .gate import gate_fast, gate_fast_many, gate_reference
 from .gate.value_norms import normalise_gate
@@ -35,6 +35,7 @@ from .information import information_batched, information_multi, information_ref
 from .options import HetaOptions
 from .probes import check_probes, draw_probes
 from .progress import StageBars, StopCheck, check_stop, progress_bar
+from .units.levels import group_ranges
 from .units.ranges import check_units, unit_sums
 
 
@@ -66,7 +67,8 @@ class Explanation:
 class UnitScores:
     """Unit-level numbers of one target (SPEC §6), float64 on the CPU: the units as token ranges over the
     context, ``M_u = Σ M_i``, S_u, I_u, ``scores = M_u (β S_u + γ I_u)``, and the units refined token by
-    token (indices into ``ranges``, best first; empty without ``refine``)."""
+    token (indices into ``ranges``, best first; empty without ``refine``). With levels, the units of coarse units
+    that were not expanded have NaN for S, I and the score."""
 
     ranges: list[tuple[int, int]]
     M: Tensor | None
@@ -74,6 +76,13 @@ class UnitScores:
     I: Tensor | None
     scores: Tensor
     refined: list[int]
+    coarse: UnitScores | None = None  # levels (SPEC §6): level 1's numbers over the coarse units
+    parent: list[int] | None = None  # levels: each unit's coarse unit (index into coarse.ranges)
+
+    @property
+    def scored(self) -> list[bool]:
+        """Whether each unit was scored (False: its coarse unit was not expanded; its numbers are NaN)."""
+        return [v == v for v in self.scores.tolist()]
 
 
 # ------------------------------------------------------------------------------------------ one run
@@ -252,6 +261,7 @@ class Engine:
 
     def explain(self, ids: Tensor, positions: list[int], opts: HetaOptions, *, probes: Tensor | None = None,
                 lead: Tensor | None = None, units: list[list[tuple[int, int]]] | None = None,
+                groups: list[list[list[int]] | None] | None = None,
                 should_stop: StopCheck | None = None) -> list[Explanation]:
         """One :class:`Explanation` per target position of ``ids [n]`` (each 1 ≤ t ≤ n−1).
 
@@ -259,16 +269,17 @@ class Engine:
         tokens put in front of every window and left out of M, S and I (the sink, and special tokens such as
         a BOS); by default ``[opts.sink_token]``, or nothing. ``units``: one partition of each target's
         context into ``(start, end)`` token ranges (SPEC §6), or None for tokens; units run over the whole
-        context in one window. The model is used only through the adapter's working view
+        context in one window. ``groups``: with ``units``, each target's coarse units as runs of unit indices
+        (SPEC §6, *Levels*; :func:`heta_fast.units.levels.coarse_groups`), or None for one level. The model is used only through the adapter's working view
         (:meth:`ModelAdapter.attached`), never changed. ``should_stop()`` is checked between chunks of work;
         when it returns True the call raises :class:`~heta_fast.errors.HetaCancelled`.
         """
         with self.adapter.attached():
-            return self._explain(ids, positions, opts, probes, lead, units, should_stop)
+            return self._explain(ids, positions, opts, probes, lead, units, groups, should_stop)
 
     def _explain(self, ids: Tensor, positions: list[int], opts: HetaOptions, probes: Tensor | None,
                  lead: Tensor | None, units: list[list[tuple[int, int]]] | None,
-                 should_stop: StopCheck | None) -> list[Explanation]:
+                 groups: list[list[list[int]] | None] | None, should_stop: StopCheck | None) -> list[Explanation]:
         adapter = self.adapter_for(opts)
         if lead is None:
             lead = ids.new_tensor([] if opts.sink_token is None else [opts.sink_token])
@@ -289,8 +300,9 @@ class Engine:
 
         shared = len(positions) > 1 and opts.engine == "fast" and (opts.window is None or max(positions) <= opts.window)
         if units is not None:
-            parts = [self._units(adapter, ids, t, opts, probes, mask_vec, lead, ranges, should_stop)
-                     for t, ranges in zip(positions, units, strict=True)]
+            groups = groups or [None] * len(positions)
+            parts = [self._units(adapter, ids, t, opts, probes, mask_vec, lead, ranges, should_stop, g)
+                     for t, ranges, g in zip(positions, units, groups, strict=True)]
         elif shared:  # several targets of one text: gate and KL share their forwards
             d, k = adapter.hidden_size, lead.numel()
             comps = evaluate_many(adapter, torch.cat([lead, ids]), [t + k for t in positions], opts, mask_vec=mask_vec,
@@ -315,60 +327,50 @@ class Engine:
         return out
 
     def _units(self, adapter: ModelAdapter, ids: Tensor, t: int, opts: HetaOptions, probes: Tensor | None,
-               mask_vec: Tensor | None, lead: Tensor, ranges: list[tuple[int, int]], should_stop: StopCheck | None = None):
-        """Unit-level M, S, I and scores over the whole context of target t (SPEC §6), then, with
-        ``refine=k``, token-level S and I on the tokens of the k best units only.
+               mask_vec: Tensor | None, lead: Tensor, ranges: list[tuple[int, int]], should_stop: StopCheck | None = None,
+               groups: list[list[int]] | None = None):
+        """Unit-level M, S, I and scores over the whole context of target t (SPEC §6).
 
-        The lead (sink) runs as a unit of its own and is dropped again. Returns ``(M, S, I, sink gate mass,
-        timings, UnitScores, token scores)``: token-level M over the context; token S, I and scores NaN
-        outside the refined units.
+        With ``groups`` (coarse units as runs of unit indices; SPEC §6, *Levels*): level 1 scores the coarse units,
+        level 2 the units inside the ``opts.expand`` best of them; the others stay unscored (NaN here). Then, with
+        ``refine=k``, token-level S and I on the tokens of the k best scored units. Every level reads S from one
+        low-rank factorisation (``hessian="lowrank"`` on the fast engine), so only the KL work grows per level.
+        The lead (sink) takes no part in S and I and is dropped from M. Returns ``(M, S, I, sink gate mass,
+        timings, UnitScores, token scores)``: token-level M over the context; token S, I and scores NaN outside
+        the refined units.
         """
         ranges = check_units(ranges, t)
         if [r for u in ranges for r in range(*u)] != list(range(t)):
             raise HetaInputError(f"units must partition the context 0 … {t - 1}; got {ranges}")
-        k = lead.numel()
-        run_ids = torch.cat([lead, ids[:t]])
-        target_id = int(ids[t])
-        run_probes = window_probes(context_probes(probes, opts, adapter.hidden_size, t), 0, t, k)
-        run_units = [(0, k)] * bool(k) + [(a + k, b + k) for a, b in ranges]
-        totals = {"S": len(run_units) * opts.num_probes if opts.hessian == "exact" else None, "I": len(run_units)}
+        levels = _UnitLevels(self, adapter, ids, t, opts, probes, mask_vec, lead, should_stop)
         try:
-            with StageBars(self.progress, totals=totals, should_stop=should_stop) as bars:
-                comp = evaluate(adapter, run_ids, target_id, opts, probes=run_probes, mask_vec=mask_vec,
-                                units=run_units, progress=bars.update)
+            M = levels.gate()
+            if groups is None:
+                units = levels.score(ranges, "")
+            else:
+                coarse = levels.score(group_ranges(groups, ranges), "level 1: ")
+                expanded = _best(coarse.scores, opts.expand)
+                fine = sorted(j for c in expanded for j in groups[c])
+                scored = levels.score([ranges[j] for j in fine], "level 2: ")
+                units = _with_unscored(scored, fine, ranges, M, coarse, groups)
         except MemoryBudgetError as e:
             raise MemoryBudgetError(f"units run over the whole context ({t} tokens) in one window, which does not "
                                     f"fit max_memory: {str(e).split('; ')[0]}; raise max_memory") from e
-        timings = dict(comp.timings)
-        M, _, _, sink_mass = drop_lead(comp.M, None, None, k)
-        M, S_u, I_u = _checked_cpu(M=M, S=comp.S, I=comp.I)
-        S_u, I_u = (None if v is None else v[bool(k):] for v in (S_u, I_u))
-        M_u = None if M is None else unit_sums(M, ranges)
-        unit_scores = combine(M_u, S_u, I_u, opts.beta, opts.gamma, opts.normalize)
 
         nan = torch.full((t,), float("nan"), dtype=torch.float64)
         S_tok, I_tok, tok_scores = nan.clone(), nan.clone(), nan.clone()
-        refined: list[int] = []
         if opts.refine:
-            refined = sorted(range(len(ranges)), key=lambda j: -float(unit_scores[j]))[: opts.refine]
-            tokens = sorted(i for j in refined for i in range(*ranges[j]))
-            fine = tuple(c for c in opts.components if c in ("S", "I"))
-            S_r = I_r = None
-            if fine:
-                comp_r = evaluate(adapter, run_ids, target_id, opts.replace(components=fine), probes=run_probes,
-                                  mask_vec=mask_vec, units=[(i + k, i + k + 1) for i in tokens],
-                                  progress=StageBars(False, {}, should_stop).update)
-                timings.update({f"{name}_refine": v for name, v in comp_r.timings.items()})
-                S_r, I_r = _checked_cpu("refined", S=comp_r.S, I=comp_r.I)
+            units.refined = _best(units.scores, opts.refine)
+            tokens = sorted(i for j in units.refined for i in range(*ranges[j]))
+            fine_tok = levels.score([(i, i + 1) for i in tokens], "refine: ", timing_suffix="_refine", quiet=True)
             idx = torch.tensor(tokens, dtype=torch.long)
-            if S_r is not None:
-                S_tok[idx] = S_r
-            if I_r is not None:
-                I_tok[idx] = I_r
-            tok_scores[idx] = combine(None if M is None else M[idx], S_r, I_r, opts.beta, opts.gamma, opts.normalize)
-        units = UnitScores(ranges=ranges, M=M_u, S=S_u, I=I_u, scores=unit_scores, refined=refined)
+            for full, part in ((S_tok, fine_tok.S), (I_tok, fine_tok.I)):
+                if part is not None:
+                    full[idx] = part
+            tok_scores[idx] = fine_tok.scores
         keep = "S" in opts.components, "I" in opts.components
-        return (M, S_tok if keep[0] else None, I_tok if keep[1] else None, sink_mass, timings, units, tok_scores)
+        return (M, S_tok if keep[0] else None, I_tok if keep[1] else None, levels.sink_mass, levels.timings, units,
+                tok_scores)
 
     def _windowed(self, adapter: ModelAdapter, ids: Tensor, t: int, opts: HetaOptions, probes: Tensor | None,
                   mask_vec: Tensor | None, lead: Tensor, should_stop: StopCheck | None = None):
@@ -434,3 +436,89 @@ def _checked_cpu(what: str = "component", **components: Tensor | None) -> tuple[
                 raise NumericalError(f"{what} {name} has non-finite values; check the model's weights and dtype")
         out.append(val)
     return tuple(out)
+
+
+class _UnitLevels:
+    """What every level of one unit run shares (SPEC §6): the run's ids with the lead in front, the probes, the
+    token gate M, and S's source, which on the fast low-rank path is one factorisation read by every level."""
+
+    def __init__(self, engine: Engine, adapter: ModelAdapter, ids: Tensor, t: int, opts: HetaOptions,
+                 probes: Tensor | None, mask_vec: Tensor | None, lead: Tensor, should_stop: StopCheck | None):
+        self.engine, self.adapter, self.opts, self.mask_vec, self.should_stop = engine, adapter, opts, mask_vec, should_stop
+        self.k = lead.numel()
+        self.run_ids = torch.cat([lead, ids[:t]])
+        self.target_id = int(ids[t])
+        self.probes = window_probes(context_probes(probes, opts, adapter.hidden_size, t), 0, t, self.k)
+        self.timings: dict[str, float] = {}
+        self.M: Tensor | None = None
+        self.sink_mass: float | None = None
+        self._factors = None
+
+    def gate(self) -> Tensor | None:
+        """Token-level M over the context (lead dropped), float64 on the CPU; None without M."""
+        if "M" in self.opts.components:
+            comp = evaluate(self.adapter, self.run_ids, self.target_id, self.opts.replace(components=("M",)),
+                            probes=None, mask_vec=None)
+            self.timings["gate"] = comp.timings["gate"]
+            M, _, _, self.sink_mass = drop_lead(comp.M, None, None, self.k)
+            (self.M,) = _checked_cpu(M=M)
+        return self.M
+
+    def score(self, ranges: list[tuple[int, int]], label: str, *, timing_suffix: str = "", quiet: bool = False
+              ) -> UnitScores:
+        """M_u, S_u, I_u and ``M_u (β S_u + γ I_u)`` (normalised over these units) of ``ranges`` over the context."""
+        opts, k = self.opts, self.k
+        run_units = [(a + k, b + k) for a, b in ranges]
+        lowrank = opts.engine == "fast" and opts.hessian == "lowrank" and "S" in opts.components
+        comps = tuple(c for c in opts.components if c == "I" or (c == "S" and not lowrank))
+        totals = {"S": len(run_units) * opts.num_probes if opts.hessian == "exact" else None, "I": len(run_units)}
+        S = I = None
+        with StageBars(self.engine.progress and not quiet, totals=totals, should_stop=self.should_stop,
+                       prefix=label) as bars:
+            if lowrank:
+                if self._factors is None:
+                    t0 = time.perf_counter()
+                    self._factors = lowrank_curvature(
+                        self.adapter, self.run_ids, self.target_id, probes=self.probes, rank=opts.rank,
+                        lowrank_passes=opts.lowrank_passes, curvature=opts.curvature, layers=opts.layers,
+                        seed=opts.seed, max_memory=opts.max_memory, progress=lambda n: bars.update("S", n))
+                    self.timings["hessian"] = time.perf_counter() - t0
+                S = self._factors.unit_norms(run_units)
+            if comps:
+                comp = evaluate(self.adapter, self.run_ids, self.target_id, opts.replace(components=comps),
+                                probes=self.probes, mask_vec=self.mask_vec, units=run_units, progress=bars.update)
+                S = comp.S if S is None else S
+                I = comp.I
+                for name, v in comp.timings.items():
+                    key = name + timing_suffix
+                    self.timings[key] = self.timings.get(key, 0.0) + v
+        S, I = _checked_cpu(label.rstrip(": ") or "unit", S=S, I=I)
+        M = None if self.M is None else unit_sums(self.M, ranges)
+        return UnitScores(ranges=list(ranges), M=M, S=S, I=I,
+                          scores=combine(M, S, I, opts.beta, opts.gamma, opts.normalize), refined=[])
+
+
+def _best(scores: Tensor, k: int) -> list[int]:
+    """Indices of the k highest scores, best first (NaN, an unscored unit, never counts as best)."""
+    vals = [float(v) for v in scores]
+    scored = [j for j, v in enumerate(vals) if v == v]
+    return sorted(scored, key=lambda j: -vals[j])[:k]
+
+
+def _with_unscored(scored: UnitScores, fine: list[int], ranges: list[tuple[int, int]], M: Tensor | None,
+                   coarse: UnitScores, groups: list[list[int]]) -> UnitScores:
+    """Level 2's numbers spread over every unit: scored units (indices ``fine``) keep theirs; the others have M_u
+    (the gate covers every token) and NaN for S, I and the score; ``coarse`` and each unit's parent attached."""
+    n = len(ranges)
+    idx = torch.tensor(fine, dtype=torch.long)
+
+    def spread(x: Tensor | None) -> Tensor | None:
+        if x is None:
+            return None
+        out = torch.full((n,), float("nan"), dtype=torch.float64)
+        out[idx] = x
+        return out
+
+    parent = [c for c, g in enumerate(groups) for _ in g]
+    return UnitScores(ranges=list(ranges), M=None if M is None else unit_sums(M, ranges), S=spread(scored.S),
+                      I=spread(scored.I), scores=spread(scored.scores), refined=[], coarse=coarse, parent=parent)

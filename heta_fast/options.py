@@ -307,6 +307,14 @@ class HetaOptions:
         spans=True, nullable=True, metavar="S:E,S:E,...")
     refine: int | None = option(None, "with units: also score the tokens of the K best units (S and I at token "
                                 "level on those tokens only)", number=int, minimum=1, nullable=True, metavar="K")
+    # SPEC §6, levels: coarse units first, then the fine units (units=) inside the best of them only.
+    coarse: Literal["none", "auto", "paragraph", "block"] = option(
+        "none", "with units: score coarse units first and only the units inside the `expand` best of them: "
+        "paragraphs, blocks of whole units (about sqrt(expand x units) blocks, closed at paragraph breaks where "
+        "possible), 'auto' (blocks when the context has at least 16 x expand units, else every unit), or 'none'",
+        words=("none", "auto", "paragraph", "block"))
+    expand: int = option(2, "with coarse: how many of the best coarse units have their units scored",
+                         number=int, minimum=1, metavar="K")
     max_memory: int = option(2 * 1024**3, "bytes the batched passes may use for intermediates (sets chunk sizes; "
                              "results do not change)", number=int, minimum=1 << 20, metavar="BYTES",
                              affects_result=False)
@@ -334,6 +342,11 @@ class HetaOptions:
                 "context in one window; leave window out (window=None, command line: --window none), or keep "
                 "units='token' for windows (the 'document' preset is sentence units, the 'long' preset token windows)",
                 field="window")
+        # "auto" is a no-op on tokens, so a preset with coarse="auto" still runs with units="token".
+        if (self.coarse in ("paragraph", "block") and self.units == "token") or (self.coarse == "paragraph" == self.units):
+            raise HetaInputError(f"coarse={self.coarse!r} needs units finer than the coarse ones: units='sentence', "
+                                 f"'paragraph' (with coarse='block' or 'auto') or spans= (got units={self.units!r})",
+                                 field="coarse")
         if self.refine is not None and self.units == "token":
             raise HetaInputError("refine needs units larger than a token: units='sentence', 'paragraph' or spans=",
                                  field="refine")

@@ -28,15 +28,16 @@ class StageBars:
 
     LABELS = {"S": "Hessian-vector products", "I": "masked tokens (KL)"}
 
-    def __init__(self, enabled: bool, totals: dict, should_stop: StopCheck | None = None):
+    def __init__(self, enabled: bool, totals: dict, should_stop: StopCheck | None = None, prefix: str = ""):
         self.enabled, self.totals, self.bars, self.should_stop = enabled, totals, {}, should_stop
+        self.prefix = prefix  # e.g. "level 1: " for the levels of a unit run
 
     def update(self, stage: str, n: int) -> None:
         check_stop(self.should_stop)
         if not self.enabled:
             return
         if stage not in self.bars:
-            self.bars[stage] = progress_bar(self.totals.get(stage) or 0, self.LABELS.get(stage, stage), True)
+            self.bars[stage] = progress_bar(self.totals.get(stage) or 0, self.prefix + self.LABELS.get(stage, stage), True)
         self.bars[stage].update(n)
 
     def __enter__(self):

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 from .errors import HetaInputError
 
-SCHEMA_VERSION = "1.2"  # 1.0: first release; 1.1: sink_gate_mass; 1.2: units (sentences, paragraphs, spans), null token values
+# 1.0: first release; 1.1: sink_gate_mass; 1.2: units (sentences, paragraphs, spans), null token values;
+# 1.3: levels (coarse_units; a unit's scored, parent, level)
+SCHEMA_VERSION = "1.3"
 COMPONENT_NAMES = ("scores", "M", "S", "I")
 COMPONENT_LABELS = {"scores": "score = M·(βS + γI)", "M": "M (causal gate)", "S": "S (Hessian sensitivity)",
                     "I": "I (KL impact)"}
@@ -45,8 +47,13 @@ class Unit:
         kind: ``"sentence"``, ``"paragraph"``, ``"span"``, ``"gap"`` or ``"special"``.
         score: ``M_u (β S_u + γ I_u)``; M, S, I: the unit's gate (summed over its tokens), sensitivity and
             KL impact (None if not computed).
-        rank: 1 for the highest score.
-        refined: whether its tokens were also scored one by one (option ``refine``).
+        rank: 1 for the highest score (with levels: the scored units first, then the unscored ones).
+        refined: whether its tokens were also scored one by one (option ``refine``); for a coarse unit, whether
+            its units were scored (expanded).
+        scored: False for a unit inside a coarse unit that was not expanded (option ``coarse``, SPEC §6): it
+            was not scored; ``score`` is then its parent's score and S, I are None (M, the gate, is known).
+        parent: with levels, the index of its coarse unit in ``Attribution.coarse_units``.
+        level: the level its numbers come from: 1 (one level, or a coarse unit), 2 (a unit under coarse units).
     """
 
     text: str
@@ -59,17 +66,22 @@ class Unit:
     I: float | None = None
     rank: int = 0
     refined: bool = False
+    scored: bool = True
+    parent: int | None = None
+    level: int = 1
 
     def to_dict(self) -> dict:
         return {"text": self.text, "char_span": None if self.char_span is None else list(self.char_span),
                 "token_range": list(self.token_range), "kind": self.kind, "score": self.score, "M": self.M,
-                "S": self.S, "I": self.I, "rank": self.rank, "refined": self.refined}
+                "S": self.S, "I": self.I, "rank": self.rank, "refined": self.refined, "scored": self.scored,
+                "parent": self.parent, "level": self.level}
 
     @classmethod
     def from_dict(cls, d: dict) -> Unit:
         return cls(text=d["text"], char_span=None if d.get("char_span") is None else tuple(d["char_span"]),
                    token_range=tuple(d["token_range"]), kind=d.get("kind", "span"), score=d["score"],
-                   M=d.get("M"), S=d.get("S"), I=d.get("I"), rank=d.get("rank", 0), refined=d.get("refined", False))
+                   M=d.get("M"), S=d.get("S"), I=d.get("I"), rank=d.get("rank", 0), refined=d.get("refined", False),
+                   scored=d.get("scored", True), parent=d.get("parent"), level=d.get("level", 1))
 
 
 @dataclass
@@ -90,6 +102,8 @@ class Attribution:
         units: with ``units="sentence"|"paragraph"`` or ``spans``, one :class:`Unit` per unit in context
             order; then M stays per token, and S, I and scores per token are given for the tokens of the
             refined units only (``refine=k``; None elsewhere).
+        coarse_units: with levels (option ``coarse``, SPEC §6), the coarse units (paragraphs or blocks) scored at
+            level 1; ``refined`` marks those whose units were scored. None with one level.
     """
 
     tokens: list[str]
@@ -109,6 +123,7 @@ class Attribution:
     model: str | None = None
     sink_gate_mass: float | None = None
     units: list[Unit] | None = None
+    coarse_units: list[Unit] | None = None
 
     @property
     def seed(self) -> int | None:
@@ -159,6 +174,7 @@ class Attribution:
             "timings": self.timings,
             "sink_gate_mass": self.sink_gate_mass,
             "units": None if self.units is None else [u.to_dict() for u in self.units],
+            "coarse_units": None if self.coarse_units is None else [u.to_dict() for u in self.coarse_units],
         }
 
     def to_json(self, path: str | None = None, **kw) -> str:
@@ -466,17 +482,18 @@ def _attribution_from_dict(d, where: str) -> Attribution:
         model=_get(d, "model", where, str, optional=True),
         sink_gate_mass=None if sink_mass is None else float(sink_mass),
         units=_units_from_dict(d, where),
+        coarse_units=_units_from_dict(d, where, "coarse_units"),
     )
 
 
-def _units_from_dict(d, where: str) -> list[Unit] | None:
-    units = _get(d, "units", where, list, optional=True)
+def _units_from_dict(d, where: str, key: str = "units") -> list[Unit] | None:
+    units = _get(d, key, where, list, optional=True)
     if units is None:
         return None
     try:
         return [Unit.from_dict(u) for u in units]
     except (KeyError, TypeError, ValueError) as e:
-        raise ResultFormatError(f"{where}: units: each unit needs text, token_range and score ({e})") from None
+        raise ResultFormatError(f"{where}: {key}: each unit needs text, token_range and score ({e})") from None
 
 
 def _sequence_from_dict(d, where: str) -> AttributionSequence:

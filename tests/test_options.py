@@ -58,7 +58,8 @@ def test_every_front_end_exposes_every_option(spec):
         assert _flags(parser).get(spec.flag) == spec.name, f"heta-fast {name} has no {spec.flag}"
     assert spec.name in AttributeOptions.model_fields, "the service's request schema misses it"
     value = _sample(spec)
-    extra = {"mask": {"mask_token_id": 3}, "refine": {"units": "sentence"}}.get(spec.name, {})
+    extra = {"mask": {"mask_token_id": 3}, "refine": {"units": "sentence"}, "coarse": {"units": "sentence"}}.get(
+        spec.name, {})
     rec = parse_line(json.dumps({"text": "abc", spec.name: value, **extra}).encode(), 1, "job", HetaOptions())
     assert rec.error is None and rec.overrides[spec.name] == value, rec.error
     assert f"| `{spec.name}` |" in options_markdown()

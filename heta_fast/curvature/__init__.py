@@ -9,7 +9,7 @@ The attention core with a hand-written double backward that the batched path run
 model glue (:mod:`heta_fast.hf.attention_core`), since the recording attention calls it.
 """
 
-from .batched import sensitivity_batched
+from .batched import LowRankCurvature, lowrank_curvature, sensitivity_batched
 from .reference import sensitivity as sensitivity_reference
 
-__all__ = ["sensitivity_batched", "sensitivity_reference"]
+__all__ = ["LowRankCurvature", "lowrank_curvature", "sensitivity_batched", "sensitivity_reference"]

@@ -277,23 +277,54 @@ def sensitivity_batched(
     if hessian != "lowrank":
         raise HetaInputError(f"unknown hessian mode {hessian!r}")
 
-    # Randomized range finder (Halko et al.): Y = C Ω, Q = orth(Y), C ≈ Q B Qᵀ with B = Qᵀ C Q (two passes)
-    # or B = sym((QᵀY)(QᵀΩ)⁺) (one pass, SPEC §2).
-    op = CurvatureOperator(adapter, X, point, target_id, curvature, layer=layer, head=head)
+    return LowRankCurvature(adapter, X, point, layer, head, target_id, probes, rank=rank, passes=lowrank_passes,
+                            curvature=curvature, seed=seed, batch=batch, progress=progress).unit_norms(units)
 
-    def apply_all(directions: Tensor) -> Tensor:  # [N, t, d] -> [N, t, d] in acc
-        out = []
-        for lo in range(0, directions.shape[0], batch):
-            out.append(op(directions[lo : lo + batch].to(point.dtype), progress).to(acc))
-        return torch.cat(out)
 
-    omega = draw_range_finder(t, d, rank, seed).to(device=dev, dtype=acc)
-    probes = probes.to(acc)
-    Y = apply_all(omega.T.reshape(rank, t, d)).reshape(rank, t * d).T
-    Q, _ = torch.linalg.qr(Y)
-    B = lowrank_core(Q, Y, omega, lambda Qm: apply_all(Qm.T.reshape(-1, t, d)).reshape(-1, t * d).T,
-                     lowrank_passes)
-    return lowrank_unit_norms(Q.reshape(t, d, -1), B, probes, units)
+def lowrank_curvature(adapter: ModelAdapter, ids: Tensor, target_id: int, *, probes: Tensor, rank: int = 64,
+                      lowrank_passes: int = 2, curvature: str = "hessian", layers: int | None = None, seed: int = 0,
+                      max_memory: int = 2 * 1024**3, progress: Callable[[int], None] | None = None
+                      ) -> LowRankCurvature:
+    """The low-rank factors of the context's curvature (``hessian="lowrank"``), built once: S of any units is then
+    read from them (:meth:`LowRankCurvature.unit_norms`) without another Hessian–vector product. The levels of
+    SPEC §6 and a token refinement read all their units from one factorisation."""
+    t = ids.numel()
+    batch = probe_batch_size(adapter, t, t, max_memory, layers, suffix_graphs=False)
+    X, point, layer, _, head = clean_state(adapter, ids, layers, target_id)
+    check_probes(probes, t, point.shape[1])
+    return LowRankCurvature(adapter, X, point, layer, head, target_id, probes, rank=rank, passes=lowrank_passes,
+                            curvature=curvature, seed=seed, batch=batch, progress=progress)
+
+
+class LowRankCurvature:
+    """``C ≈ Q B Qᵀ`` from a randomized range finder (Halko et al.): ``Y = C Ω``, ``Q = orth(Y)``, and
+    ``B = Qᵀ C Q`` (two passes) or ``sym((QᵀY)(QᵀΩ)⁺)`` (one pass, SPEC §2); with the probes, in float32 or better."""
+
+    def __init__(self, adapter, X, point, layer, head, target_id, probes, *, rank, passes, curvature, seed, batch,
+                 progress):
+        t, d = point.shape
+        acc = torch.promote_types(point.dtype, torch.float32)
+        op = CurvatureOperator(adapter, X, point, target_id, curvature, layer=layer, head=head)
+
+        def apply_all(directions: Tensor) -> Tensor:  # [N, t, d] -> [N, t, d] in acc
+            out = []
+            for lo in range(0, directions.shape[0], batch):
+                out.append(op(directions[lo : lo + batch].to(point.dtype), progress).to(acc))
+            return torch.cat(out)
+
+        omega = draw_range_finder(t, d, rank, seed).to(device=point.device, dtype=acc)
+        Y = apply_all(omega.T.reshape(rank, t, d)).reshape(rank, t * d).T
+        Q, _ = torch.linalg.qr(Y)
+        self.B = lowrank_core(Q, Y, omega, lambda Qm: apply_all(Qm.T.reshape(-1, t, d)).reshape(-1, t * d).T,
+                              passes)
+        self.Qb = Q.reshape(t, d, -1)
+        self.probes = probes.to(device=point.device, dtype=acc)
+
+    def unit_norms(self, units: Sequence[tuple[int, int]] | None = None) -> Tensor:
+        """S of ``units`` (``(start, end)`` ranges, ordered, disjoint; None = every token) from the factors."""
+        t = self.Qb.shape[0]
+        units = token_units(t) if units is None else check_units(units, t)
+        return lowrank_unit_norms(self.Qb, self.B, self.probes, units)
 
 
 def lowrank_core(Q: Tensor, Y: Tensor, omega: Tensor, apply: Callable[[Tensor], Tensor], passes: int) -> Tensor:

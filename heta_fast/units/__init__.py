@@ -3,6 +3,7 @@
 - :mod:`.segment` — sentence and paragraph boundaries in real text (character spans).
 - :mod:`.partition` — context tokens grouped into units (:class:`UnitSpan`), by the rules of SPEC §6.
 - :mod:`.ranges` — units as the components see them: ``(start, end)`` token ranges, chunked to share prefixes.
+- :mod:`.levels` — coarse units (paragraphs, blocks) over the fine ones, for scoring coarse to fine.
 
 The engine scores units (:meth:`heta_fast.engine.Engine.explain` with ``units=``); :func:`unit_results`
 turns its numbers into the result's :class:`heta_fast.result.Unit` entries.
@@ -11,6 +12,7 @@ turns its numbers into the result's :class:`heta_fast.result.Unit` entries.
 from __future__ import annotations
 
 from ..options import HetaOptions
+from .levels import coarse_groups
 from .partition import UnitSpan, partition
 from .segment import paragraph_spans, sentence_spans
 
@@ -25,28 +27,57 @@ def unit_ranges(units: list[UnitSpan]) -> list[tuple[int, int]]:
     return [(u.start, u.end) for u in units]
 
 
-def unit_results(units: list[UnitSpan], scores, tokens: list[str], text: str | None) -> list:
-    """One :class:`heta_fast.result.Unit` per unit, with its numbers from the engine's ``UnitScores`` and its
-    rank by score (1 = best)."""
+def unit_results(units: list[UnitSpan], scores, tokens: list[str], text: str | None,
+                 groups: list[list[int]] | None = None, coarse_kind: str = "block") -> tuple[list, list | None]:
+    """The result's :class:`heta_fast.result.Unit` entries from the engine's ``UnitScores``: one per unit, and with
+    levels (``groups``) one per coarse unit (else None).
+
+    Ranks (1 = best): the scored units by score, then the units of coarse units that were not expanded, which are
+    reported unscored with their parent's score (SPEC §6), ordered by that score and then by their own gate M_u.
+    """
     from ..result import Unit
 
-    vals = [float(v) for v in scores.scores]
-    order = sorted(range(len(vals)), key=lambda j: -vals[j])
-    rank = {j: r + 1 for r, j in enumerate(order)}
-    refined = set(scores.refined)
-
     def at(x, j):
-        return None if x is None else float(x[j])
+        return None if x is None or x[j] != x[j] else float(x[j])
 
+    def shown(u: UnitSpan) -> tuple[str, tuple[int, int] | None]:
+        if u.char_start is not None and text is not None:
+            return text[u.char_start : u.char_end], (u.char_start, u.char_end)
+        return "".join(tokens[u.start : u.end]), None
+
+    coarse_out = None
+    parent_score = None
+    if scores.coarse is not None:
+        c = scores.coarse
+        spans = [UnitSpan(units[g[0]].start, units[g[-1]].end,
+                          next((units[j].char_start for j in g if units[j].char_start is not None), None),
+                          next((units[j].char_end for j in reversed(g) if units[j].char_end is not None), None),
+                          coarse_kind) for g in groups]
+        c_rank = _ranks([float(v) for v in c.scores])
+        expanded = {scores.parent[j] for j, ok in enumerate(scores.scored) if ok}
+        coarse_out = [Unit(*shown(u), token_range=(u.start, u.end), kind=u.kind, score=float(c.scores[j]),
+                           M=at(c.M, j), S=at(c.S, j), I=at(c.I, j), rank=c_rank[j], refined=j in expanded, level=1)
+                      for j, u in enumerate(spans)]
+        parent_score = [float(c.scores[scores.parent[j]]) for j in range(len(units))]
+    scored = scores.scored
+    vals = [float(v) if ok else parent_score[j] for j, (v, ok) in enumerate(zip(scores.scores.tolist(), scored, strict=True))]
+    m_vals = [0.0 if scores.M is None else float(scores.M[j]) for j in range(len(units))]
+    rank = _ranks(vals, key=lambda j: (not scored[j], -vals[j], -m_vals[j]))
+    refined = set(scores.refined)
     out = []
     for j, u in enumerate(units):
-        has_chars = u.char_start is not None and text is not None
-        shown = text[u.char_start : u.char_end] if has_chars else "".join(tokens[u.start : u.end])
-        out.append(Unit(text=shown, char_span=(u.char_start, u.char_end) if has_chars else None,
-                        token_range=(u.start, u.end), kind=u.kind, score=vals[j], M=at(scores.M, j),
-                        S=at(scores.S, j), I=at(scores.I, j), rank=rank[j], refined=j in refined))
-    return out
+        txt, span = shown(u)
+        out.append(Unit(text=txt, char_span=span, token_range=(u.start, u.end), kind=u.kind, score=vals[j],
+                        M=at(scores.M, j), S=at(scores.S, j), I=at(scores.I, j), rank=rank[j], refined=j in refined,
+                        scored=scored[j], parent=None if scores.parent is None else scores.parent[j],
+                        level=1 if scores.coarse is None else 2))
+    return out, coarse_out
 
 
-__all__ = ["UnitSpan", "context_units", "paragraph_spans", "partition", "sentence_spans", "unit_ranges",
+def _ranks(vals: list[float], key=None) -> dict[int, int]:
+    order = sorted(range(len(vals)), key=key or (lambda j: -vals[j]))
+    return {j: r + 1 for r, j in enumerate(order)}
+
+
+__all__ = ["UnitSpan", "coarse_groups", "context_units", "paragraph_spans", "partition", "sentence_spans", "unit_ranges",
            "unit_results"]

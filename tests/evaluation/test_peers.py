@@ -9,8 +9,6 @@ from heta_fast import HetaInputError
 from heta_fast.evaluation import peers
 from heta_fast.testing import hf_char_tokenizer
 
-
-
 TARGET = 5
 NEEDLE = 40  # the one token whose presence raises the target's logit
 

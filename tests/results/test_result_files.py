@@ -31,10 +31,14 @@ def _expected_scores(r: Attribution) -> list[float]:
 
 def _as_current(raw: dict) -> dict:
     """A stored older-1.x result as the current version writes it: its schema_version, and the fields added
-    since with their empty values (1.2: units None). Nothing else may change."""
+    since with their empty values (1.2: units None; 1.3: coarse_units None, a unit scored at level 1 without a
+    parent). Nothing else may change."""
     if "targets" in raw:
         return {**raw, "schema_version": SCHEMA_VERSION, "targets": [_as_current(t) for t in raw["targets"]]}
-    return {**raw, "schema_version": SCHEMA_VERSION, "units": raw.get("units")}
+    units = raw.get("units")
+    if units is not None:
+        units = [{"scored": True, "parent": None, "level": 1, **u} for u in units]
+    return {**raw, "schema_version": SCHEMA_VERSION, "units": units, "coarse_units": raw.get("coarse_units")}
 
 
 def test_stored_single_result_loads_into_the_right_fields_and_round_trips():

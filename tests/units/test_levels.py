@@ -1,0 +1,132 @@
+"""Levels (SPEC §6): coarse units first, then the units inside the best of them only.
+
+Checked against one-level runs of the same text: level 1's numbers are those of the coarse units scored on their
+own (as caller spans), level 2's S and I those of the same units in a one-level run (S_u and I_u of a unit do not
+depend on the other units), re-normalised over the scored units; unexpanded units are unscored, never zero.
+"""
+
+import json
+
+import pytest
+import torch
+
+from heta_fast import Attributor
+from heta_fast.errors import HetaInputError
+from heta_fast.options import HetaOptions
+from heta_fast.result import Attribution
+from heta_fast.testing import CharTokenizer, tiny_model
+from heta_fast.units import coarse_groups, partition
+from heta_fast.units.levels import AUTO_MIN_PER_EXPANDED
+
+# Three paragraphs of 2, 3 and 2 sentences (the context ends inside the last one).
+TEXT = "Ann met Bob. Bob ran.\n\nIt rained. We ate. Cy sang.\n\nDo go. Ok now"
+OPTS = dict(num_probes=2, seed=1, hessian="exact")
+
+
+@pytest.fixture(scope="module")
+def attributor():
+    return Attributor(tiny_model("llama"), CharTokenizer())
+
+
+def _fine(text=TEXT):
+    enc = CharTokenizer()(text, return_offsets_mapping=True)
+    offsets = [tuple(o) for o in enc["offset_mapping"]][1:]  # the BOS is the sink
+    return partition("sentence", text, offsets, len(offsets) - 1)
+
+
+def test_paragraph_groups_are_runs_of_whole_sentences():
+    fine = _fine()
+    groups = coarse_groups("paragraph", fine, TEXT, expand=1)
+    assert groups == [[0, 1], [2, 3, 4], [5, 6]]
+    assert coarse_groups("none", fine, TEXT, expand=1) is None
+
+
+def test_blocks_cover_every_unit_in_order_about_sqrt_of_expand_times_units():
+    text = " ".join(f"Fact {i} is here." for i in range(40))
+    fine = _fine(text)
+    for expand in (1, 2, 4):
+        groups = coarse_groups("block", fine, text, expand)
+        assert [j for g in groups for j in g] == list(range(len(fine)))
+        target = round((expand * len(fine)) ** 0.5)
+        assert abs(len(groups) - target) <= 2, (expand, len(groups), target)
+    # auto: one level below AUTO_MIN_PER_EXPANDED · expand units, blocks from there on
+    assert coarse_groups("auto", fine[:AUTO_MIN_PER_EXPANDED * 2 - 1], text, 2) is None
+    assert coarse_groups("auto", fine, text, 2) == coarse_groups("block", fine, text, 2)
+
+
+def test_blocks_close_at_paragraph_breaks():
+    paras = ["A b. C d. E f. G h.", "I j. K l. M n. O p."]
+    text = "\n\n".join(paras)
+    fine = _fine(text)
+    groups = coarse_groups("block", fine, text, expand=1)  # ~3 blocks of 8 sentences: the break falls mid-block
+    first_of_second = next(j for j, u in enumerate(fine) if u.char_start is not None and text[u.char_start:].lstrip()
+                           .startswith("I j."))
+    assert any(g[0] == first_of_second for g in groups)
+
+
+@pytest.mark.parametrize("kw", [{}, {"hessian": "lowrank", "rank": 8, "lowrank_passes": 1}], ids=["exact", "lowrank"])
+def test_levels_equal_one_level_runs_of_the_same_units(attributor, kw):
+    opts = {**OPTS, **kw}
+    r = attributor.attribute(TEXT, units="sentence", coarse="paragraph", expand=1, **opts)
+    assert [u.text.strip()[:6] for u in r.coarse_units] == ["Ann me", "It rai", "Do go."]
+    # Level 1: the paragraphs scored as the caller's spans.
+    spans = [u.char_span for u in r.coarse_units]
+    as_spans = attributor.attribute(TEXT, spans=spans, **opts)
+    same = [u for u in as_spans.units if u.kind == "span"]
+    for name in ("M", "S", "I", "score"):
+        a = torch.tensor([getattr(u, name) for u in r.coarse_units])
+        b = torch.tensor([getattr(u, name) for u in same])
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-9), name
+    best = max(range(3), key=lambda c: r.coarse_units[c].score)
+    assert [c.refined for c in r.coarse_units] == [c == best for c in range(3)]
+    # Level 2: the expanded paragraph's sentences, with the S and I of a one-level run, normalised over themselves.
+    flat = attributor.attribute(TEXT, units="sentence", **opts)
+    scored = [j for j, u in enumerate(r.units) if u.scored]
+    assert scored and all(r.units[j].parent == best for j in scored)
+    assert all(u.parent == best for u in r.units if u.scored) and all(u.level == 2 for u in r.units)
+    S = torch.tensor([flat.units[j].S for j in scored], dtype=torch.float64)
+    I = torch.tensor([flat.units[j].I for j in scored], dtype=torch.float64)
+    M = torch.tensor([flat.units[j].M for j in scored], dtype=torch.float64)
+    assert torch.allclose(torch.tensor([r.units[j].S for j in scored], dtype=torch.float64), S, rtol=1e-5)
+    assert torch.allclose(torch.tensor([r.units[j].I for j in scored], dtype=torch.float64), I, rtol=1e-5)
+    expect = M * (0.5 * S / S.sum() + 0.5 * I / I.sum())
+    assert torch.allclose(torch.tensor([r.units[j].score for j in scored], dtype=torch.float64), expect, rtol=1e-5)
+    # Unscored units: no S or I, their parent's score (never zero), ranked after every scored unit.
+    for u in r.units:
+        if not u.scored:
+            assert u.S is None and u.I is None and u.M is not None
+            assert u.score == r.coarse_units[u.parent].score
+    assert sorted(u.rank for u in r.units if u.scored) == list(range(1, len(scored) + 1))
+
+
+def test_levels_fast_and_reference_engines_agree_and_refine_scored_units(attributor):
+    kw = dict(units="sentence", coarse="paragraph", expand=2, refine=1, **OPTS)
+    fast = attributor.attribute(TEXT, **kw)
+    ref = attributor.attribute(TEXT, engine="reference", **kw)
+    assert [u.scored for u in fast.units] == [u.scored for u in ref.units]
+    for name in ("M", "S", "I", "score"):
+        a = torch.tensor([float("nan") if getattr(u, name) is None else getattr(u, name) for u in fast.units])
+        b = torch.tensor([float("nan") if getattr(u, name) is None else getattr(u, name) for u in ref.units])
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6, equal_nan=True), name
+    refined = [u for u in fast.units if u.refined]
+    assert len(refined) == 1 and refined[0].scored and refined[0].rank == 1
+    inside = set(range(*refined[0].token_range))
+    assert {i for i, v in enumerate(fast.S) if v is not None} == inside
+
+
+def test_levels_round_trip_through_json(attributor, tmp_path):
+    r = attributor.attribute(TEXT, units="sentence", coarse="paragraph", expand=1, **OPTS)
+    d = json.loads(r.to_json())
+    assert d["coarse_units"] and {"scored", "parent", "level"} <= set(d["units"][0])
+    back = Attribution.from_dict(d)
+    assert back.to_dict() == r.to_dict()
+    assert "Ann met Bob." in r.to_html()
+
+
+def test_coarse_needs_finer_units():
+    with pytest.raises(HetaInputError, match="coarse"):
+        HetaOptions(coarse="block")  # tokens have nothing finer to expand into
+    with pytest.raises(HetaInputError, match="coarse"):
+        HetaOptions(units="paragraph", coarse="paragraph")
+    assert HetaOptions(coarse="auto").units == "token"  # auto is a no-op on tokens (a preset may set it)
+    assert HetaOptions(units="paragraph", coarse="block").coarse == "block"
