@@ -6,6 +6,7 @@ and building results. The numbers come from :class:`heta_fast.engine.Engine`.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -16,11 +17,15 @@ from .engine import Engine, Explanation
 from .errors import HetaInputError, NumericalError
 from .hf import ModelAdapter
 from .options import HetaOptions, is_integer, options_from_preset, resolve_layers
+from .plan import CostPlan, calibrate, make_plan, resolve_max_memory
 from .progress import StopCheck, check_stop
 from .result import Attribution, AttributionSequence, floats
 from .sinks import leading_special_count, resolve_sink
 from .tokenizers import check_text
 from .units import UnitSpan, coarse_groups, context_units, unit_ranges, unit_results
+
+# With progress bars on, a run the plan puts above this many seconds prints the plan first.
+LONG_RUN_SECONDS = 30
 
 
 @dataclass
@@ -199,9 +204,7 @@ class Attributor:
     def _attribute(self, text_or_ids, target, generate, probes, opts: HetaOptions, should_stop: StopCheck | None):
         base = self._encode(text_or_ids, opts.special_tokens)
         lead = self._lead(base, opts)
-        # Record the sink (the lead's first token) and the layers actually used, not "auto".
-        opts = opts.replace(sink_token=lead[0] if lead else None,
-                            layers=resolve_layers(opts.layers, self.adapter.num_layers))
+        opts = self._resolved(opts, lead)
         if generate is not None:
             if generate < 1:
                 raise HetaInputError(f"generate must be >= 1, got {generate}")
@@ -230,6 +233,12 @@ class Attributor:
             raise HetaInputError("probes= can only be given for a single target")
         units = None if opts.units == "token" else [context_units(opts, enc.text, enc.offsets, t) for t in positions]
         groups = None if units is None else [coarse_groups(opts.coarse, u, enc.text, opts.expand) for u in units]
+        if self.progress:  # a long run says what it will do before it starts
+            plan = make_plan(self.adapter, opts, positions, lead=len(lead), prompt_tokens=enc.prompt_len,
+                             units=None if units is None else [unit_ranges(u) for u in units], groups=groups,
+                             calibration=calibrate(self.adapter, self.name))
+            if (plan.seconds or 0) > LONG_RUN_SECONDS:
+                print(plan.summary(), file=sys.stderr)
         explained = self.engine.explain(enc.ids, positions, opts, probes=probes, lead=enc.ids.new_tensor(lead),
                                         units=None if units is None else [unit_ranges(u) for u in units],
                                         groups=groups, should_stop=should_stop)
@@ -239,6 +248,52 @@ class Attributor:
             for res, spans, g, ex in zip(results, units, groups, explained, strict=True):
                 res.units, res.coarse_units = unit_results(spans, ex.units, res.tokens, enc.text, g, kind)
         return results[0] if len(positions) == 1 and not isinstance(target, str) and generate is None else results
+
+    def plan(self, text_or_ids, target: int | str | None = None, *, generate: int | None = None,
+             preset: str | None = None, seconds: bool = True, **overrides) -> CostPlan:
+        """What ``attribute`` with the same arguments would do, without running it: windows or levels, units,
+        token passes and peak memory per stage, and (``seconds=True``) seconds on this machine from a one-time
+        calibration (:func:`heta_fast.plan.calibrate`, a few seconds the first time). Work that depends on
+        results (level 2, ``refine``) is counted as its upper bound. ``plan.fits`` is False, with
+        ``plan.problem`` naming the option to change, when a stage would not fit ``max_memory``.
+
+        Raises:
+            HetaInputError: as :meth:`attribute` would (empty text, target out of range, bad options).
+        """
+        opts = options_from_preset(preset, **overrides) if preset else self.options.replace(**overrides)
+        check_target(target)
+        if generate is not None and (not is_integer(generate) or generate < 1):
+            raise HetaInputError(f"generate must be a positive integer, got {generate!r}")
+        base = self._encode(text_or_ids, opts.special_tokens)
+        lead = self._lead(base, opts)
+        opts = self._resolved(opts, lead)
+        units = None
+        if generate is not None:  # the generated text is not known yet: its tokens count as units of one token
+            positions = list(range(base.prompt_len, base.prompt_len + generate))
+            if opts.units != "token":
+                prompt = unit_ranges(context_units(opts, base.text, base.offsets, base.prompt_len))
+                units = [prompt + [(i, i + 1) for i in range(base.prompt_len, t)] for t in positions]
+            groups = None
+        else:
+            enc = self._with_continuation(base, target) if isinstance(target, str) else base
+            positions = (list(range(enc.prompt_len, enc.ids.numel())) if isinstance(target, str)
+                         else [target_position(enc.ids.numel(), target)])
+            spans = None if opts.units == "token" else [context_units(opts, enc.text, enc.offsets, t) for t in positions]
+            if spans is not None:
+                units = [unit_ranges(u) for u in spans]
+                groups = [coarse_groups(opts.coarse, u, enc.text, opts.expand) for u in spans]
+            else:
+                groups = None
+        cal = calibrate(self.adapter, self.name) if seconds else None
+        return make_plan(self.adapter, opts, positions, lead=len(lead), prompt_tokens=base.prompt_len,
+                         generate=generate or 0, units=units, groups=groups, calibration=cal)
+
+    def _resolved(self, opts: HetaOptions, lead: list[int]) -> HetaOptions:
+        """The options as run and recorded: the sink (the lead's first token), the layers and the memory budget
+        actually used, not "auto"."""
+        return opts.replace(sink_token=lead[0] if lead else None,
+                            layers=resolve_layers(opts.layers, self.adapter.num_layers),
+                            max_memory=resolve_max_memory(opts.max_memory, self.adapter.device))
 
     def units(self, text_or_ids, target: int | str | None = None, *, preset: str | None = None,
               **overrides) -> list[UnitSpan]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from .errors import HetaError, HetaInputError
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--profile-trace", metavar="FILE", help="write a torch profiler trace (Chrome/Perfetto JSON)")
     a.add_argument("--report", metavar="FILE", help="write a standalone HTML report (heatmaps of score, M, S, I)")
     a.add_argument("--plot", metavar="FILE", help="write a PNG bar plot of the components")
+    a.add_argument("--plan", action="store_true", help="print what the run would do (windows or levels, units, "
+                   "token passes, peak memory and seconds per stage) and exit without running it; with --json FILE "
+                   "also write the plan as JSON")
     _add_feature_commands(sub)
     return parser
 
@@ -113,6 +117,14 @@ def _attribute_command(args) -> int:
     check_text(args.text)
     options_from_preset(args.preset, **overrides_from_args(args))  # bad options fail before loading, too
     attributor = Attributor.from_pretrained(args.model, preset=args.preset, progress=not args.quiet)
+    if args.plan:
+        plan = attributor.plan(args.text, _target(args.target), generate=args.generate, **overrides_from_args(args))
+        print(plan.summary())
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(plan.to_dict(), f, indent=2)
+            print(f"wrote {args.json}")
+        return 0 if plan.fits else 2
     prof = None
     if args.profile or args.profile_trace:
         from .profiling import profile_attribution

@@ -274,6 +274,10 @@ class Engine:
         (:meth:`ModelAdapter.attached`), never changed. ``should_stop()`` is checked between chunks of work;
         when it returns True the call raises :class:`~heta_fast.errors.HetaCancelled`.
         """
+        if opts.max_memory == "auto":
+            from .plan import resolve_max_memory
+
+            opts = opts.replace(max_memory=resolve_max_memory("auto", self.adapter.device))
         with self.adapter.attached():
             return self._explain(ids, positions, opts, probes, lead, units, groups, should_stop)
 

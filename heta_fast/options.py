@@ -315,9 +315,10 @@ class HetaOptions:
         words=("none", "auto", "paragraph", "block"))
     expand: int = option(2, "with coarse: how many of the best coarse units have their units scored",
                          number=int, minimum=1, metavar="K")
-    max_memory: int = option(2 * 1024**3, "bytes the batched passes may use for intermediates (sets chunk sizes; "
-                             "results do not change)", number=int, minimum=1 << 20, metavar="BYTES",
-                             affects_result=False)
+    max_memory: int | Literal["auto"] = option(
+        "auto", "bytes the batched passes may use for intermediates (sets chunk sizes; results do not change); "
+        "'auto': 60 % of the memory free when the call starts (the GPU's free memory on CUDA)", number=int,
+        minimum=1 << 20, words=("auto",), metavar="BYTES|auto", affects_result=False)
 
     def __post_init__(self):
         for spec in OPTION_SPECS:
@@ -417,11 +418,10 @@ PRESETS: dict[str, dict] = {
     # Long documents, "which sentence?": sentence units over the whole context (no windows), exact unit KL,
     # low-rank S whose cost does not grow with the number of units. At unit level the single-pass range finder
     # ranks like two passes (ρ 0.986 vs 0.975 against exact S, 27 sentences; benchmarks/RESULTS.md) at half the
-    # products. Curvature over the last 6 layers (layers="auto", the default). max_memory: the curvature graph
-    # and one direction over 8,192 tokens are budgeted at 6.9 GiB (measured 6.4), over the default 2 GiB
-    # (measured peaks: benchmarks/RESULTS.md).
-    "document": {"units": "sentence", "hessian": "lowrank", "rank": 16, "lowrank_passes": 1,
-                 "max_memory": 8 * 1024**3},
+    # products. Curvature over the last 6 layers (layers="auto", the default). Levels (coarse="auto"): long
+    # contexts score blocks first and the sentences of the best 2 only (benchmarks/eval/README.md, *Levels*).
+    "document": {"units": "sentence", "hessian": "lowrank", "rank": 16, "lowrank_passes": 1, "coarse": "auto",
+                 "expand": 2},
 }
 
 

@@ -227,6 +227,11 @@ def test_default_model_integration(tmp_path):
                    "--json", str(tmp_path / "o.json"), "--html", str(tmp_path / "o.html")])
     assert rc == 0 and os.path.getsize(tmp_path / "o.html") > 0
     assert json.loads((tmp_path / "o.json").read_text())["target"]["token"] == " Paris"
+    # --plan: what the run would do, without running it
+    rc = cli.main(["attribute", text, "--plan", "--quiet", "--json", str(tmp_path / "plan.json")])
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert rc == 0 and plan["context_tokens"] == len(r.tokens) and plan["seconds"] > 0 and plan["fits"]
+    assert {s["component"] for s in plan["stages"]} == {"gate", "S", "I"}
 
 
 def test_context_too_long_for_memory_budget_names_the_option(attributor):

@@ -20,10 +20,11 @@ from .. import __version__
 from ..api import target_position
 from ..errors import HetaCancelled, HetaInputError, MemoryBudgetError
 from ..options import OPTION_NAMES, PRESETS, HetaOptions, options_from_preset, resolve_layers
+from ..plan import resolve_max_memory
 from ..result import SCHEMA_VERSION
 from ..tokenizers import check_text
 from .errors import ClientGone, FieldError, ServiceBusy
-from .limits import REFERENCE_MAX_TOKENS, ServiceLimits, WorkEstimate, estimate_work, window_count
+from .limits import REFERENCE_MAX_TOKENS, ServiceLimits, WorkEstimate
 
 REQUEST_FIELDS = ("text", "ids", "target", "generate", "preset")
 
@@ -73,15 +74,14 @@ class AttributionService:
         self._active = 0  # admitted requests: the running one and those waiting
         self._mean_seconds = 1.0  # running mean of a request's time on the model (for Retry-After)
         self.stats: Counter = Counter()
+        # The largest max_memory a request may ask for: the operator's cap, or the model's own option with "auto"
+        # resolved once, at start (free memory moves under load; one request's checks must see one budget).
+        self.budget: int = self.limits.max_memory or resolve_max_memory(self.attributor.options.max_memory,
+                                                                        self.attributor.adapter.device)
 
     @property
     def model_name(self) -> str:
         return self.attributor.name
-
-    @property
-    def budget(self) -> int:
-        """The largest ``max_memory`` a request may ask for."""
-        return self.limits.max_memory or self.attributor.options.max_memory
 
     # ------------------------------------------------------------------------------------ checks
     def check_options(self, preset: str | None, options: dict[str, Any]) -> HetaOptions:
@@ -166,6 +166,9 @@ class AttributionService:
             # (a context that does not fit it is refused below, naming max_memory).
             options["max_memory"] = self.budget
         opts = self.check_options(preset, options)
+        if opts.max_memory == "auto":  # the server's budget, fixed now, so the plan and the run use the same
+            options["max_memory"] = self.budget
+            opts = opts.replace(max_memory=self.budget)
         self._check_option_limits(opts)
 
         n_prompt = self._count(text) if text is not None else len(ids)
@@ -180,17 +183,18 @@ class AttributionService:
                              f"allows it for inputs of at most {REFERENCE_MAX_TOKENS} tokens", status=413)
         # Positions as the library numbers them: special tokens in front (a BOS) are the sink, not positions.
         n_context = len(self.attributor.tokenize(text if text is not None else ids, special_tokens=opts.special_tokens))
-        positions = self._positions(n_context, n_cont, target, generate, src_field)
+        self._positions(n_context, n_cont, target, generate, src_field)  # the library's target errors, early
 
-        units = self._units(text, ids, target, preset, options, opts, generate)
-        # Units never carry a window (HetaOptions refuses one), so they count as one window here.
-        windows = max(window_count(t, opts.window, opts.overlap) for t in positions)
-        if windows > lim.max_windows:
-            raise FieldError("options.window", f"window={opts.window}, overlap={opts.overlap} make {windows} windows; "
-                             f"this server allows at most {lim.max_windows} (--max-windows)", status=413)
-        self._check_memory(opts, positions)
-        work = estimate_work(opts, num_layers=self.attributor.adapter.num_layers, positions=positions,
-                             prompt_tokens=n_prompt, generate=generate or 0, units=units)
+        self._units(text, ids, target, preset, options, opts, generate)  # the library's spans errors, early
+        # The engine's own plan: windows, levels, units, passes and memory by the rules the run will follow.
+        plan = self.attributor.plan(text if text is not None else ids, target, generate=generate, preset=preset,
+                                    seconds=False, **options)
+        if plan.windows > lim.max_windows:
+            raise FieldError("options.window", f"window={opts.window}, overlap={opts.overlap} make {plan.windows} "
+                             f"windows; this server allows at most {lim.max_windows} (--max-windows)", status=413)
+        if not plan.fits:
+            raise FieldError("options.max_memory", plan.problem, status=413)
+        work = WorkEstimate(plan.work_parts())
         cost_field = _cost_field(work, opts, src_field)
         if work.total > lim.max_work:
             raise FieldError(cost_field, f"this request needs about {work.total:,.0f} token passes ({work.summary()}), "
@@ -209,23 +213,6 @@ class AttributionService:
             return [(u.start, u.end) for u in self.attributor.units(text if text is not None else ids, target, **kw)]
         except HetaInputError as e:
             raise FieldError(_input_field(e, text is not None), str(e)) from e
-
-    def _check_memory(self, opts: HetaOptions, positions: list[int]) -> None:
-        """The budget checks the batched passes make before their first forward, made before queueing."""
-        from ..curvature.batched import probe_batch_size
-        from ..information.batched import mask_chunk_size
-
-        adapter = self.attributor.adapter
-        lead = 0 if opts.sink_token is None else 1
-        longest = min(max(positions), opts.window or max(positions)) + lead  # the longest window run
-        try:
-            if "S" in opts.components and opts.engine == "fast":
-                probe_batch_size(adapter, longest, longest, opts.max_memory,
-                                 resolve_layers(opts.layers, adapter.num_layers), suffix_graphs=opts.hessian == "exact")
-            if "I" in opts.components and opts.engine == "fast":
-                mask_chunk_size(adapter, longest, opts.max_memory)
-        except MemoryBudgetError as e:
-            raise FieldError("options.max_memory", str(e), status=413) from e
 
     @staticmethod
     def _positions(n_context: int, n_cont: int, target, generate: int | None, src_field: str) -> list[int]:

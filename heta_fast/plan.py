@@ -1,0 +1,390 @@
+"""One cost plan: what an attribution will do, computed from the request alone before any work.
+
+:func:`make_plan` counts, per stage, the *token passes* (one token through the whole model, forward) and the
+bytes of intermediates the batched passes will hold, from the same rules the engine runs by (windows from
+:func:`heta_fast.engine.window_starts`, chunk sizes and budgets from the components' own functions, levels from
+:mod:`heta_fast.units.levels`). Costs in token passes, per target with context n (lead included):
+
+- gate M: n (one recorded forward; the rollouts are cheap);
+- S exact: 4·m·f per row of every unit's suffix (m probes, ≈ 4 passes a Hessian–vector product row, f the
+  fraction of layers differentiated), per level; S low-rank: 4·rank·f·n per pass of the range finder, once for
+  every level and a refinement (they read one factorisation);
+- I: Σ_u (n − start_u) masked suffix rows over the units scored (one level: every unit; with levels, the
+  coarse units plus, as an upper bound, the children of the ``expand`` coarse units whose children cost most;
+  ``refine=k``: the k units whose tokens cost most), plus one clean forward per pass;
+- generate=g: g forwards of the growing text.
+
+Seconds come from a one-time calibration of the machine (:func:`calibrate`: a clean forward at two lengths and a
+few Hessian–vector products of the model, kept per model, device and thread count for the process and in
+``~/.cache/heta_fast/calibration.json``): a row costs ``a + b·kv`` seconds (``kv`` keys it attends to) and an
+HVP row ``c`` forward rows. The plan's numbers are upper bounds where the work depends on results (level 2,
+refinement); ``benchmarks/bench_levels.py`` reports plan against actual.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .errors import MemoryBudgetError
+from .options import HetaOptions
+
+# The reference engine (float64 loops on a copy of the model) costs about this many times the fast one.
+REFERENCE_FACTOR = 4
+
+
+@dataclass
+class Stage:
+    """One stage of a plan: ``component`` (``gate``, ``S``, ``I``, ``generate``), ``name`` as shown (``"I level 1"``),
+    ``passes`` (token passes), ``memory`` (bytes of intermediates at its peak), ``seconds`` (None uncalibrated)."""
+
+    component: str
+    name: str
+    passes: float
+    memory: int = 0
+    seconds: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class CostPlan:
+    """What an attribution will do (see the module docstring): its stages, memory, and seconds.
+
+    ``fits`` is False when a stage needs more than ``max_memory``; ``problem`` then says which and what to
+    change. ``calibration`` holds the machine figures the seconds come from (None: no seconds)."""
+
+    targets: int
+    context_tokens: int
+    windows: int
+    units: int | None
+    coarse_units: int | None
+    expand: int | None
+    stages: list[Stage]
+    max_memory: int
+    fits: bool = True
+    problem: str | None = None
+    calibration: dict | None = None
+    options: dict = field(default_factory=dict)
+
+    @property
+    def passes(self) -> float:
+        return sum(s.passes for s in self.stages)
+
+    @property
+    def peak_memory(self) -> int:
+        return max((s.memory for s in self.stages), default=0)
+
+    @property
+    def seconds(self) -> float | None:
+        if any(s.seconds is None for s in self.stages):
+            return None
+        return sum(s.seconds for s in self.stages)
+
+    def work_parts(self) -> dict[str, float]:
+        """Token passes per component (``gate``, ``S``, ``I``, ``generate``): what a server's limits compare."""
+        parts = {"gate": 0.0, "S": 0.0, "I": 0.0, "generate": 0.0}
+        for s in self.stages:
+            parts[s.component] += s.passes
+        return parts
+
+    def summary(self) -> str:
+        """The plan as a few lines of text (what ``heta-fast attribute --plan`` prints)."""
+        what = f"{self.units} units" if self.units is not None else "tokens"
+        if self.coarse_units is not None:
+            what += f" in {self.coarse_units} coarse units, the best {self.expand} expanded"
+        head = (f"plan: {self.targets} target(s), context {self.context_tokens} tokens, {what}, "
+                f"{self.windows} window(s); {self.passes:,.0f} token passes")
+        if self.seconds is not None:
+            head += f", about {_duration(self.seconds)} on this machine"
+        lines = [head + f"; peak {_gib(self.peak_memory)} of max_memory {_gib(self.max_memory)}"]
+        for s in self.stages:
+            secs = "" if s.seconds is None else f"  ~{_duration(s.seconds)}"
+            lines.append(f"  {s.name:<12} {s.passes:>14,.0f} passes  {_gib(s.memory):>9}{secs}  {s.detail}")
+        if not self.fits:
+            lines.append(f"  does not fit: {self.problem}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(passes=self.passes, peak_memory=self.peak_memory, seconds=self.seconds)
+        return d
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.2f} GiB"
+
+
+def _duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+# ------------------------------------------------------------------------------------------- the plan
+def make_plan(adapter, opts: HetaOptions, positions: list[int], *, lead: int, prompt_tokens: int,
+              generate: int = 0, units: list[list[tuple[int, int]]] | None = None,
+              groups: list[list[list[int]] | None] | None = None, calibration: dict | None = None) -> CostPlan:
+    """The plan of explaining ``positions`` (context lengths t) with ``opts`` (resolved: ``layers`` a number or
+    None, ``max_memory`` bytes), ``lead`` tokens in front of every run (the sink, a BOS).
+
+    ``units``/``groups``: per target, as :meth:`heta_fast.engine.Engine.explain` takes them (None for tokens).
+    """
+    from .engine import window_starts
+
+    layers = opts.layers
+    f = 1.0 if layers is None else layers / adapter.num_layers
+    comps = opts.components
+    stages: list[Stage] = []
+    n_max = max(positions) + lead
+    shared = units is None and len(positions) > 1 and opts.engine == "fast" and (
+        opts.window is None or max(positions) <= opts.window)
+    windows = 1
+    if units is None and shared:
+        if "M" in comps:
+            stages.append(Stage("gate", "gate", n_max))
+        if "S" in comps:
+            stages.append(Stage("S", "S", sum(_s_passes(opts, t + lead, f) for t in positions)))
+        if "I" in comps:
+            stages.append(Stage("I", "I", n_max * (n_max + 1) / 2 + n_max))
+    elif units is None:
+        gate = s = i = 0.0
+        for t in positions:
+            starts = window_starts(t, opts.window, opts.overlap)
+            windows = max(windows, len(starts))
+            w = min(t, opts.window or t) + lead
+            gate += len(starts) * w
+            s += len(starts) * _s_passes(opts, w, f)
+            i += len(starts) * (w * (w + 1) / 2 + w)
+        stages += [Stage("gate", "gate", gate)] * ("M" in comps) + [Stage("S", "S", s)] * ("S" in comps) + \
+            [Stage("I", "I", i)] * ("I" in comps)
+    else:
+        groups = groups or [None] * len(positions)
+        for t, ranges, g in zip(positions, units, groups, strict=True):
+            stages += _unit_stages(opts, t + lead, [(a + lead, b + lead) for a, b in ranges], g, f)
+        stages = _merge(stages)
+    if generate:
+        stages.append(Stage("generate", "generate", sum(prompt_tokens + lead + i for i in range(generate))))
+    if opts.engine == "reference":
+        for s in stages:
+            s.passes *= REFERENCE_FACTOR
+    n_units = None if units is None else len(units[-1])
+    n_coarse = None
+    if groups and groups[-1] is not None:
+        n_coarse = len(groups[-1])
+    plan = CostPlan(targets=len(positions), context_tokens=max(positions), windows=windows, units=n_units,
+                    coarse_units=n_coarse, expand=opts.expand if n_coarse is not None else None, stages=stages,
+                    max_memory=opts.max_memory, options=opts.to_dict())
+    longest = min(max(positions), opts.window or max(positions)) + lead
+    _memory(adapter, opts, plan, longest, layers)
+    if calibration is not None:
+        plan.calibration = calibration
+        for s in plan.stages:
+            s.seconds = _seconds(calibration, s, longest, f)
+    return plan
+
+
+def _s_passes(opts: HetaOptions, n: int, f: float, rows: float | None = None) -> float:
+    """Token passes of S over a run of n tokens: exact over ``rows`` suffix rows (every token's by default)."""
+    if opts.hessian == "exact":
+        return 4 * opts.num_probes * f * (n * (n + 1) / 2 if rows is None else rows)
+    return 4 * opts.rank * opts.lowrank_passes * f * n
+
+
+def _unit_stages(opts: HetaOptions, n: int, ranges: list[tuple[int, int]], groups, f: float) -> list[Stage]:
+    """The stages of one unit run over n tokens: its levels and refinement (upper bounds where results decide)."""
+    comps = opts.components
+    suffix = [n - a for a, _ in ranges]  # masking a unit recomputes its suffix
+    out = [Stage("gate", "gate", n)] if "M" in comps else []
+    lowrank = opts.hessian == "lowrank"
+    levels: list[tuple[str, float, int]] = []  # (name, masked suffix rows, units)
+    if groups is None:
+        levels.append(("", sum(suffix), len(ranges)))
+        scored = list(range(len(ranges)))
+    else:
+        coarse_rows = [n - ranges[g[0]][0] for g in groups]
+        child_rows = sorted(((sum(suffix[j] for j in g), g) for g in groups), key=lambda x: -x[0])[: opts.expand]
+        levels.append((" level 1", sum(coarse_rows), len(groups)))
+        levels.append((" level 2", sum(r for r, _ in child_rows), sum(len(g) for _, g in child_rows)))
+        scored = [j for _, g in child_rows for j in g]
+    if opts.refine:
+        token_rows = sorted((sum(n - i for i in range(*ranges[j])), ranges[j][1] - ranges[j][0]) for j in scored)
+        best = token_rows[-opts.refine:]
+        levels.append((" refine", sum(r for r, _ in best), sum(c for _, c in best)))
+    if "S" in comps:
+        if lowrank:
+            out.append(Stage("S", "S", _s_passes(opts, n, f), detail=f"{opts.rank * opts.lowrank_passes} products"))
+        else:
+            for name, rows, count in levels:
+                out.append(Stage("S", "S" + name, _s_passes(opts, n, f, rows), detail=f"{count} units"))
+    if "I" in comps:
+        for name, rows, count in levels:
+            out.append(Stage("I", "I" + name, rows + n, detail=f"{count} units"))
+    return out
+
+
+def _merge(stages: list[Stage]) -> list[Stage]:
+    """Stages of several targets summed by name (in first-seen order)."""
+    out: dict[str, Stage] = {}
+    for s in stages:
+        if s.name in out:
+            out[s.name].passes += s.passes
+        else:
+            out[s.name] = Stage(s.component, s.name, s.passes, s.memory, s.seconds, s.detail)
+    return list(out.values())
+
+
+def _memory(adapter, opts: HetaOptions, plan: CostPlan, n: int, layers: int | None) -> None:
+    """Bytes of intermediates per stage (the components' own budget rules); marks the plan unfit, naming what to
+    change, when a stage cannot fit ``max_memory``."""
+    from .curvature.batched import cpu_slice, curvature_bytes, probe_batch_size
+    from .information.batched import mask_chunk_size, mask_row_bytes
+
+    elem = torch.finfo(adapter.dtype).bits // 8
+    forward = n * (8 * adapter.hidden_size + 3 * adapter.ffn_width) * elem
+    cache = 2 * adapter.num_layers * n * adapter.num_kv_heads * adapter.head_dim * elem
+    for s in plan.stages:
+        try:
+            if s.component in ("gate", "generate"):
+                s.memory = forward
+            elif s.component == "S" and opts.engine == "fast":
+                batch = probe_batch_size(adapter, n, n, opts.max_memory, layers,
+                                         suffix_graphs=opts.hessian == "exact")
+                if adapter.device.type == "cpu":
+                    batch = min(batch, cpu_slice(n))
+                factors = 2 * opts.rank * n * adapter.hidden_size * 4 if opts.hessian == "lowrank" else 0
+                s.memory = curvature_bytes(adapter, n, n, layers, batch) + factors
+            elif s.component == "I" and opts.engine == "fast":
+                chunk = mask_chunk_size(adapter, n, opts.max_memory)
+                s.memory = chunk * mask_row_bytes(adapter, n) + cache + 8 * adapter.vocab_size
+        except MemoryBudgetError as e:
+            plan.fits = False
+            plan.problem = f"{s.name}: {e}" + ("" if opts.units == "token" else
+                                               "; with units, coarse='auto' and a smaller layers= cut the work too")
+            return
+
+
+def _seconds(cal: dict, s: Stage, n: int, f: float) -> float:
+    """Seconds of a stage from the calibration: a forward row attending to n keys costs a + b·n; an HVP row
+    ``hvp`` forward rows at f = 1 (the passes already count 4 per HVP row and the layer fraction)."""
+    row = cal["row_a"] + cal["row_b"] * n
+    if s.component == "S":
+        return s.passes / 4 * cal["hvp_rows"] * row
+    return s.passes * row
+
+
+# ---------------------------------------------------------------------------------------- calibration
+_CALIBRATIONS: dict[tuple, dict] = {}
+
+
+def calibration_key(adapter, name: str) -> tuple:
+    return (name, str(adapter.dtype), adapter.device.type, torch.get_num_threads(), _cpu_model())
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return os.uname().machine
+
+
+def calibrate(adapter, name: str, *, lengths: tuple[int, int] = (128, 512), cache_file: str | None = None) -> dict:
+    """Machine figures of this model (measured once per process, model, dtype, device, threads and CPU; also kept in
+    ``cache_file``, default ``~/.cache/heta_fast/calibration.json``): ``row_a`` + ``row_b``·kv seconds per forward
+    row, from clean forwards at two lengths; ``hvp_rows``: forward rows one Hessian–vector row costs."""
+    key = calibration_key(adapter, name)
+    if key in _CALIBRATIONS:
+        return _CALIBRATIONS[key]
+    path = cache_file or os.path.join(_cache_dir(), "calibration.json")
+    stored = _read(path)
+    skey = json.dumps(key)
+    if skey in stored:
+        _CALIBRATIONS[key] = stored[skey]
+        return stored[skey]
+    from .curvature import lowrank_curvature
+    from .probes import draw_probes
+
+    gen = torch.Generator().manual_seed(0)
+    per_row = []
+    with adapter.attached():
+        for n in lengths:
+            ids = torch.randint(0, adapter.vocab_size, (n,), generator=gen).to(adapter.device)
+            with torch.no_grad():
+                adapter.forward(adapter.embed(ids[:8]))  # warm up
+                t0 = time.perf_counter()
+                adapter.forward(adapter.embed(ids))
+                per_row.append((time.perf_counter() - t0) / n)
+        b = max(0.0, (per_row[1] - per_row[0]) / (lengths[1] - lengths[0]))
+        a = max(1e-9, per_row[0] - b * lengths[0])
+        n = lengths[0]
+        ids = torch.randint(0, adapter.vocab_size, (n,), generator=gen).to(adapter.device)
+        probes = draw_probes(n, 1, adapter.hidden_size, 0)
+        t0 = time.perf_counter()
+        lowrank_curvature(adapter, ids, int(ids[-1]), probes=probes, rank=2, lowrank_passes=1, layers=None)
+        hvp_seconds = (time.perf_counter() - t0) / 2  # two products (the graph's build shared between them)
+    cal = {"row_a": a, "row_b": b, "hvp_rows": hvp_seconds / (n * (a + b * n)), "measured": time.time()}
+    _CALIBRATIONS[key] = cal
+    stored[skey] = cal
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(stored, fh, indent=1)
+    except OSError:
+        pass  # a read-only home: the figures stay in this process
+    return cal
+
+
+def _cache_dir() -> str:
+    from .models import cache_dir
+
+    return str(cache_dir())
+
+
+def _read(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+# ------------------------------------------------------------------------------------------ memory default
+def available_memory(device: torch.device) -> int:
+    """Bytes free for intermediates now: on CUDA the device's free memory, on the CPU the kernel's MemAvailable
+    (the physical memory when that cannot be read)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2 * 1024**3
+
+
+# max_memory="auto": this share of the memory free when the call starts (the rest for the model's own tensors,
+# the allocator's slack and the rest of the machine), at least MIN_AUTO_MEMORY.
+AUTO_MEMORY_SHARE = 0.6
+MIN_AUTO_MEMORY = 256 * 1024**2
+
+
+def resolve_max_memory(value, device: torch.device) -> int:
+    """The ``max_memory`` option as bytes: ``"auto"`` becomes :data:`AUTO_MEMORY_SHARE` of the free memory."""
+    if value == "auto":
+        return max(MIN_AUTO_MEMORY, int(AUTO_MEMORY_SHARE * available_memory(device)))
+    return int(value)
+
+
+__all__ = ["CostPlan", "Stage", "available_memory", "calibrate", "make_plan", "resolve_max_memory"]
