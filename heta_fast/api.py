@@ -20,6 +20,7 @@ from .options import HetaOptions, is_integer, options_from_preset, resolve_layer
 from .plan import CostPlan, calibrate, make_plan, resolve_max_memory
 from .progress import StopCheck, check_stop
 from .result import Attribution, AttributionSequence, floats
+from .sharding import Shard
 from .sinks import leading_special_count, resolve_sink
 from .tokenizers import check_text
 from .units import UnitSpan, coarse_groups, context_units, unit_ranges, unit_results
@@ -45,6 +46,9 @@ class Attributor:
         tokenizer: its tokenizer; optional when you pass token ids.
         options: default :class:`HetaOptions` (``attribute`` may override any of them).
         progress: show progress bars for long work.
+        shard: split each attribution's work over the ranks of a process group (:class:`heta_fast.sharding.Shard`,
+            e.g. ``Shard.from_process_group()`` under ``torchrun``); every rank makes the same calls and gets the
+            whole result, for documents that outgrow one machine's time.
 
     The model is not changed: heta_fast runs on a working view of it that shares its weights
     (:func:`heta_fast.hf.adapter.working_view`: eval mode, frozen parameters and heta_fast's recording
@@ -54,13 +58,13 @@ class Attributor:
     """
 
     def __init__(self, model, tokenizer=None, *, options: HetaOptions | None = None, progress: bool = False,
-                 name: str | None = None):
+                 name: str | None = None, shard: Shard | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.options = options or HetaOptions()
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
         self.adapter = ModelAdapter(model)
-        self.engine = Engine(self.adapter, progress=progress)
+        self.engine = Engine(self.adapter, progress=progress, shard=shard)
         if self.adapter.device.type == "cpu":
             tune_malloc_for_tensors()
 
@@ -75,14 +79,16 @@ class Attributor:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "default", *, dtype=torch.float32, device: str = "cpu",
-                        preset: str = "default", progress: bool = False, **options) -> Attributor:
+                        preset: str = "default", progress: bool = False, shard: Shard | None = None,
+                        **options) -> Attributor:
         """Load ``"default"`` (SmolLM2-135M-Instruct), ``"gemma3-270m"`` (both from GGUF wheels, offline) or a
         local HF folder."""
         from .models import load_model, model_display_name
 
         model, tok = load_model(name_or_path, dtype=dtype, device=device)
         name = model_display_name(name_or_path)
-        return cls(model, tok, options=options_from_preset(preset, **options), progress=progress, name=name)
+        return cls(model, tok, options=options_from_preset(preset, **options), progress=progress, name=name,
+                   shard=shard)
 
     # ------------------------------------------------------------------------------------ encoding
     def _encode(self, text_or_ids, special_tokens: str = "keep") -> _Encoded:

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--profile-trace", metavar="FILE", help="write a torch profiler trace (Chrome/Perfetto JSON)")
     a.add_argument("--report", metavar="FILE", help="write a standalone HTML report (heatmaps of score, M, S, I)")
     a.add_argument("--plot", metavar="FILE", help="write a PNG bar plot of the components")
+    a.add_argument("--split-work", action="store_true", help="under torchrun: split this one attribution's S and I "
+                   "over the ranks (gloo on CPUs, NCCL on GPUs); rank 0 prints and writes the result")
     a.add_argument("--plan", action="store_true", help="print what the run would do (windows or levels, units, "
                    "token passes, peak memory and seconds per stage) and exit without running it; with --json FILE "
                    "also write the plan as JSON")
@@ -116,7 +118,24 @@ def _attribute_command(args) -> int:
         raise HetaInputError("empty text: there is nothing to explain")
     check_text(args.text)
     options_from_preset(args.preset, **overrides_from_args(args))  # bad options fail before loading, too
-    attributor = Attributor.from_pretrained(args.model, preset=args.preset, progress=not args.quiet)
+    shard = ctx = None
+    if args.split_work:
+        from .batch.distributed import setup
+        from .sharding import Shard
+
+        ctx = setup()
+        shard = Shard(rank=ctx.rank, world_size=ctx.world_size)
+        if not ctx.is_main:  # the other ranks compute their share and say nothing
+            args.quiet, args.json, args.html, args.report, args.plot = True, None, None, None, None
+    try:
+        return _attribute_run(args, Attributor, shard, ctx)
+    finally:
+        if ctx is not None:
+            ctx.close()
+
+
+def _attribute_run(args, Attributor, shard, ctx) -> int:
+    attributor = Attributor.from_pretrained(args.model, preset=args.preset, progress=not args.quiet, shard=shard)
     if args.plan:
         plan = attributor.plan(args.text, _target(args.target), generate=args.generate, **overrides_from_args(args))
         print(plan.summary())
@@ -134,6 +153,8 @@ def _attribute_command(args) -> int:
         res = prof.result
     else:
         res = attributor.attribute(args.text, _target(args.target), generate=args.generate, **overrides_from_args(args))
+    if ctx is not None and not ctx.is_main:
+        return 0
     _print_result(res, args)
     if prof is not None:
         print(prof.summary())

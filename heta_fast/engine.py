@@ -35,6 +35,7 @@ from .information import information_batched, information_multi, information_ref
 from .options import HetaOptions
 from .probes import check_probes, draw_probes
 from .progress import StageBars, StopCheck, check_stop, progress_bar
+from .sharding import Shard
 from .units.levels import group_ranges
 from .units.ranges import check_units, unit_sums
 
@@ -96,12 +97,14 @@ def evaluate(
     mask_vec: Tensor | None,
     units: list[tuple[int, int]] | None = None,
     progress: Callable[[str, int], None] | None = None,
+    shard: Shard | None = None,
 ) -> Components:
     """The requested components for context ``ids [t]`` (prediction position t−1) and ``target_id``.
 
     ``opts.engine == "fast"`` runs the batched paths, ``"reference"`` the float64 loops; both take the same
     probes and give the same numbers up to floating-point error (the tests hold them to that).
-    With ``units`` (``(start, end)`` ranges, SPEC §6) S and I are per unit; M is always per token.
+    With ``units`` (``(start, end)`` ranges, SPEC §6) S and I are per unit; M is always per token. ``shard``:
+    S and I split over the ranks of a process group (:mod:`heta_fast.sharding`; fast engine), the same numbers.
     """
     timings: dict[str, float] = {}
     M = S = I = None
@@ -120,7 +123,8 @@ def evaluate(
         kw = dict(probes=probes, units=units, hessian=opts.hessian, rank=opts.rank,
                   lowrank_passes=opts.lowrank_passes, curvature=opts.curvature, layers=opts.layers, seed=opts.seed)
         if fast:
-            S = sensitivity_batched(adapter, ids, target_id, max_memory=opts.max_memory, progress=tick("S"), **kw)
+            S = sensitivity_batched(adapter, ids, target_id, max_memory=opts.max_memory, progress=tick("S"),
+                                    shard=shard, **kw)
         else:
             S = sensitivity_reference(adapter, ids, target_id, **kw)
         timings["hessian"] = time.perf_counter() - t0
@@ -128,7 +132,7 @@ def evaluate(
         t0 = time.perf_counter()
         if fast:
             I = information_batched(adapter, ids, mask_vec, units=units, max_memory=opts.max_memory,
-                                    progress=tick("I"))
+                                    progress=tick("I"), shard=shard)
         else:
             I = information_reference(adapter, ids, mask_vec, units)
         timings["kl"] = time.perf_counter() - t0
@@ -144,6 +148,7 @@ def evaluate_many(
     probes: list[Tensor | None],
     mask_vec: Tensor | None,
     progress: Callable[[str, int], None] | None = None,
+    shard: Shard | None = None,
 ) -> list[Components]:
     """Several targets of one text (positions ``targets``; context of t is 0 … t−1), sharing work.
 
@@ -164,7 +169,7 @@ def evaluate_many(
         t0 = time.perf_counter()
         tick = (lambda n: progress("I", n)) if progress is not None else None
         for slot, I in zip(per, information_multi(adapter, ids, predict_at, mask_vec, max_memory=opts.max_memory,
-                                                  progress=tick), strict=True):
+                                                  progress=tick, shard=shard), strict=True):
             slot["I"] = I
         timings["kl"] = (time.perf_counter() - t0) / len(targets)
     out = []
@@ -173,7 +178,7 @@ def evaluate_many(
         S = None
         if "S" in opts.components:
             comp = evaluate(adapter, ids[:t], int(ids[t]), opts.replace(components=("S",)), probes=pr,
-                            mask_vec=None, progress=progress)
+                            mask_vec=None, progress=progress, shard=shard)
             S, own["hessian"] = comp.S, comp.timings["hessian"]
         out.append(Components(M=slot.get("M"), S=S, I=slot.get("I"), timings=own))
     return out
@@ -241,11 +246,14 @@ class Engine:
     Args:
         adapter: the model seen through :class:`~heta_fast.hf.ModelAdapter`.
         progress: show progress bars for long work.
+        shard: split each attribution's S and I over the ranks of a process group (:mod:`heta_fast.sharding`);
+            every rank runs the same calls and gets the whole result.
     """
 
-    def __init__(self, adapter: ModelAdapter, *, progress: bool = False):
+    def __init__(self, adapter: ModelAdapter, *, progress: bool = False, shard: Shard | None = None):
         self.adapter = adapter
         self.progress = progress
+        self.shard = shard
         self._reference_adapter: ModelAdapter | None = None
         self._reference_of = None  # the fast view's state the float64 copy was made from
 
@@ -258,6 +266,10 @@ class Engine:
             self._reference_adapter = ModelAdapter(copy.deepcopy(self.adapter.model).to(torch.float64))
             self._reference_of = self.adapter.view_state
         return self._reference_adapter
+
+    def _shard(self, opts: HetaOptions) -> Shard | None:
+        """The shard the fast engine splits work with (the reference engine is the one-process oracle)."""
+        return self.shard if opts.engine == "fast" else None
 
     def explain(self, ids: Tensor, positions: list[int], opts: HetaOptions, *, probes: Tensor | None = None,
                 lead: Tensor | None = None, units: list[list[tuple[int, int]]] | None = None,
@@ -311,7 +323,7 @@ class Engine:
             d, k = adapter.hidden_size, lead.numel()
             comps = evaluate_many(adapter, torch.cat([lead, ids]), [t + k for t in positions], opts, mask_vec=mask_vec,
                                   probes=[window_probes(context_probes(None, opts, d, t), 0, t, k) for t in positions],
-                                  progress=StageBars(False, {}, should_stop).update)
+                                  progress=StageBars(False, {}, should_stop).update, shard=self._shard(opts))
             parts = [(*drop_lead(c.M, c.S, c.I, k), dict(c.timings)) for c in comps]
         else:
             parts = []
@@ -401,7 +413,7 @@ class Engine:
             with StageBars(self.progress, totals=totals, should_stop=should_stop) as bars:
                 comp = evaluate(adapter, torch.cat([lead, w_ids]), target_id, opts,
                                 probes=window_probes(full_probes, start, w_len, lead.numel()),
-                                mask_vec=mask_vec, progress=bars.update)
+                                mask_vec=mask_vec, progress=bars.update, shard=self._shard(opts))
             for k, v in comp.timings.items():
                 timings[k] = timings.get(k, 0.0) + v
             *window_comps, sink_mass = drop_lead(comp.M, comp.S, comp.I, lead.numel())
@@ -485,12 +497,14 @@ class _UnitLevels:
                     self._factors = lowrank_curvature(
                         self.adapter, self.run_ids, self.target_id, probes=self.probes, rank=opts.rank,
                         lowrank_passes=opts.lowrank_passes, curvature=opts.curvature, layers=opts.layers,
-                        seed=opts.seed, max_memory=opts.max_memory, progress=lambda n: bars.update("S", n))
+                        seed=opts.seed, max_memory=opts.max_memory, progress=lambda n: bars.update("S", n),
+                        shard=self.engine._shard(opts))
                     self.timings["hessian"] = time.perf_counter() - t0
                 S = self._factors.unit_norms(run_units)
             if comps:
                 comp = evaluate(self.adapter, self.run_ids, self.target_id, opts.replace(components=comps),
-                                probes=self.probes, mask_vec=self.mask_vec, units=run_units, progress=bars.update)
+                                probes=self.probes, mask_vec=self.mask_vec, units=run_units, progress=bars.update,
+                                shard=self.engine._shard(opts))
                 S = comp.S if S is None else S
                 I = comp.I
                 for name, v in comp.timings.items():

@@ -418,9 +418,11 @@ PRESETS: dict[str, dict] = {
     # Long documents, "which sentence?": sentence units over the whole context (no windows), exact unit KL,
     # low-rank S whose cost does not grow with the number of units. At unit level the single-pass range finder
     # ranks like two passes (ρ 0.986 vs 0.975 against exact S, 27 sentences; benchmarks/RESULTS.md) at half the
-    # products. Curvature over the last 6 layers (layers="auto", the default). Levels (coarse="auto"): long
-    # contexts score blocks first and the sentences of the best 2 only (benchmarks/eval/README.md, *Levels*).
-    "document": {"units": "sentence", "hessian": "lowrank", "rank": 16, "lowrank_passes": 1, "coarse": "auto",
+    # products, and rank 8 like rank 16 (ρ 0.979 vs 0.957 against exact unit S, 33 sentences; differentiating
+    # fewer layers loses the ranking, ρ 0.83–0.86; benchmarks/RESULTS.md, *A cheaper unit S*) at 60 % of the time.
+    # Curvature over the last 6 layers (layers="auto", the default). Levels (coarse="auto"): long contexts score
+    # blocks first and the sentences of the best 2 only (benchmarks/eval/README.md, *Levels*).
+    "document": {"units": "sentence", "hessian": "lowrank", "rank": 8, "lowrank_passes": 1, "coarse": "auto",
                  "expand": 2},
 }
 

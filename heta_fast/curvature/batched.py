@@ -32,6 +32,7 @@ from ..hf import (
     new_full_cache,
 )
 from ..probes import check_probes, draw_range_finder
+from ..sharding import Shard, mine, summed
 from ..units.ranges import check_units, token_units, unit_chunks
 from .head import HeadCurvature, clean_head_curvature, target_log_prob
 
@@ -222,6 +223,7 @@ def sensitivity_batched(
     seed: int = 0,
     max_memory: int = 2 * 1024**3,
     progress: Callable[[int], None] | None = None,
+    shard: Shard | None = None,
 ) -> Tensor:
     """S per unit (SPEC §6; per token, SPEC §2, when ``units`` is None); equal probes give the reference
     engine's S (up to floating-point error).
@@ -233,6 +235,8 @@ def sensitivity_batched(
         units: ``(start, end)`` ranges (ordered, disjoint; need not cover the context); None = every token.
         lowrank_passes: 2 (``B = Qᵀ C Q``, 2·rank products) or 1 (single pass, rank products).
         max_memory: bytes of activations the batched backwards may hold (sets the batch size).
+        shard: split the work over the ranks of a process group (:mod:`heta_fast.sharding`); every rank returns
+            the whole result.
     Returns:
         ``[len(units)]`` (``[t]`` for tokens), in the model's dtype.
     """
@@ -255,7 +259,11 @@ def sensitivity_batched(
         # Chunks of units sharing one first-order graph: enough probes to fill about one batch, never more
         # than t/4 tokens from the chunk's start (for single tokens: chunks of that many tokens).
         per_graph = max(1, -(-batch // m))
-        for chunk in unit_chunks(units, max(1, min(t // 4, per_graph)), per_graph):
+        chunks = unit_chunks(units, max(1, min(t // 4, per_graph)), per_graph)
+        owned = mine(shard, [len(c) * (t - units[c[0]][0]) for c in chunks])  # with a shard: this rank's chunks
+        for chunk, own in zip(chunks, owned, strict=True):
+            if not own:
+                continue
             a = units[chunk[0]][0]
             op = CurvatureOperator(adapter, X, point, target_id, curvature, start=a, cache=cache, layer=layer,
                                    head=head)
@@ -273,18 +281,19 @@ def sensitivity_batched(
                 S.index_add_(0, js, (HV.to(acc).abs().sum(-1) * rows.to(acc)).sum(-1))
                 del V, HV
             del op
-        return S / m
+        return summed(shard, S) / m
     if hessian != "lowrank":
         raise HetaInputError(f"unknown hessian mode {hessian!r}")
 
     return LowRankCurvature(adapter, X, point, layer, head, target_id, probes, rank=rank, passes=lowrank_passes,
-                            curvature=curvature, seed=seed, batch=batch, progress=progress).unit_norms(units)
+                            curvature=curvature, seed=seed, batch=batch, progress=progress,
+                            shard=shard).unit_norms(units)
 
 
 def lowrank_curvature(adapter: ModelAdapter, ids: Tensor, target_id: int, *, probes: Tensor, rank: int = 64,
                       lowrank_passes: int = 2, curvature: str = "hessian", layers: int | None = None, seed: int = 0,
-                      max_memory: int = 2 * 1024**3, progress: Callable[[int], None] | None = None
-                      ) -> LowRankCurvature:
+                      max_memory: int = 2 * 1024**3, progress: Callable[[int], None] | None = None,
+                      shard: Shard | None = None) -> LowRankCurvature:
     """The low-rank factors of the context's curvature (``hessian="lowrank"``), built once: S of any units is then
     read from them (:meth:`LowRankCurvature.unit_norms`) without another Hessian–vector product. The levels of
     SPEC §6 and a token refinement read all their units from one factorisation."""
@@ -293,7 +302,7 @@ def lowrank_curvature(adapter: ModelAdapter, ids: Tensor, target_id: int, *, pro
     X, point, layer, _, head = clean_state(adapter, ids, layers, target_id)
     check_probes(probes, t, point.shape[1])
     return LowRankCurvature(adapter, X, point, layer, head, target_id, probes, rank=rank, passes=lowrank_passes,
-                            curvature=curvature, seed=seed, batch=batch, progress=progress)
+                            curvature=curvature, seed=seed, batch=batch, progress=progress, shard=shard)
 
 
 class LowRankCurvature:
@@ -301,16 +310,19 @@ class LowRankCurvature:
     ``B = Qᵀ C Q`` (two passes) or ``sym((QᵀY)(QᵀΩ)⁺)`` (one pass, SPEC §2); with the probes, in float32 or better."""
 
     def __init__(self, adapter, X, point, layer, head, target_id, probes, *, rank, passes, curvature, seed, batch,
-                 progress):
+                 progress, shard=None):
         t, d = point.shape
         acc = torch.promote_types(point.dtype, torch.float32)
         op = CurvatureOperator(adapter, X, point, target_id, curvature, layer=layer, head=head)
 
         def apply_all(directions: Tensor) -> Tensor:  # [N, t, d] -> [N, t, d] in acc
+            starts = list(range(0, directions.shape[0], batch))
+            owned = mine(shard, [1.0] * len(starts))  # with a shard: this rank's batches, zeros for the others'
             out = []
-            for lo in range(0, directions.shape[0], batch):
-                out.append(op(directions[lo : lo + batch].to(point.dtype), progress).to(acc))
-            return torch.cat(out)
+            for lo, own in zip(starts, owned, strict=True):
+                part = directions[lo : lo + batch]
+                out.append(op(part.to(point.dtype), progress).to(acc) if own else part.new_zeros(part.shape, dtype=acc))
+            return summed(shard, torch.cat(out))
 
         omega = draw_range_finder(t, d, rank, seed).to(device=point.device, dtype=acc)
         Y = apply_all(omega.T.reshape(rank, t, d)).reshape(rank, t * d).T

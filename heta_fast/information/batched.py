@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..errors import MemoryBudgetError, NumericalError, UnsupportedModelError
 from ..hf import ModelAdapter, cache_kwargs, head_check_tolerance, head_logits, new_full_cache
+from ..sharding import Shard, mine, summed
 from ..units.ranges import Unit, check_units, token_units, unit_chunks
 from .prefix_cache import shared_prefix_cache
 
@@ -70,6 +71,7 @@ def information_batched(
     backend: str = "auto",
     chunk_size: int | None = None,
     progress: Callable[[int], None] | None = None,
+    shard: Shard | None = None,
 ) -> Tensor:
     """I per unit: KL(π ‖ π^{(u)}) with every token of u masked at once (SPEC §6).
 
@@ -80,7 +82,7 @@ def information_batched(
         float32 ``[len(units)]`` (``[t]`` for tokens).
     """
     return information_multi(adapter, ids, [ids.numel() - 1], mask_vec, units=units, max_memory=max_memory,
-                             backend=backend, chunk_size=chunk_size, progress=progress)[0]
+                             backend=backend, chunk_size=chunk_size, progress=progress, shard=shard)[0]
 
 
 def information_multi(
@@ -94,6 +96,7 @@ def information_multi(
     backend: str = "auto",
     chunk_size: int | None = None,
     progress: Callable[[int], None] | None = None,
+    shard: Shard | None = None,
 ) -> list[Tensor]:
     """I for several targets of one text in one masked pass.
 
@@ -106,6 +109,8 @@ def information_multi(
         predict_at: prediction positions, one per target.
         units: ``(start, end)`` ranges masked as a whole; None = every token of the longest context.
             Target k gets the units that lie inside its context (end ≤ p + 1), a prefix of the list.
+        shard: split the chunks of masks over the ranks of a process group (:mod:`heta_fast.sharding`); every
+            rank returns the whole result.
     Returns:
         one float32 tensor per target, in the order of ``predict_at``: ``[p + 1]`` for tokens, else one
         value per unit inside that target's context.
@@ -141,9 +146,14 @@ def information_multi(
             )
         base_logp = torch.log_softmax(z.to(torch.promote_types(z.dtype, torch.float32)), -1)  # [T, V]
         inside = [sum(1 for _, b in units if b <= p + 1) for p in predict_at]  # units of each target's context
-        I = [torch.empty(k, dtype=torch.float32, device=X.device) for k in inside]
+        I = [torch.zeros(k, dtype=torch.float32, device=X.device) for k in inside]
         positions = torch.arange(n, device=X.device)
-        for chunk in unit_chunks(units, span, count):
+        chunks = unit_chunks(units, span, count)
+        # With a shard, this rank's chunks only (a chunk costs its masks times its suffix rows); summed below.
+        owned = mine(shard, [len(c) * (n - units[c[0]][0]) for c in chunks])
+        for chunk, own in zip(chunks, owned, strict=True):
+            if not own:
+                continue
             a = units[chunk[0]][0]  # the chunk's clean prefix ends here
             n_masks = len(chunk)
             starts = torch.tensor([units[j][0] for j in chunk], device=X.device)[:, None]
@@ -161,4 +171,4 @@ def information_multi(
                                              bias=bias, softcap=softcap, backend=backend)
             if progress is not None:
                 progress(n_masks)
-    return I
+    return [summed(shard, x) for x in I]
