@@ -78,14 +78,22 @@ def _print_result(res, args) -> None:
         if r.sink_gate_mass is not None:
             print(f"attention sink (token id {r.options['sink_token']}) prepended: it took {r.sink_gate_mass:.2f} of the "
                   "gate, dropped from the result (M re-normalised over the context)")
+        if r.coarse_units:  # levels: what level 1 scored, and which coarse units were expanded (+)
+            print(f"level 1: {len(r.coarse_units)} coarse units; + expanded (their units scored at level 2)")
+            for u in sorted(r.coarse_units, key=lambda u: u.rank)[: args.top]:
+                text = " ".join(u.text.split())
+                print(f"{u.rank:>4}{'+' if u.refined else ' '} {u.token_range[0]:>5}-{u.token_range[1] - 1:<5}  "
+                      f"{text[:41] + '...' if len(text) > 44 else text:<44} {u.score:>10.4g}")
         if r.units:
-            print(f"{'rank':>4}  {'tokens':>11}  {'unit':<44} {'score':>10} {'M':>8} {'S':>10} {'I':>10}")
+            print(f"{'rank':>4}  {'tokens':>11}  {'unit':<44} {'score':>10} {'M':>8} {'S':>10} {'I':>10}"
+                  + ("   (score in brackets: not scored, its coarse unit's)" if r.coarse_units else ""))
             for u in r.top_units(args.top):
                 cols = ["-" if getattr(u, c) is None else f"{getattr(u, c):.4g}" for c in ("M", "S", "I")]
                 text = " ".join(u.text.split())
                 text = text if len(text) <= 44 else text[:41] + "..."
                 rng = f"{u.token_range[0]}-{u.token_range[1] - 1}"
-                print(f"{u.rank:>4}{'*' if u.refined else ' '} {rng:>11}  {text:<44} {u.score:>10.4g} {cols[0]:>8} "
+                score = f"{u.score:.4g}" if u.scored else f"({u.score:.4g})"
+                print(f"{u.rank:>4}{'*' if u.refined else ' '} {rng:>11}  {text:<44} {score:>10} {cols[0]:>8} "
                       f"{cols[1]:>10} {cols[2]:>10}")
             if not r.topk(1):  # no refined tokens: the units are the result
                 print("timings: " + ", ".join(f"{k}={v:.2f}s" for k, v in r.timings.items()))

@@ -188,6 +188,14 @@ def create_app(service: AttributionService, *, demo: bool = False) -> FastAPI:
             ticket.release()
         return JSONResponse(res.to_dict())
 
+    @app.post("/plan")
+    async def plan(req: AttributeRequest) -> dict:
+        """What /attribute would do with this request, after every check it makes, without running it."""
+        job = await anyio.to_thread.run_sync(functools.partial(
+            service.prepare, text=req.text, ids=req.ids, target=req.target, generate=req.generate,
+            preset=req.preset, options=req.options.model_dump(exclude_unset=True)))
+        return {**job.plan.to_dict(), "work": job.work.total, "max_work": service.limits.max_work}
+
     @app.post("/tokenize")
     def tokenize(req: TokenizeRequest) -> dict:
         return {"tokens": service.tokenize(req.text)}
@@ -206,7 +214,7 @@ def create_app(service: AttributionService, *, demo: bool = False) -> FastAPI:
     else:
         @app.get("/")
         def index_json() -> dict:
-            return {"service": "heta_fast", "endpoints": ["GET /health", "POST /attribute", "POST /tokenize",
+            return {"service": "heta_fast", "endpoints": ["GET /health", "POST /attribute", "POST /plan", "POST /tokenize",
                                                          "GET /docs"]}
     return app
 

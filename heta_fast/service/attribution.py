@@ -20,7 +20,7 @@ from .. import __version__
 from ..api import target_position
 from ..errors import HetaCancelled, HetaInputError, MemoryBudgetError
 from ..options import OPTION_NAMES, PRESETS, HetaOptions, options_from_preset, resolve_layers
-from ..plan import resolve_max_memory
+from ..plan import CostPlan, resolve_max_memory
 from ..result import SCHEMA_VERSION
 from ..tokenizers import check_text
 from .errors import ClientGone, FieldError, ServiceBusy
@@ -41,6 +41,7 @@ class Job:
     resolved: HetaOptions
     work: WorkEstimate
     cost_field: str  # the request field that drives the cost most (named when a limit stops it)
+    plan: CostPlan | None = None  # the engine's plan of the run (passes, memory; no seconds)
 
 
 class Ticket:
@@ -201,7 +202,7 @@ class AttributionService:
                              f"over this server's limit of {lim.max_work:,} (--max-work); ask for less: "
                              f"{_cheaper(cost_field)}", status=413)
         return Job(source=text if text is not None else list(ids), target=target, generate=generate, preset=preset,
-                   options=options, resolved=opts, work=work, cost_field=cost_field)
+                   options=options, resolved=opts, work=work, cost_field=cost_field, plan=plan)
 
     def _units(self, text, ids, target, preset, options: dict, opts: HetaOptions, generate) -> list | None:
         """The token ranges of the longest context's units (None for tokens, or for generated targets, whose

@@ -184,6 +184,17 @@ def test_tokenize_endpoint(server, api):
     assert status == 200 and [(t["position"], t["token"]) for t in body["tokens"]] == [(0, "a"), (1, "b")]
 
 
+def test_plan_endpoint_is_the_engines_plan_after_the_same_checks(server, api):
+    req = {"text": "Ab cd. Ef gh.\n\nIj kl. Mn", "options": {"units": "sentence", "coarse": "paragraph", "expand": 1,
+                                                          "num_probes": 1}}
+    status, body = api(server + "/plan", "POST", req)
+    assert status == 200 and body["units"] == 4 and body["coarse_units"] == 2  # the context ends inside "Mn" and body["expand"] == 1
+    assert [s["name"] for s in body["stages"]][:1] == ["gate"] and body["fits"] and body["work"] > 0
+    assert {"I level 1", "I level 2"} <= {s["name"] for s in body["stages"]}
+    status, body = api(server + "/plan", "POST", {"text": "   "})  # refused as /attribute refuses it
+    assert status == 422 and body["error"].startswith("text:")
+
+
 def test_serve_command_starts_a_server_process(free_port, api):
     """``heta-fast serve --tiny-model llama`` in a subprocess answers /health and /attribute, then stops."""
     port = free_port  # the child binds it; a clash would show up as a start-up failure below

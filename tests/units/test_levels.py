@@ -130,3 +130,18 @@ def test_coarse_needs_finer_units():
         HetaOptions(units="paragraph", coarse="paragraph")
     assert HetaOptions(coarse="auto").units == "token"  # auto is a no-op on tokens (a preset may set it)
     assert HetaOptions(units="paragraph", coarse="block").coarse == "block"
+
+
+def test_terminal_view_shows_both_levels(attributor, capsys):
+    from types import SimpleNamespace
+
+    from heta_fast.cli import _print_result
+
+    r = attributor.attribute(TEXT, units="sentence", coarse="paragraph", expand=1, **OPTS)
+    _print_result(r, SimpleNamespace(by="scores", no_color=True, top=10))
+    out = capsys.readouterr().out
+    assert "level 1: 3 coarse units" in out
+    expanded = [line for line in out.splitlines() if line[4:5] == "+"]
+    assert len(expanded) == 1  # one coarse unit expanded
+    unscored = next(u for u in r.units if not u.scored)
+    assert f"({unscored.score:.4g})" in out  # an unscored unit shows its parent's score in brackets
