@@ -28,8 +28,8 @@ Methods, scored over the document's sentences (the cue and special tokens exclud
 * ``integrated_gradients``: token IG (16 steps from the zero embedding) summed per sentence;
 * ``random``: seeded random scores.
 Metrics per method: cite@1 (the top sentence is the needle), the needle's rank, its share of the positive
-attribution mass, with distractors distractor@1 and needle above distractor; seconds and peak memory (RSS above
-the start of the method's run, ``heta_fast.profiling.track``) per run, all methods in one process one after
+attribution mass, with distractors distractor@1 and needle above distractor; seconds and peak memory (the
+process's peak RSS during the method, model included, ``heta_fast.profiling.track``) per run, all methods in one process one after
 another. Rows are appended to ``OUT/needle_results.jsonl`` as they finish (a rerun skips finished rows) and the
 tables (one per ``--tokens`` length) go to ``OUT/needle_summary.md``.
 """
@@ -202,7 +202,9 @@ def run_one(attr: Attributor, opts: dict, prompt: str, sentences, answer: str, m
             row.setdefault("plan_vs_actual", {})[name] = plan_vs_actual(attr, prompt, first, opts, heta[name], res)
         scores[name] = out
         seconds[name] = watch.wall_s
-        peak[name] = None if watch.peak_delta_bytes is None else watch.peak_delta_bytes / 2**20
+        # The process's peak during the method (model included): freed memory stays with the allocator after the
+        # first method, so a rise above each method's start would under-count the later ones.
+        peak[name] = None if watch.peak_rss_bytes is None else watch.peak_rss_bytes / 2**20
     if "random" in methods:
         rng = random.Random(seed)
         scores["random"] = [rng.random() for _ in sentences]
