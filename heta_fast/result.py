@@ -200,11 +200,12 @@ class Attribution:
 
     # --------------------------------------------------------------------------------- views
     def shades(self, by: str) -> list[float]:
-        """Per-token shade in [0, 1] of ``by``; with units and ``by="scores"``, each token takes its unit's score."""
+        """Per-token shade in [0, 1] of ``by``; with units and ``by="scores"``, each token takes its unit's score
+        (a unit levels left unscored takes none: its parent's score is on level 1's scale, not its own)."""
         if self.units and by in ("scores", "S", "I"):
             vals = [0.0] * len(self.tokens)
             for u in self.units:
-                v = u.score if by == "scores" else getattr(u, by)
+                v = (u.score if u.scored else 0.0) if by == "scores" else getattr(u, by)
                 for i in range(*u.token_range):
                     vals[i] = v or 0.0
         else:
@@ -225,7 +226,9 @@ class Attribution:
                 tip += f", {name}={vals[i]:.4g}"
         u = self.unit_of(i)
         if u is not None:
-            tip += f"\nunit #{u.rank} ({u.kind}): score={u.score:.4g}"
+            tip += (f"\nunit #{u.rank} ({u.kind}): score={u.score:.4g}" if u.scored else
+                    f"\nunit #{u.rank} ({u.kind}): not scored (its coarse unit was not expanded; that unit's "
+                    f"score {u.score:.4g})")
             for name in ("M", "S", "I"):
                 if getattr(u, name) is not None:
                     tip += f", {name}={getattr(u, name):.4g}"

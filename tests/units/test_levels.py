@@ -145,3 +145,13 @@ def test_terminal_view_shows_both_levels(attributor, capsys):
     assert len(expanded) == 1  # one coarse unit expanded
     unscored = next(u for u in r.units if not u.scored)
     assert f"({unscored.score:.4g})" in out  # an unscored unit shows its parent's score in brackets
+
+
+def test_views_do_not_shade_unscored_units_with_their_parents_score(attributor):
+    r = attributor.attribute(TEXT, units="sentence", coarse="paragraph", expand=1, **OPTS)
+    shades = r.shades("scores")
+    for u in r.units:
+        if not u.scored:
+            assert all(shades[i] == 0.0 for i in range(*u.token_range))
+    unscored = next(u for u in r.units if not u.scored)
+    assert "not scored" in r._tooltip(unscored.token_range[0])
