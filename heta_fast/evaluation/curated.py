@@ -228,6 +228,17 @@ def preset_key(method: str) -> dict | None:
     return {k: v for k, v in opts.items() if SPECS_BY_NAME[k].affects_result}
 
 
+def same_preset(stored: dict | None, current: dict | None) -> bool:
+    """Whether a record's stored preset options are the preset's options now. An option added to the library
+    since the record was written counts as unchanged at its default (a new option's default changes nothing:
+    ``coarse="none"``), so adding an option does not throw away every stored row."""
+    if stored is None or current is None:
+        return stored == current
+    added = {k: v for k, v in current.items() if k not in stored}
+    return all(stored[k] == current.get(k, stored[k]) for k in stored) and all(
+        v == SPECS_BY_NAME[k].default for k, v in added.items())
+
+
 def _combine(c: dict, recipe: dict, settings: RunSettings) -> Tensor:
     if recipe.get("library_scores"):
         return c["scores"]
@@ -348,7 +359,7 @@ def _load_done(path: Path, key: dict) -> dict[tuple[str, str], dict]:
             continue
         entry = done.setdefault((rec["id"], rec.get("target", "gold")), {})
         for m, val in rec["methods"].items():
-            if val.get("preset_options") != preset_key(m):
+            if not same_preset(val.get("preset_options"), preset_key(m)):
                 continue  # a library preset whose options have changed since (or a row from before they were kept)
             if "stability_noise" in val or m not in entry:
                 entry[m] = val

@@ -427,6 +427,18 @@ def test_rows_of_a_preset_whose_options_changed_are_recomputed(tmp_path, monkeyp
     assert again["heta"]["scores"] == first["heta"]["scores"]
 
 
+def test_an_option_added_at_its_default_keeps_stored_preset_rows():
+    """Stored rows carry the preset's options as they ran; an option added since (its default changes nothing)
+    must not make every stored row stale, while a changed value or a new option off its default does."""
+    from heta_fast.evaluation.curated import same_preset
+
+    now = {"hessian": "lowrank", "rank": 16, "coarse": "none", "expand": 3}
+    assert same_preset({"hessian": "lowrank", "rank": 16}, now)  # written before coarse/expand existed
+    assert not same_preset({"hessian": "lowrank", "rank": 8}, now)
+    assert not same_preset({"hessian": "lowrank", "rank": 16}, {**now, "coarse": "auto"})
+    assert same_preset(None, None) and not same_preset(None, now)
+
+
 def test_cli_reports_unknown_method(capsys):
     from heta_fast.cli import main
 
