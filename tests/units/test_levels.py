@@ -55,12 +55,15 @@ def test_blocks_cover_every_unit_in_order_about_sqrt_of_expand_times_units():
 
 
 def test_blocks_close_at_paragraph_breaks():
-    paras = ["A b. C d. E f. G h.", "I j. K l. M n. O p."]
+    paras = ["Ann ran. Bob sat down.", "Cy ate. Di hid. Ed hummed. Flo sang. Gus slept. Hal woke."]
     text = "\n\n".join(paras)
     fine = _fine(text)
-    groups = coarse_groups("block", fine, text, expand=1)  # ~3 blocks of 8 sentences: the break falls mid-block
+    # 3 blocks of 8 sentences (2.7 sentences each): the break after 2 sentences comes at 3/4 of a block's share,
+    # where the midpoint rule alone would have taken a third sentence into the first block.
+    groups = coarse_groups("block", fine, text, expand=1)
     first_of_second = next(j for j, u in enumerate(fine) if u.char_start is not None and text[u.char_start:].lstrip()
-                           .startswith("I j."))
+                           .startswith("Cy ate."))
+    assert first_of_second == 2
     assert any(g[0] == first_of_second for g in groups)
 
 
