@@ -63,8 +63,10 @@ def _lines(path: Path) -> list[dict]:
 
 
 def _strip_timings(x):
+    """A record without what describes the machine rather than the result: seconds, and the memory budget
+    (``max_memory="auto"`` is recorded as the bytes it resolved to, a share of the memory free at the time)."""
     if isinstance(x, dict):
-        return {k: _strip_timings(v) for k, v in x.items() if k != "timings"}
+        return {k: _strip_timings(v) for k, v in x.items() if k not in ("timings", "max_memory")}
     if isinstance(x, list):
         return [_strip_timings(v) for v in x]
     return x
