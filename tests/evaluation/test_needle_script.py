@@ -38,15 +38,20 @@ def test_token_scores_sum_per_sentence(needle):
 def test_share_and_cite_at_one(needle):
     row = {"needle_index": 1, "scores": {"a": [1.0, 3.0, -2.0], "b": [2.0, 2.0, 0.0], "c": [0.0, 0.0, 0.0]}}
     m = needle.metrics(row)
-    assert m["a"] == {"share": 0.75, "cite1": 1}
-    assert m["b"] == {"share": 0.5, "cite1": 0}  # a tie at the top is not a citation
-    assert m["c"] == {"share": 0.0, "cite1": 0}
+    assert m["a"] == {"share": 0.75, "cite1": 1, "rank": 1}
+    assert m["b"] == {"share": 0.5, "cite1": 0, "rank": 2}  # a tie at the top is not a citation: it ranks last of the tie
+    assert m["c"] == {"share": 0.0, "cite1": 0, "rank": 3}
+    # HETA's own ranks, where stored (levels rank scored units first, whatever the unscored ones' parent scores)
+    row = {"needle_index": 1, "scores": {"h": [5.0, 0.2, 0.0]}, "ranks": {"h": [2, 1, 3]}}
+    assert needle.metrics(row)["h"]["rank"] == 1 and needle.metrics(row)["h"]["cite1"] == 1
 
 
 def test_distractor_share_and_order(needle):
     row = {"needle_index": 0, "distractor_index": 2, "scores": {"a": [3.0, 1.0, 4.0], "b": [5.0, 0.0, 0.0]}}
     m = needle.metrics(row)
     assert m["a"]["cite1"] == 0 and m["a"]["above_distractor"] == 0 and m["a"]["distractor_share"] == 0.5
-    assert m["b"] == {"share": 1.0, "cite1": 1, "distractor_share": 0.0, "above_distractor": 1}
+    assert m["a"]["distractor1"] == 1 and m["a"]["rank"] == 2
+    assert m["b"] == {"share": 1.0, "cite1": 1, "rank": 1, "distractor_share": 0.0, "distractor1": 0,
+                      "above_distractor": 1}
     for spec in needle.NEEDLES:  # a distractor is another sentence that shares the cue's frame, not the answer
         assert spec["distractor"] != spec["needle"] and spec["answer"].strip() not in spec["distractor"]
