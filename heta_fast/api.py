@@ -237,8 +237,7 @@ class Attributor:
             positions = [target_position(enc.ids.numel(), target)]
         if probes is not None and len(positions) != 1:
             raise HetaInputError("probes= can only be given for a single target")
-        units = None if opts.units == "token" else [context_units(opts, enc.text, enc.offsets, t) for t in positions]
-        groups = None if units is None else [coarse_groups(opts.coarse, u, enc.text, opts.expand) for u in units]
+        units, groups = self._units_and_groups(opts, enc, positions)
         if self.progress:  # a long run says what it will do before it starts
             plan = make_plan(self.adapter, opts, positions, lead=len(lead), prompt_tokens=enc.prompt_len,
                              units=None if units is None else [unit_ranges(u) for u in units], groups=groups,
@@ -284,15 +283,19 @@ class Attributor:
             enc = self._with_continuation(base, target) if isinstance(target, str) else base
             positions = (list(range(enc.prompt_len, enc.ids.numel())) if isinstance(target, str)
                          else [target_position(enc.ids.numel(), target)])
-            spans = None if opts.units == "token" else [context_units(opts, enc.text, enc.offsets, t) for t in positions]
-            if spans is not None:
-                units = [unit_ranges(u) for u in spans]
-                groups = [coarse_groups(opts.coarse, u, enc.text, opts.expand) for u in spans]
-            else:
-                groups = None
+            spans, groups = self._units_and_groups(opts, enc, positions)
+            units = None if spans is None else [unit_ranges(u) for u in spans]
         cal = calibrate(self.adapter, self.name) if seconds else None
         return make_plan(self.adapter, opts, positions, lead=len(lead), prompt_tokens=base.prompt_len,
                          generate=generate or 0, units=units, groups=groups, calibration=cal)
+
+    @staticmethod
+    def _units_and_groups(opts: HetaOptions, enc: _Encoded, positions: list[int]):
+        """Each target's units (SPEC §6) and, with levels, their coarse groups; ``(None, None)`` for tokens."""
+        if opts.units == "token":
+            return None, None
+        units = [context_units(opts, enc.text, enc.offsets, t) for t in positions]
+        return units, [coarse_groups(opts.coarse, u, enc.text, opts.expand) for u in units]
 
     def _resolved(self, opts: HetaOptions, lead: list[int]) -> HetaOptions:
         """The options as run and recorded: the sink (the lead's first token), the layers and the memory budget

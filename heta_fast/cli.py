@@ -119,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _attribute_command(args) -> int:
-    from .api import Attributor
     from .tokenizers import check_text
 
     if not args.text.strip():  # fail before loading the model
@@ -136,14 +135,19 @@ def _attribute_command(args) -> int:
         if not ctx.is_main:  # the other ranks compute their share and say nothing
             args.quiet, args.json, args.html, args.report, args.plot = True, None, None, None, None
     try:
-        return _attribute_run(args, Attributor, shard, ctx)
+        return _attribute_run(args, shard, ctx)
     finally:
         if ctx is not None:
             ctx.close()
 
 
-def _attribute_run(args, Attributor, shard, ctx) -> int:
-    attributor = Attributor.from_pretrained(args.model, preset=args.preset, progress=not args.quiet, shard=shard)
+def _attribute_run(args, shard, ctx) -> int:
+    from .api import Attributor
+
+    # A split run puts the model on the rank's device (cuda:LOCAL_RANK under NCCL: the ranks sum device tensors).
+    where = {} if ctx is None else {"device": str(ctx.device)}
+    attributor = Attributor.from_pretrained(args.model, preset=args.preset, progress=not args.quiet, shard=shard,
+                                            **where)
     if args.plan:
         plan = attributor.plan(args.text, _target(args.target), generate=args.generate, **overrides_from_args(args))
         print(plan.summary())

@@ -184,6 +184,12 @@ def evaluate_many(
     return out
 
 
+def shares_passes(positions: list[int], opts: HetaOptions) -> bool:
+    """Whether several targets of one text run together (:func:`evaluate_many`): the fast engine, token level,
+    and every context within one window."""
+    return len(positions) > 1 and opts.engine == "fast" and (opts.window is None or max(positions) <= opts.window)
+
+
 # ----------------------------------------------------------------------------- windows, lead, probes
 def window_starts(t: int, window: int | None, overlap: float) -> list[int]:
     """Window start positions (SPEC §4): stride W(1−ρ), the last window flush with the end of the context."""
@@ -314,7 +320,7 @@ class Engine:
         target_logprobs = [float(logp[k, int(ids[t])]) for k, t in enumerate(positions)]
         setup = time.perf_counter() - t_start
 
-        shared = len(positions) > 1 and opts.engine == "fast" and (opts.window is None or max(positions) <= opts.window)
+        shared = shares_passes(positions, opts)
         if units is not None:
             groups = groups or [None] * len(positions)
             parts = [self._units(adapter, ids, t, opts, probes, mask_vec, lead, ranges, should_stop, g)

@@ -449,8 +449,10 @@ def add_option_flags(parser, names: tuple[str, ...] | None = None, defaults: dic
         if names is not None and spec.name not in names:
             continue
         shown = f" (default: {defaults[spec.name]})" if spec.name in defaults else ""
+        # argparse formats help with %: a literal one ("60 % of the memory") must be doubled.
+        help_text = f"{spec.help}; {spec.cli_allowed()}{shown}".replace("%", "%%")
         group.add_argument(spec.flag, dest=spec.name, type=spec.parse_cli, metavar=spec.cli_metavar(),
-                           default=defaults.get(spec.name), help=f"{spec.help}; {spec.cli_allowed()}{shown}")
+                           default=defaults.get(spec.name), help=help_text)
 
 
 def overrides_from_args(args) -> dict:

@@ -131,17 +131,15 @@ def make_plan(adapter, opts: HetaOptions, positions: list[int], *, lead: int, pr
 
     ``units``/``groups``: per target, as :meth:`heta_fast.engine.Engine.explain` takes them (None for tokens).
     """
-    from .engine import window_starts
+    from .engine import shares_passes, window_starts
 
     layers = opts.layers
     f = 1.0 if layers is None else layers / adapter.num_layers
     comps = opts.components
     stages: list[Stage] = []
     n_max = max(positions) + lead
-    shared = units is None and len(positions) > 1 and opts.engine == "fast" and (
-        opts.window is None or max(positions) <= opts.window)
     windows = 1
-    if units is None and shared:
+    if units is None and shares_passes(positions, opts):  # as the engine runs them: gate and KL shared
         if "M" in comps:
             stages.append(Stage("gate", "gate", n_max))
         if "S" in comps:

@@ -80,3 +80,13 @@ def test_pieces_are_dealt_longest_first_to_the_least_loaded_rank():
     # By hand: 10→0, 7→1, 6→1 (13), 3→0 (13), 3→0 (tie: the lower rank, 16), 1→1 (14).
     assert loads == [16, 14]
     assert Shard(0, 1).mine(costs) == [True] * len(costs)
+
+
+def test_python_m_heta_fast_is_the_command_line_torchrun_starts():
+    """``torchrun -m heta_fast attribute ... --split-work`` needs ``python -m heta_fast``; the flag is on it."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "heta_fast", "attribute", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "--split-work" in out.stdout and "--plan" in out.stdout

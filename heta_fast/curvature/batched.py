@@ -242,8 +242,14 @@ def sensitivity_batched(
     """
     t = ids.numel()
     units = token_units(t) if units is None else check_units(units, t)
-    # Fail before any forward if it cannot fit; low-rank S builds one graph over the whole context only.
-    batch = probe_batch_size(adapter, t, t, max_memory, layers, suffix_graphs=hessian == "exact")
+    if hessian == "lowrank":
+        return lowrank_curvature(adapter, ids, target_id, probes=probes, rank=rank, lowrank_passes=lowrank_passes,
+                                 curvature=curvature, layers=layers, seed=seed, max_memory=max_memory,
+                                 progress=progress, shard=shard).unit_norms(units)
+    if hessian != "exact":
+        raise HetaInputError(f"unknown hessian mode {hessian!r}")
+    # Fail before any forward if it cannot fit.
+    batch = probe_batch_size(adapter, t, t, max_memory, layers)
     X, point, layer, cache, head = clean_state(adapter, ids, layers, target_id)
     d = point.shape[1]
     check_probes(probes, t, d)
@@ -251,43 +257,37 @@ def sensitivity_batched(
     m = probes.shape[1]
     dev = point.device
     U = len(units)
-    # Products run in the model's dtype; S and the range finder's algebra accumulate in float32 or better.
+    # Products run in the model's dtype; S accumulates in float32 or better.
     acc = torch.promote_types(point.dtype, torch.float32)
 
-    if hessian == "exact":
-        S = torch.zeros(U, dtype=acc, device=dev)
-        # Chunks of units sharing one first-order graph: enough probes to fill about one batch, never more
-        # than t/4 tokens from the chunk's start (for single tokens: chunks of that many tokens).
-        per_graph = max(1, -(-batch // m))
-        chunks = unit_chunks(units, max(1, min(t // 4, per_graph)), per_graph)
-        owned = mine(shard, [len(c) * (t - units[c[0]][0]) for c in chunks])  # with a shard: this rank's chunks
-        for chunk, own in zip(chunks, owned, strict=True):
-            if not own:
-                continue
-            a = units[chunk[0]][0]
-            op = CurvatureOperator(adapter, X, point, target_id, curvature, start=a, cache=cache, layer=layer,
-                                   head=head)
-            pos = torch.arange(a, t, device=dev)
-            pairs = [(j, k) for j in chunk for k in range(m)]  # (unit, probe) order, as the probes were drawn
-            for lo in range(0, len(pairs), batch):
-                part = pairs[lo : lo + batch]
-                js = torch.tensor([j for j, _ in part], device=dev)
-                ks = torch.tensor([k for _, k in part], device=dev)
-                starts = torch.tensor([units[j][0] for j, _ in part], device=dev)[:, None]
-                ends = torch.tensor([units[j][1] for j, _ in part], device=dev)[:, None]
-                rows = ((pos[None] >= starts) & (pos[None] < ends)).to(point.dtype)  # [B, s]: the unit's rows
-                V = probes[a:, :][:, ks].transpose(0, 1) * rows[..., None]  # [B, s, d]: P_u R_u[k]
-                HV = op(V, progress)  # progress(n) after each slice: where a caller's should_stop can end the run
-                S.index_add_(0, js, (HV.to(acc).abs().sum(-1) * rows.to(acc)).sum(-1))
-                del V, HV
-            del op
-        return summed(shard, S) / m
-    if hessian != "lowrank":
-        raise HetaInputError(f"unknown hessian mode {hessian!r}")
-
-    return LowRankCurvature(adapter, X, point, layer, head, target_id, probes, rank=rank, passes=lowrank_passes,
-                            curvature=curvature, seed=seed, batch=batch, progress=progress,
-                            shard=shard).unit_norms(units)
+    # Exact S: every (unit, probe) block HVP.
+    S = torch.zeros(U, dtype=acc, device=dev)
+    # Chunks of units sharing one first-order graph: enough probes to fill about one batch, never more
+    # than t/4 tokens from the chunk's start (for single tokens: chunks of that many tokens).
+    per_graph = max(1, -(-batch // m))
+    chunks = unit_chunks(units, max(1, min(t // 4, per_graph)), per_graph)
+    owned = mine(shard, [len(c) * (t - units[c[0]][0]) for c in chunks])  # with a shard: this rank's chunks
+    for chunk, own in zip(chunks, owned, strict=True):
+        if not own:
+            continue
+        a = units[chunk[0]][0]
+        op = CurvatureOperator(adapter, X, point, target_id, curvature, start=a, cache=cache, layer=layer,
+                               head=head)
+        pos = torch.arange(a, t, device=dev)
+        pairs = [(j, k) for j in chunk for k in range(m)]  # (unit, probe) order, as the probes were drawn
+        for lo in range(0, len(pairs), batch):
+            part = pairs[lo : lo + batch]
+            js = torch.tensor([j for j, _ in part], device=dev)
+            ks = torch.tensor([k for _, k in part], device=dev)
+            starts = torch.tensor([units[j][0] for j, _ in part], device=dev)[:, None]
+            ends = torch.tensor([units[j][1] for j, _ in part], device=dev)[:, None]
+            rows = ((pos[None] >= starts) & (pos[None] < ends)).to(point.dtype)  # [B, s]: the unit's rows
+            V = probes[a:, :][:, ks].transpose(0, 1) * rows[..., None]  # [B, s, d]: P_u R_u[k]
+            HV = op(V, progress)  # progress(n) after each slice: where a caller's should_stop can end the run
+            S.index_add_(0, js, (HV.to(acc).abs().sum(-1) * rows.to(acc)).sum(-1))
+            del V, HV
+        del op
+    return summed(shard, S) / m
 
 
 def lowrank_curvature(adapter: ModelAdapter, ids: Tensor, target_id: int, *, probes: Tensor, rank: int = 64,

@@ -162,12 +162,8 @@ class AttributionService:
             if not target:
                 raise FieldError("target", "target is an empty string; give a continuation, a position, or omit it")
             _checked_text(target, "target")
-        if preset in PRESETS and "max_memory" not in options and PRESETS[preset].get("max_memory", 0) > self.budget:
-            # A preset's memory budget is a suggestion for a machine of its own; the operator's budget wins
-            # (a context that does not fit it is refused below, naming max_memory).
-            options["max_memory"] = self.budget
         opts = self.check_options(preset, options)
-        if opts.max_memory == "auto":  # the server's budget, fixed now, so the plan and the run use the same
+        if opts.max_memory == "auto":  # the server's budget, fixed at start, so the plan and the run use the same
             options["max_memory"] = self.budget
             opts = opts.replace(max_memory=self.budget)
         self._check_option_limits(opts)
@@ -186,10 +182,13 @@ class AttributionService:
         n_context = len(self.attributor.tokenize(text if text is not None else ids, special_tokens=opts.special_tokens))
         self._positions(n_context, n_cont, target, generate, src_field)  # the library's target errors, early
 
-        self._units(text, ids, target, preset, options, opts, generate)  # the library's spans errors, early
-        # The engine's own plan: windows, levels, units, passes and memory by the rules the run will follow.
-        plan = self.attributor.plan(text if text is not None else ids, target, generate=generate, preset=preset,
-                                    seconds=False, **options)
+        # The engine's own plan: windows, levels, units, passes and memory by the rules the run will follow (and
+        # the library's errors about spans or units, named by their request field, before any model call).
+        try:
+            plan = self.attributor.plan(text if text is not None else ids, target, generate=generate, preset=preset,
+                                        seconds=False, **options)
+        except HetaInputError as e:
+            raise FieldError(_input_field(e, text is not None), str(e)) from e
         if plan.windows > lim.max_windows:
             raise FieldError("options.window", f"window={opts.window}, overlap={opts.overlap} make {plan.windows} "
                              f"windows; this server allows at most {lim.max_windows} (--max-windows)", status=413)
@@ -203,17 +202,6 @@ class AttributionService:
                              f"{_cheaper(cost_field)}", status=413)
         return Job(source=text if text is not None else list(ids), target=target, generate=generate, preset=preset,
                    options=options, resolved=opts, work=work, cost_field=cost_field, plan=plan)
-
-    def _units(self, text, ids, target, preset, options: dict, opts: HetaOptions, generate) -> list | None:
-        """The token ranges of the longest context's units (None for tokens, or for generated targets, whose
-        text is not known yet: those are estimated as tokens, an upper bound); the library's spans errors, early."""
-        if opts.units == "token" or generate is not None:
-            return None
-        kw = dict(options, **({"preset": preset} if preset else {}))
-        try:
-            return [(u.start, u.end) for u in self.attributor.units(text if text is not None else ids, target, **kw)]
-        except HetaInputError as e:
-            raise FieldError(_input_field(e, text is not None), str(e)) from e
 
     @staticmethod
     def _positions(n_context: int, n_cont: int, target, generate: int | None, src_field: str) -> list[int]:

@@ -12,7 +12,7 @@ turns its numbers into the result's :class:`heta_fast.result.Unit` entries.
 from __future__ import annotations
 
 from ..options import HetaOptions
-from .levels import coarse_groups
+from .levels import coarse_groups, group_ranges
 from .partition import UnitSpan, partition
 from .segment import paragraph_spans, sentence_spans
 
@@ -49,10 +49,10 @@ def unit_results(units: list[UnitSpan], scores, tokens: list[str], text: str | N
     parent_score = None
     if scores.coarse is not None:
         c = scores.coarse
-        spans = [UnitSpan(units[g[0]].start, units[g[-1]].end,
-                          next((units[j].char_start for j in g if units[j].char_start is not None), None),
+        spans = [UnitSpan(a, b, next((units[j].char_start for j in g if units[j].char_start is not None), None),
                           next((units[j].char_end for j in reversed(g) if units[j].char_end is not None), None),
-                          coarse_kind) for g in groups]
+                          coarse_kind) for g, (a, b) in zip(groups, group_ranges(groups, unit_ranges(units)),
+                                                            strict=True)]
         c_rank = _ranks([float(v) for v in c.scores])
         expanded = {scores.parent[j] for j, ok in enumerate(scores.scored) if ok}
         coarse_out = [Unit(*shown(u), token_range=(u.start, u.end), kind=u.kind, score=float(c.scores[j]),

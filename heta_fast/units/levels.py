@@ -17,6 +17,7 @@ A coarse unit is a run of consecutive fine units, so the fine units always parti
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 
 from .partition import UnitSpan, tile
@@ -36,13 +37,7 @@ def coarse_groups(kind: str, fine: list[UnitSpan], text: str | None, expand: int
         return None
     paragraph_of = _paragraph_labels(fine, text)
     if kind == "paragraph":
-        groups: list[list[int]] = []
-        for j, label in enumerate(paragraph_of):
-            if groups and paragraph_of[groups[-1][-1]] == label:
-                groups[-1].append(j)
-            else:
-                groups.append([j])
-        return groups
+        return [list(g) for _, g in itertools.groupby(range(n), key=paragraph_of.__getitem__)]
     return _blocks(fine, paragraph_of, expand)
 
 
@@ -74,7 +69,7 @@ def _paragraph_labels(fine: list[UnitSpan], text: str | None) -> list[int]:
     starts = [a for a, _ in tile(paragraph_spans(text), len(text))] or [0]
     labels: list[int | None] = [None if u.char_start is None else bisect.bisect_right(starts, u.char_start) - 1
                                 for u in fine]
-    nxt = labels[-1] if labels and labels[-1] is not None else max([x for x in labels if x is not None], default=0)
+    nxt = max((x for x in labels if x is not None), default=0)  # labels grow along the text: the last one
     for j in range(len(labels) - 1, -1, -1):
         if labels[j] is None:
             labels[j] = nxt
