@@ -37,6 +37,19 @@ def _mean_sem(v: list[float]) -> tuple[float, float]:
     return m, (math.sqrt(sum((x - m) ** 2 for x in v) / (n - 1) / n) if n > 1 else float("nan"))
 
 
+def _sharing_clean_rows(logprob_fn):
+    """``logprob_fn`` for the batches of :func:`metrics.soft_erasure` on one X: its first two rows (the clean X and
+    the all-zero input) are the same for every method, so they run once and are reused."""
+    first: list = []
+
+    def fn(batch):
+        if not first:
+            first.append(logprob_fn(batch[:2]))
+        return torch.cat([first[0], logprob_fn(batch[2:])])
+
+    return fn
+
+
 def relabel(vals: dict) -> None:
     """Keep a record's old soft values as ``*_v1`` only; the SPEC §5 values stay absent (reported as NaN)."""
     if "soft_nc_v1" not in vals:
@@ -59,13 +72,14 @@ def recompute(out: Path, data: Path | None, model: str, targets: tuple[str, ...]
     if chosen:
         examples = {ex.id: ex for ex in load_examples(data)}
         attributor = Attributor.from_pretrained(model)
-        logprob_fn = mt.model_logprob_fn(attributor.adapter)
+        base_logprob_fn = mt.model_logprob_fn(attributor.adapter)
     for i, rec in enumerate(chosen, 1):
         ex = examples[rec["id"]]
         settings = rec["settings"]
         # The soft metrics compare whole next-token distributions after the prompt: no target involved.
         enc = encode(attributor.tokenizer, ex)
         X = attributor.adapter.embed(torch.tensor(enc.ids, device=attributor.adapter.device)).detach()
+        logprob_fn = _sharing_clean_rows(base_logprob_fn)  # one clean and one all-zero forward per record
         for name, vals in rec["methods"].items():
             if "soft_nc_v1" in vals or "scores" not in vals:
                 continue
@@ -79,10 +93,15 @@ def recompute(out: Path, data: Path | None, model: str, targets: tuple[str, ...]
                 vals[k] = new[k]
         if i % 20 == 0:
             print(f"{i}/{len(chosen)} records", flush=True)
+            _write(path, records)  # a rerun resumes: finished methods carry soft_nc_v1
+    _write(path, records)
+    return records
+
+
+def _write(path: Path, records: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     tmp.replace(path)
-    return records
 
 
 def side_by_side(records: list[dict], out: Path) -> Path:

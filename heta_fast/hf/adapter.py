@@ -150,6 +150,9 @@ class ModelAdapter:
         model = working_view(self.source)
         self.model = model
         self._scaled_head = None
+        # What a decoder layer returns (a tensor: 0, a tuple: its length; -1 otherwise), learnt from the first
+        # forward: a forward that swaps the input of layer j skips layers 0 … j−1 by returning their input in that form.
+        self._layer_output_form: int | None = None
         self.config = _text_config(model)
         self.num_layers = int(self.config.num_hidden_layers)
         self.layers = _find_layer_list(model, self.num_layers)
@@ -346,28 +349,68 @@ class ModelAdapter:
         if X.ndim == 2:
             X = X[None]
         inputs = X * self.embed_scale if self.embed_scale != 1.0 else X
-        handle = None
-        if replace_layer_input is not None:
-            j, h = replace_layer_input
-            h = h[None] if h.ndim == 2 else h
-
-            def swap(_mod, args, kwargs):
-                if args:
-                    return (h, *args[1:]), kwargs
-                kwargs = dict(kwargs)
-                kwargs["hidden_states"] = h
-                return args, kwargs
-
-            handle = self.layers[j].register_forward_pre_hook(swap, with_kwargs=True)
-        try:
+        with contextlib.ExitStack() as stack:
+            if self._layer_output_form is None:
+                stack.enter_context(self._learn_layer_output_form())
+            if replace_layer_input is not None:
+                j, h = replace_layer_input
+                stack.enter_context(self._swap_layer_input(j, h[None] if h.ndim == 2 else h))
             return self.model(
                 inputs_embeds=inputs,
                 logits_to_keep=keep if keep is not None else (1 if keep_last else 0),
                 **cache_kwargs(self.model, past_key_values),
             )
+
+    @contextlib.contextmanager
+    def _swap_layer_input(self, j: int, h: Tensor):
+        """Layer j receives ``h`` as its input; layers 0 … j−1, whose output is thrown away, are not computed
+        (once the form of a layer's output is known; until then they run). Their KV-cache entries are then
+        missing, which is harmless: a forward with a swapped input never hands its cache to another."""
+
+        def swap(_mod, args, kwargs):
+            if args:
+                return (h, *args[1:]), kwargs
+            kwargs = dict(kwargs)
+            kwargs["hidden_states"] = h
+            return args, kwargs
+
+        form = self._layer_output_form
+
+        def skip(hidden_states=None, *args, **kwargs):
+            if hidden_states is None:
+                hidden_states = args[0] if args else kwargs["hidden_states"]
+            # A tuple's other entries (attention weights: Falcon) are read only when the caller asks for them.
+            return hidden_states if form == 0 else (hidden_states,) + (None,) * (form - 1)
+
+        handle = self.layers[j].register_forward_pre_hook(swap, with_kwargs=True)
+        skipped = self.layers[:j] if form is not None and form >= 0 else []
+        try:
+            for layer in skipped:
+                layer.forward = skip  # an instance attribute: nn.Module.__call__ runs it instead of the class's
+            yield
         finally:
-            if handle is not None:
-                handle.remove()
+            handle.remove()
+            for layer in skipped:
+                del layer.forward
+
+    @contextlib.contextmanager
+    def _learn_layer_output_form(self):
+        """Record what the first decoder layer returns during the block: a tensor (0), a tuple led by the hidden
+        states (its length), anything else (-1: layers are then never skipped)."""
+
+        def seen(_mod, _args, out):
+            if isinstance(out, Tensor):
+                self._layer_output_form = 0
+            elif isinstance(out, tuple) and out and isinstance(out[0], Tensor):
+                self._layer_output_form = len(out)
+            else:
+                self._layer_output_form = -1
+
+        handle = self.layers[0].register_forward_hook(seen)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def last_logits(self, X: Tensor, **kw) -> Tensor:
         """Logits at the last row of X: ``[V]`` (or ``[B, V]`` for batched X)."""
