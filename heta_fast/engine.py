@@ -30,7 +30,7 @@ from .curvature import lowrank_curvature, sensitivity_batched, sensitivity_refer
 from .errors import HetaInputError, MemoryBudgetError, NumericalError
 from .gate import gate_fast, gate_fast_many, gate_reference
 from .gate.value_norms import normalise_gate
-from .hf import ModelAdapter
+from .hf import CleanRun, ModelAdapter, clean_forward
 from .information import information_batched, information_multi, information_reference, mask_vector
 from .options import HetaOptions
 from .probes import check_probes, draw_probes
@@ -98,6 +98,7 @@ def evaluate(
     units: list[tuple[int, int]] | None = None,
     progress: Callable[[str, int], None] | None = None,
     shard: Shard | None = None,
+    clean: CleanRun | None = None,
 ) -> Components:
     """The requested components for context ``ids [t]`` (prediction position t−1) and ``target_id``.
 
@@ -105,10 +106,16 @@ def evaluate(
     probes and give the same numbers up to floating-point error (the tests hold them to that).
     With ``units`` (``(start, end)`` ranges, SPEC §6) S and I are per unit; M is always per token. ``shard``:
     S and I split over the ranks of a process group (:mod:`heta_fast.sharding`; fast engine), the same numbers.
+    ``clean``: the clean forward over ``ids`` (fast engine), when the caller already ran it; with both S and I it is
+    otherwise run once here and shared.
     """
     timings: dict[str, float] = {}
     M = S = I = None
     fast = opts.engine == "fast"
+    if fast and clean is None and "S" in opts.components and "I" in opts.components:
+        t0 = time.perf_counter()
+        clean = shared_clean_run(adapter, ids, opts)
+        timings["clean"] = time.perf_counter() - t0
 
     def tick(stage):
         return (lambda n: progress(stage, n)) if progress is not None else None
@@ -124,7 +131,7 @@ def evaluate(
                   lowrank_passes=opts.lowrank_passes, curvature=opts.curvature, layers=opts.layers, seed=opts.seed)
         if fast:
             S = sensitivity_batched(adapter, ids, target_id, max_memory=opts.max_memory, progress=tick("S"),
-                                    shard=shard, **kw)
+                                    shard=shard, clean=clean, **kw)
         else:
             S = sensitivity_reference(adapter, ids, target_id, **kw)
         timings["hessian"] = time.perf_counter() - t0
@@ -132,7 +139,7 @@ def evaluate(
         t0 = time.perf_counter()
         if fast:
             I = information_batched(adapter, ids, mask_vec, units=units, max_memory=opts.max_memory,
-                                    progress=tick("I"), shard=shard)
+                                    progress=tick("I"), shard=shard, clean=clean)
         else:
             I = information_reference(adapter, ids, mask_vec, units)
         timings["kl"] = time.perf_counter() - t0
@@ -182,6 +189,13 @@ def evaluate_many(
             S, own["hessian"] = comp.S, comp.timings["hessian"]
         out.append(Components(M=slot.get("M"), S=S, I=slot.get("I"), timings=own))
     return out
+
+
+def shared_clean_run(adapter: ModelAdapter, ids: Tensor, opts: HetaOptions) -> CleanRun:
+    """The clean forward over ``ids`` that S and I of one attribution both start from (run once, not per stage)."""
+    layer = None if opts.layers is None else adapter.first_layer(opts.layers)
+    with torch.no_grad():
+        return clean_forward(adapter, adapter.embed(ids).detach(), [ids.numel() - 1], layer)
 
 
 def shares_passes(positions: list[int], opts: HetaOptions) -> bool:
@@ -475,6 +489,15 @@ class _UnitLevels:
         self.M: Tensor | None = None
         self.sink_mass: float | None = None
         self._factors = None
+        self._clean: CleanRun | None = None  # the clean forward every level's S and I start from
+
+    def clean(self) -> CleanRun | None:
+        """The clean forward over the run's ids, run on first use (fast engine only)."""
+        if self._clean is None and self.opts.engine == "fast":
+            t0 = time.perf_counter()
+            self._clean = shared_clean_run(self.adapter, self.run_ids, self.opts)
+            self.timings["clean"] = time.perf_counter() - t0
+        return self._clean
 
     def gate(self) -> Tensor | None:
         """Token-level M over the context (lead dropped), float64 on the CPU; None without M."""
@@ -504,13 +527,13 @@ class _UnitLevels:
                         self.adapter, self.run_ids, self.target_id, probes=self.probes, rank=opts.rank,
                         lowrank_passes=opts.lowrank_passes, curvature=opts.curvature, layers=opts.layers,
                         seed=opts.seed, max_memory=opts.max_memory, progress=lambda n: bars.update("S", n),
-                        shard=self.engine._shard(opts))
+                        shard=self.engine._shard(opts), clean=self.clean())
                     self.timings["hessian"] = time.perf_counter() - t0
                 S = self._factors.unit_norms(run_units)
             if comps:
                 comp = evaluate(self.adapter, self.run_ids, self.target_id, opts.replace(components=comps),
                                 probes=self.probes, mask_vec=self.mask_vec, units=run_units, progress=bars.update,
-                                shard=self.engine._shard(opts))
+                                shard=self.engine._shard(opts), clean=self.clean())
                 S = comp.S if S is None else S
                 I = comp.I
                 for name, v in comp.timings.items():

@@ -26,10 +26,11 @@ from torch import Tensor
 
 from ..errors import HetaInputError, MemoryBudgetError
 from ..hf import (
+    CleanRun,
     ModelAdapter,
     attention_core,  # the module: its threshold and block size are read at each call
+    clean_forward,
     cut_cache,
-    new_full_cache,
 )
 from ..probes import check_probes, draw_range_finder
 from ..sharding import Shard, mine, summed
@@ -195,17 +196,23 @@ class CurvatureOperator:
         return batched_vjp(self.out, self.x, W)
 
 
-def clean_state(adapter: ModelAdapter, ids: Tensor, layers: int | None, target_id: int):
+def clean_state(adapter: ModelAdapter, ids: Tensor, layers: int | None, target_id: int, clean: CleanRun | None = None):
     """X, the differentiated point (X or the residual at L−k), its layer index, the clean KV cache, and the
-    LM head's derivatives at the clean final hidden state (None where the fused head cannot stand in)."""
+    LM head's derivatives at the clean final hidden state (None where the fused head cannot stand in).
+
+    ``clean``: the clean forward over ``ids`` already run for this attribution (shared with the KL pass);
+    without it one is run here."""
     X = adapter.embed(ids).detach()
     layer = None if layers is None else adapter.first_layer(layers)
-    cache = new_full_cache()
-    with torch.no_grad(), adapter.record(layer_inputs=layer is not None) as rec, adapter.head_input() as seen:
-        logits = adapter.forward(X, past_key_values=cache).logits[0, -1]
-    point = X if layer is None else rec.layer_inputs[layer].detach()
-    head = clean_head_curvature(adapter, seen[-1][0, -1], logits, target_id) if seen else None
-    return X, point, layer, cache, head
+    keep = [ids.numel() - 1]
+    if clean is None:
+        clean = clean_forward(adapter, X, keep, layer)
+    elif not clean.matches(X, keep, layer):
+        raise ValueError("the shared clean run was made for other ids, positions or layers")
+    point = X if layer is None else clean.layer_input.detach()
+    head = (clean_head_curvature(adapter, clean.head_input[-1], clean.logits[-1], target_id)
+            if clean.head_input is not None else None)
+    return X, point, layer, clean.cache, head
 
 
 def sensitivity_batched(
@@ -224,6 +231,7 @@ def sensitivity_batched(
     max_memory: int = 2 * 1024**3,
     progress: Callable[[int], None] | None = None,
     shard: Shard | None = None,
+    clean: CleanRun | None = None,
 ) -> Tensor:
     """S per unit (SPEC §6; per token, SPEC §2, when ``units`` is None); equal probes give the reference
     engine's S (up to floating-point error).
@@ -237,6 +245,7 @@ def sensitivity_batched(
         max_memory: bytes of activations the batched backwards may hold (sets the batch size).
         shard: split the work over the ranks of a process group (:mod:`heta_fast.sharding`); every rank returns
             the whole result.
+        clean: the attribution's clean forward over ``ids`` (:func:`heta_fast.hf.clean_forward`), if already run.
     Returns:
         ``[len(units)]`` (``[t]`` for tokens), in the model's dtype.
     """
@@ -245,12 +254,12 @@ def sensitivity_batched(
     if hessian == "lowrank":
         return lowrank_curvature(adapter, ids, target_id, probes=probes, rank=rank, lowrank_passes=lowrank_passes,
                                  curvature=curvature, layers=layers, seed=seed, max_memory=max_memory,
-                                 progress=progress, shard=shard).unit_norms(units)
+                                 progress=progress, shard=shard, clean=clean).unit_norms(units)
     if hessian != "exact":
         raise HetaInputError(f"unknown hessian mode {hessian!r}")
     # Fail before any forward if it cannot fit.
     batch = probe_batch_size(adapter, t, t, max_memory, layers)
-    X, point, layer, cache, head = clean_state(adapter, ids, layers, target_id)
+    X, point, layer, cache, head = clean_state(adapter, ids, layers, target_id, clean)
     d = point.shape[1]
     check_probes(probes, t, d)
     probes = probes.to(point)
@@ -293,13 +302,13 @@ def sensitivity_batched(
 def lowrank_curvature(adapter: ModelAdapter, ids: Tensor, target_id: int, *, probes: Tensor, rank: int = 64,
                       lowrank_passes: int = 2, curvature: str = "hessian", layers: int | None = None, seed: int = 0,
                       max_memory: int = 2 * 1024**3, progress: Callable[[int], None] | None = None,
-                      shard: Shard | None = None) -> LowRankCurvature:
+                      shard: Shard | None = None, clean: CleanRun | None = None) -> LowRankCurvature:
     """The low-rank factors of the context's curvature (``hessian="lowrank"``), built once: S of any units is then
     read from them (:meth:`LowRankCurvature.unit_norms`) without another Hessian–vector product. The levels of
     SPEC §6 and a token refinement read all their units from one factorisation."""
     t = ids.numel()
     batch = probe_batch_size(adapter, t, t, max_memory, layers, suffix_graphs=False)
-    X, point, layer, _, head = clean_state(adapter, ids, layers, target_id)
+    X, point, layer, _, head = clean_state(adapter, ids, layers, target_id, clean)
     check_probes(probes, t, point.shape[1])
     return LowRankCurvature(adapter, X, point, layer, head, target_id, probes, rank=rank, passes=lowrank_passes,
                             curvature=curvature, seed=seed, batch=batch, progress=progress, shard=shard)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import MemoryBudgetError, NumericalError, UnsupportedModelError
-from ..hf import ModelAdapter, cache_kwargs, head_check_tolerance, head_logits, new_full_cache
+from ..hf import CleanRun, ModelAdapter, cache_kwargs, clean_forward, head_check_tolerance, head_logits
 from ..sharding import Shard, mine, summed
 from ..units.ranges import Unit, check_units, token_units, unit_chunks
 from .prefix_cache import shared_prefix_cache
@@ -72,6 +72,7 @@ def information_batched(
     chunk_size: int | None = None,
     progress: Callable[[int], None] | None = None,
     shard: Shard | None = None,
+    clean: CleanRun | None = None,
 ) -> Tensor:
     """I per unit: KL(π ‖ π^{(u)}) with every token of u masked at once (SPEC §6).
 
@@ -82,7 +83,7 @@ def information_batched(
         float32 ``[len(units)]`` (``[t]`` for tokens).
     """
     return information_multi(adapter, ids, [ids.numel() - 1], mask_vec, units=units, max_memory=max_memory,
-                             backend=backend, chunk_size=chunk_size, progress=progress, shard=shard)[0]
+                             backend=backend, chunk_size=chunk_size, progress=progress, shard=shard, clean=clean)[0]
 
 
 def information_multi(
@@ -97,6 +98,7 @@ def information_multi(
     chunk_size: int | None = None,
     progress: Callable[[int], None] | None = None,
     shard: Shard | None = None,
+    clean: CleanRun | None = None,
 ) -> list[Tensor]:
     """I for several targets of one text in one masked pass.
 
@@ -111,6 +113,8 @@ def information_multi(
             Target k gets the units that lie inside its context (end ≤ p + 1), a prefix of the list.
         shard: split the chunks of masks over the ranks of a process group (:mod:`heta_fast.sharding`); every
             rank returns the whole result.
+        clean: the clean forward over ``ids[:n]`` keeping ``predict_at`` (:func:`heta_fast.hf.clean_forward`), when
+            the attribution already ran it (S shares it); without it, it is run here.
     Returns:
         one float32 tensor per target, in the order of ``predict_at``: ``[p + 1]`` for tokens, else one
         value per unit inside that target's context.
@@ -123,16 +127,18 @@ def information_multi(
     units = token_units(n) if units is None else check_units(units, n)
     X = adapter.embed(ids[:n])
     scale = adapter.embed_scale
-    ps = torch.tensor(predict_at, device=X.device)
     span = chunk_size or mask_chunk_size(adapter, n, max_memory)  # fails before any forward if it cannot fit
     count = chunk_size or span
     with torch.no_grad():
         # One clean forward of the whole model fills the cache, yields the model's own logits at the
-        # prediction positions and (hooked) what its LM head received there.
-        cache = new_full_cache()
-        with adapter.head_input() as seen:
-            model_logits = adapter.forward(X, keep=ps, past_key_values=cache).logits[0, predict_at.index(n - 1)]
-        h_clean = seen[0][0]  # [T, d]
+        # prediction positions and what its LM head received there.
+        if clean is None:
+            clean = clean_forward(adapter, X, predict_at)
+        elif not clean.matches(X, predict_at, None):
+            raise ValueError("the shared clean run was made for other ids or prediction positions")
+        cache = clean.cache
+        model_logits = clean.logits[predict_at.index(n - 1)]
+        h_clean = clean.head_input  # [T, d]
         # The fused head must reproduce the model's own logits, or the KL would silently be wrong.
         z = head_logits(h_clean, weight, bias, softcap)
         if not torch.isfinite(model_logits).all():

@@ -158,3 +158,22 @@ def test_views_do_not_shade_unscored_units_with_their_parents_score(attributor):
             assert all(shades[i] == 0.0 for i in range(*u.token_range))
     unscored = next(u for u in r.units if not u.scored)
     assert "not scored" in r._tooltip(unscored.token_range[0])
+
+
+@pytest.mark.parametrize("kw", [{}, {"hessian": "lowrank", "rank": 8, "lowrank_passes": 1, "layers": 1}],
+                         ids=["exact", "lowrank-last-layer"])
+def test_every_level_shares_one_clean_forward(attributor, monkeypatch, kw):
+    """S and the KL pass of every level (and the refinement) start from one clean forward, not one each."""
+    import heta_fast.engine as engine
+
+    runs = []
+    real = engine.clean_forward
+    monkeypatch.setattr(engine, "clean_forward", lambda *a, **k: runs.append(1) or real(*a, **k))
+    r = attributor.attribute(TEXT, units="sentence", coarse="paragraph", expand=1, refine=1, **{**OPTS, **kw})
+    assert len(runs) == 1 and "clean" in r.timings
+    # The same numbers as runs that do their own clean forwards (the components called without a shared run).
+    monkeypatch.setattr(engine, "shared_clean_run", lambda *a, **k: None)
+    alone = attributor.attribute(TEXT, units="sentence", coarse="paragraph", expand=1, refine=1, **{**OPTS, **kw})
+    for name in ("S", "I", "score"):
+        got, want = ([float("nan") if getattr(u, name) is None else getattr(u, name) for u in x.units] for x in (r, alone))
+        assert torch.allclose(torch.tensor(got), torch.tensor(want), rtol=1e-6, atol=1e-12, equal_nan=True), name
