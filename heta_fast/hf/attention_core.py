@@ -202,7 +202,7 @@ def _block_probs(q5: Tensor, key: Tensor, allowed: Tensor | None, scaling: float
     exp(S − lse) and no reduction. The fresh score tensor is updated in place: one block-sized buffer.
     """
     lo, hi, k_lo, k_hi = block
-    scores = _rows_mm(_span(q5, lo, hi), _span(key, k_lo, k_hi).transpose(-1, -2)).mul_(scaling)
+    scores = _rows_mm(_span(q5, lo, hi) * scaling, _span(key, k_lo, k_hi).transpose(-1, -2))  # s on the rows
     if allowed is None:  # causal, queries at the last q_len positions
         offset = key.shape[-2] - q5.shape[-2]
         q_pos = torch.arange(offset + lo, offset + hi, device=scores.device)[:, None]
@@ -253,17 +253,16 @@ def _block_vjp(q5, key, value, dO, lse, delta, allowed, s, block, gQ, gK, gV):
     dS = P * dP_centered
     Q_bar = _rows_mm(dS, gKr) * s
     K_bar = _keys_mm(dS, gQb) * s
-    del dS
-    G_dS = _rows_mm(gQb, Kr.transpose(-1, -2)) + _rows_mm(Qb, gKr.transpose(-1, -2))
-    G_dS = G_dS * s
-    PG = P * G_dS
-    G_delta = -PG.sum(-1, keepdim=True)
-    G_dP = PG + P * G_delta
-    del PG
-    G_P = G_dS * dP_centered
-    del G_dS, dP_centered
-    G_P = G_P + G_delta * dP + _rows_mm(dOb, gVr.transpose(-1, -2))
-    del dP
+    del dS, dP
+    # G_dS = s·(gQ Kᵀ + Q gKᵀ) as one product over [gQ, Q] and [K, gK] (no score-sized sum).
+    G_dS = _rows_mm(torch.cat([gQb * s, Qb.expand_as(gQb) * s], -1), torch.cat([Kr, gKr], -1).transpose(-1, -2))
+    # With A = G_dS + G_δ (G_δ = −rowsum(P ⊙ G_dS)): G_dP = P ⊙ A, and G_P = A ⊙ (dP − δ) + dO gVᵀ up to a
+    # per-row constant (G_δ·δ), which the softmax's derivative below cancels (rows of P sum to 1).
+    A = G_dS - (P * G_dS).sum(-1, keepdim=True)
+    del G_dS
+    G_dP = P * A
+    G_P = A * dP_centered + _rows_mm(dOb, gVr.transpose(-1, -2))
+    del A, dP_centered
     dO_bar = _rows_mm(G_dP, Vr) + _rows_mm(P, gVr)
     V_bar = _keys_mm(G_dP, dOb)
     del G_dP
