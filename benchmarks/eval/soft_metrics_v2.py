@@ -113,11 +113,11 @@ def side_by_side(records: list[dict], out: Path) -> Path:
         rows = [r for r in records if r.get("target", "gold") == kind and (not top1_only or r.get("gold_is_top1"))]
         if not rows:
             continue
-        lines += [f"## {name}: {what} (n = {len(rows)})", "",
-                  "| method | Soft-NC v1 | Soft-NC v2 | Soft-NS v1 | Soft-NS v2 |", "|---|---|---|---|---|"]
+        lines += [f"## {name}: {what} ({len(rows)} records)", "",
+                  "| method | n | Soft-NC v1 | Soft-NC v2 | Soft-NS v1 | Soft-NS v2 |", "|---|---|---|---|---|---|"]
         methods = sorted({m for r in rows for m, v in r["methods"].items() if v.get("soft_nc") is not None})
         for m in methods:
-            cells = []
+            cells = [str(sum(1 for r in rows if r["methods"].get(m, {}).get("soft_nc") is not None))]
             for k in ("soft_nc", "soft_ns"):
                 for key in (f"{k}_v1", k):
                     mean, sem = _mean_sem([r["methods"][m][key] for r in rows
