@@ -112,10 +112,6 @@ def evaluate(
     timings: dict[str, float] = {}
     M = S = I = None
     fast = opts.engine == "fast"
-    if fast and clean is None and "S" in opts.components and "I" in opts.components:
-        t0 = time.perf_counter()
-        clean = shared_clean_run(adapter, ids, opts)
-        timings["clean"] = time.perf_counter() - t0
 
     def tick(stage):
         return (lambda n: progress(stage, n)) if progress is not None else None
@@ -125,6 +121,10 @@ def evaluate(
         gate = gate_fast if fast else gate_reference
         M = gate(adapter, ids, rollout=opts.rollout, layers=opts.layers)
         timings["gate"] = time.perf_counter() - t0
+    if fast and clean is None and "S" in opts.components and "I" in opts.components:
+        t0 = time.perf_counter()
+        clean = shared_clean_run(adapter, ids, opts)
+        timings["clean"] = time.perf_counter() - t0
     if "S" in opts.components:
         t0 = time.perf_counter()
         kw = dict(probes=probes, units=units, hessian=opts.hessian, rank=opts.rank,
