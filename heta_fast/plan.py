@@ -14,8 +14,8 @@ bytes of intermediates the batched passes will hold, from the same rules the eng
   ``refine=k``: the k units whose tokens cost most), plus one clean forward per pass;
 - generate=g: g forwards of the growing text.
 
-Seconds come from a one-time calibration of the machine (:func:`calibrate`: a clean forward at two lengths and a
-few Hessian–vector products of the model, kept per model, device and thread count for the process and in
+Seconds come from a one-time calibration of the machine (:func:`calibrate`: a clean forward, one attention call and
+two Hessian–vector products of the model, kept per model, device and thread count for the process and in
 ``~/.cache/heta_fast/calibration.json``): a row costs ``a + b·kv`` seconds (``kv`` keys it attends to) and an
 HVP row ``c`` forward rows. The plan's numbers are upper bounds where the work depends on results (level 2,
 refinement); ``benchmarks/bench_levels.py`` reports plan against actual.
@@ -299,9 +299,10 @@ def calibrate(adapter, name: str, *, lengths: tuple[int, int] = (512, 2048), hvp
               cache_file: str | None = None) -> dict:
     """Machine figures of this model (measured once per process, model, dtype, device, threads and CPU; also kept in
     ``cache_file``, default ``~/.cache/heta_fast/calibration.json``): ``row_a`` + ``row_b``·kv seconds per forward
-    row, from clean forwards at two lengths; ``hvp_rows``: forward rows one Hessian–vector row costs (at ``hvp_tokens``).
-    The lengths are long enough for attention to show: from 128 and 512 tokens the per-key slope ``row_b`` came
-    out anywhere from 0 to 2.5x the true one, and a 4,006-token plan 5x the run."""
+    row, ``row_b`` from one attention call of ``lengths`` (queries, keys) and ``row_a`` from a clean forward of
+    ``lengths[0]`` tokens; ``hvp_rows``: forward rows one Hessian–vector row costs (at ``hvp_tokens``). A slope fitted
+    to forwards at two short lengths (128 and 512 tokens, until 2026-12-06) came out anywhere from 0 to 2.5x the
+    true one, and a 4,006-token plan 5x the run."""
     key = calibration_key(adapter, name)
     if key in _CALIBRATIONS:
         return _CALIBRATIONS[key]
