@@ -119,6 +119,23 @@ def unit_per_sentence(units, sentences) -> tuple[list[float], list[int]]:
     return [u.score if u.scored else 0.0 for u in picked], [1 + sum(v.rank < u.rank for v in picked) for u in picked]
 
 
+def level_one(res, sentences) -> list[dict]:
+    """Level 1 of a levelled run, per coarse unit: the document sentences it holds (first, end; the cue's block
+    ends past them), its shares of the blocks' M, S and I, its score and rank, and whether it was expanded: what
+    to read when levels lose a needle (which blocks took the expansions, and on which term)."""
+    blocks = res.coarse_units
+    totals = {c: sum(getattr(b, c) or 0.0 for b in blocks) or 1.0 for c in "MSI"}
+    owner = [next((j for j, u in enumerate(res.units) if u.char_span and u.char_span[0] <= a and b <= u.char_span[1]))
+             for a, b in sentences]
+    out = []
+    for c, b in enumerate(blocks):
+        held = [i for i, j in enumerate(owner) if res.units[j].parent == c]
+        out.append({"sentences": [held[0], held[-1] + 1] if held else None, "rank": b.rank, "score": b.score,
+                    "expanded": b.refined,
+                    **{f"{k}_share": None if getattr(b, k) is None else getattr(b, k) / totals[k] for k in "MSI"}})
+    return out
+
+
 def answer_logprob(attr: Attributor, text: str, answer_id: int) -> tuple[float, int]:
     """log p(answer's first token | text) and the model's top-1 id there (one forward, tokenised as attribute
     tokenises, special tokens included)."""
@@ -163,14 +180,16 @@ def run_one(attr: Attributor, opts: dict, prompt: str, sentences, answer: str, m
     heta = {"heta_units": {}} if "heta_units" in methods else {}
     heta.update({f"heta_units[{name}]": kw for name, kw in (variants or {}).items()})
 
-    def heta_run(kw):
+    def heta_run(kw, name):
         res = attr.attribute(prompt, first, **{"units": "sentence", **opts, **kw})[0]
         row.setdefault("tokens", res.target_position)
         per, rk = unit_per_sentence(res.units, sentences)
+        if res.coarse_units is not None:
+            row.setdefault("level1", {})[name] = level_one(res, sentences)
         return per, rk, res
 
     for name, kw in heta.items():
-        runs.append((name, lambda kw=kw: heta_run(kw)))
+        runs.append((name, lambda kw=kw, name=name: heta_run(kw, name)))
     if "heta_tokens" in methods:
         def heta_tokens():
             res = attr.attribute(prompt, first, **{**opts, "units": "token", "coarse": "none"})[0]

@@ -55,3 +55,21 @@ def test_distractor_share_and_order(needle):
                       "above_distractor": 1}
     for spec in needle.NEEDLES:  # a distractor is another sentence that shares the cue's frame, not the answer
         assert spec["distractor"] != spec["needle"] and spec["answer"].strip() not in spec["distractor"]
+
+
+def test_level_one_records_each_block_and_its_shares(needle):
+    from types import SimpleNamespace
+
+    from heta_fast.result import Unit
+
+    text = "One. Two. Three. Cue"
+    sentences = [(0, 4), (5, 9), (10, 16)]  # the document's sentences; the cue after them is a unit too
+    blocks = [Unit("One. Two.", (0, 9), (0, 4), "block", 0.1, M=0.2, S=1.0, I=3.0, rank=2, refined=False),
+              Unit("Three. Cue", (10, 20), (4, 8), "block", 0.5, M=0.6, S=3.0, I=1.0, rank=1, refined=True)]
+    units = [Unit(text[a:b], (a, b), (2 * i, 2 * i + 2), "sentence", 0.1, parent=i // 2, scored=i >= 2)
+             for i, (a, b) in enumerate(sentences + [(17, 20)])]
+    out = needle.level_one(SimpleNamespace(coarse_units=blocks, units=units), sentences)
+    assert [b["sentences"] for b in out] == [[0, 2], [2, 3]]
+    assert [b["expanded"] for b in out] == [False, True] and [b["rank"] for b in out] == [2, 1]
+    assert out[0]["M_share"] == pytest.approx(0.25) and out[1]["S_share"] == pytest.approx(0.75)
+    assert out[0]["I_share"] == pytest.approx(0.75)
