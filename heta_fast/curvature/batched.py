@@ -118,12 +118,18 @@ def probe_batch_size(adapter: ModelAdapter, rows: int, kv_len: int, max_memory: 
 # per-direction cost was lowest around 1,024 rows: 8 directions at 128 rows (0.34 s each, against 0.37 at
 # 32), 64 at 16 rows (48 ms, against 62 at 8): the [B, s, ffn] temporaries stay in cache while the fixed
 # cost per backward op is shared. On a GPU the whole batch goes at once.
+# Longer suffixes still run two directions at a time: there the query-blocked attention core dominates, and under
+# vmap its direction-free work (P recomputed per block, dP, dS) is done once for both. 4,006-token needle, rank 8,
+# last 6 layers, 2 threads: S in 87.9 s against 100.0 s one direction at a time (benchmarks/eval/README.md).
 CPU_SLICE_ROWS = 1024
 CPU_SLICE_MAX = 64
+CPU_SLICE_LONG = 2
 
 
 def cpu_slice(rows: int) -> int:
     """Directions per batched second backward on the CPU for a suffix of ``rows`` positions."""
+    if rows > CPU_SLICE_ROWS:
+        return CPU_SLICE_LONG
     return max(1, min(CPU_SLICE_MAX, CPU_SLICE_ROWS // max(rows, 1)))
 
 

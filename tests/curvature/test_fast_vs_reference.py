@@ -21,9 +21,10 @@ T = 11
     ids=["exact", "gauss_newton", "last_layer", "lowrank12"],
 )
 # 1 MiB: a few directions per second backward; 1 GiB: one batch per graph; sliced: that batch run by the
-# CPU in slices of 2 directions (CPU_SLICE_ROWS lowered to 2·T rows).
-@pytest.mark.parametrize("max_memory,slice_rows", [(1 << 20, None), (1 << 30, None), (1 << 30, 2 * T)],
-                         ids=["small_batches", "one_batch", "sliced_batches"])
+# CPU in slices of 2 directions (CPU_SLICE_ROWS lowered to 2·T rows); long_suffix: the suffix longer than
+# CPU_SLICE_ROWS, where a long context's pairs of directions run (CPU_SLICE_LONG).
+@pytest.mark.parametrize("max_memory,slice_rows", [(1 << 20, None), (1 << 30, None), (1 << 30, 2 * T), (1 << 30, T - 1)],
+                         ids=["small_batches", "one_batch", "sliced_batches", "long_suffix"])
 def test_sensitivity(fast_and_reference, kw, max_memory, slice_rows, monkeypatch):
     _, fast, ref = fast_and_reference
     if slice_rows is not None:
