@@ -23,7 +23,7 @@ from .result import Attribution, AttributionSequence, floats
 from .sharding import Shard
 from .sinks import leading_special_count, resolve_sink
 from .tokenizers import check_text
-from .units import UnitSpan, coarse_groups, context_units, unit_ranges, unit_results
+from .units import UnitSpan, coarse_levels, context_units, unit_ranges, unit_results
 
 # With progress bars on, a run the plan puts above this many seconds prints the plan first.
 LONG_RUN_SECONDS = 30
@@ -237,21 +237,21 @@ class Attributor:
             positions = [target_position(enc.ids.numel(), target)]
         if probes is not None and len(positions) != 1:
             raise HetaInputError("probes= can only be given for a single target")
-        units, groups = self._units_and_groups(opts, enc, positions)
+        units, coarse = self._units_and_levels(opts, enc, positions)
         if self.progress:  # a long run says what it will do before it starts
             plan = make_plan(self.adapter, opts, positions, lead=len(lead), prompt_tokens=enc.prompt_len,
-                             units=None if units is None else [unit_ranges(u) for u in units], groups=groups,
+                             units=None if units is None else [unit_ranges(u) for u in units], coarse=coarse,
                              calibration=calibrate(self.adapter, self.name))
             if (plan.seconds or 0) > LONG_RUN_SECONDS:
                 print(plan.summary(), file=sys.stderr)
         explained = self.engine.explain(enc.ids, positions, opts, probes=probes, lead=enc.ids.new_tensor(lead),
                                         units=None if units is None else [unit_ranges(u) for u in units],
-                                        groups=groups, should_stop=should_stop)
+                                        coarse=coarse, should_stop=should_stop)
         results = AttributionSequence(self._build(enc, t, opts, ex) for t, ex in zip(positions, explained, strict=True))
         if units is not None:
             kind = "paragraph" if opts.coarse == "paragraph" else "block"
-            for res, spans, g, ex in zip(results, units, groups, explained, strict=True):
-                res.units, res.coarse_units = unit_results(spans, ex.units, res.tokens, enc.text, g, kind)
+            for res, spans, c, ex in zip(results, units, coarse, explained, strict=True):
+                res.units, res.coarse_units = unit_results(spans, ex.units, res.tokens, enc.text, c, kind)
         return results[0] if len(positions) == 1 and not isinstance(target, str) and generate is None else results
 
     def plan(self, text_or_ids, target: int | str | None = None, *, generate: int | None = None,
@@ -278,24 +278,24 @@ class Attributor:
             if opts.units != "token":
                 prompt = unit_ranges(context_units(opts, base.text, base.offsets, base.prompt_len))
                 units = [prompt + [(i, i + 1) for i in range(base.prompt_len, t)] for t in positions]
-            groups = None
+            coarse = None
         else:
             enc = self._with_continuation(base, target) if isinstance(target, str) else base
             positions = (list(range(enc.prompt_len, enc.ids.numel())) if isinstance(target, str)
                          else [target_position(enc.ids.numel(), target)])
-            spans, groups = self._units_and_groups(opts, enc, positions)
+            spans, coarse = self._units_and_levels(opts, enc, positions)
             units = None if spans is None else [unit_ranges(u) for u in spans]
         cal = calibrate(self.adapter, self.name) if seconds else None
         return make_plan(self.adapter, opts, positions, lead=len(lead), prompt_tokens=base.prompt_len,
-                         generate=generate or 0, units=units, groups=groups, calibration=cal)
+                         generate=generate or 0, units=units, coarse=coarse, calibration=cal)
 
     @staticmethod
-    def _units_and_groups(opts: HetaOptions, enc: _Encoded, positions: list[int]):
-        """Each target's units (SPEC §6) and, with levels, their coarse groups; ``(None, None)`` for tokens."""
+    def _units_and_levels(opts: HetaOptions, enc: _Encoded, positions: list[int]):
+        """Each target's units (SPEC §6) and, with levels, their coarse levels; ``(None, None)`` for tokens."""
         if opts.units == "token":
             return None, None
         units = [context_units(opts, enc.text, enc.offsets, t) for t in positions]
-        return units, [coarse_groups(opts.coarse, u, enc.text, opts.expand) for u in units]
+        return units, [coarse_levels(opts.coarse, u, enc.text, opts.expand) for u in units]
 
     def _resolved(self, opts: HetaOptions, lead: list[int]) -> HetaOptions:
         """The options as run and recorded: the sink (the lead's first token), the layers and the memory budget

@@ -78,12 +78,16 @@ def _print_result(res, args) -> None:
         if r.sink_gate_mass is not None:
             print(f"attention sink (token id {r.options['sink_token']}) prepended: it took {r.sink_gate_mass:.2f} of the "
                   "gate, dropped from the result (M re-normalised over the context)")
-        if r.coarse_units:  # levels: what level 1 scored, and which coarse units were expanded (+)
-            print(f"level 1: {len(r.coarse_units)} coarse units; + expanded (their units scored at level 2)")
-            for u in sorted(r.coarse_units, key=lambda u: u.rank)[: args.top]:
+        # Levels: what each coarse level scored, and which of its units were expanded (+).
+        for level in sorted({u.level for u in r.coarse_units or []}):
+            tier = [u for u in r.coarse_units if u.level == level]
+            print(f"level {level}: {sum(u.scored for u in tier)} of {len(tier)} coarse units scored; + expanded "
+                  f"(their units scored at level {level + 1})")
+            for u in sorted(tier, key=lambda u: u.rank)[: args.top]:
                 text = " ".join(u.text.split())
+                score = f"{u.score:.4g}" if u.scored else f"({u.score:.4g})"
                 print(f"{u.rank:>4}{'+' if u.refined else ' '} {u.token_range[0]:>5}-{u.token_range[1] - 1:<5}  "
-                      f"{text[:41] + '...' if len(text) > 44 else text:<44} {u.score:>10.4g}")
+                      f"{text[:41] + '...' if len(text) > 44 else text:<44} {score:>10}")
         if r.units:
             print(f"{'rank':>4}  {'tokens':>11}  {'unit':<44} {'score':>10} {'M':>8} {'S':>10} {'I':>10}"
                   + ("   (score in brackets: not scored, its coarse unit's)" if r.coarse_units else ""))

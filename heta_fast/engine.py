@@ -36,7 +36,7 @@ from .options import HetaOptions
 from .probes import check_probes, draw_probes
 from .progress import StageBars, StopCheck, check_stop, progress_bar
 from .sharding import Shard
-from .units.levels import group_ranges
+from .units.levels import Groups, group_ranges, parents
 from .units.ranges import check_units, unit_sums
 
 
@@ -77,7 +77,7 @@ class UnitScores:
     I: Tensor | None
     scores: Tensor
     refined: list[int]
-    coarse: UnitScores | None = None  # levels (SPEC §6): level 1's numbers over the coarse units
+    coarse: UnitScores | None = None  # levels (SPEC §6): the numbers of the level above (which may have its own)
     parent: list[int] | None = None  # levels: each unit's coarse unit (index into coarse.ranges)
 
     @property
@@ -293,7 +293,7 @@ class Engine:
 
     def explain(self, ids: Tensor, positions: list[int], opts: HetaOptions, *, probes: Tensor | None = None,
                 lead: Tensor | None = None, units: list[list[tuple[int, int]]] | None = None,
-                groups: list[list[list[int]] | None] | None = None,
+                coarse: list[list[Groups] | None] | None = None,
                 should_stop: StopCheck | None = None) -> list[Explanation]:
         """One :class:`Explanation` per target position of ``ids [n]`` (each 1 ≤ t ≤ n−1).
 
@@ -301,8 +301,9 @@ class Engine:
         tokens put in front of every window and left out of M, S and I (the sink, and special tokens such as
         a BOS); by default ``[opts.sink_token]``, or nothing. ``units``: one partition of each target's
         context into ``(start, end)`` token ranges (SPEC §6), or None for tokens; units run over the whole
-        context in one window. ``groups``: with ``units``, each target's coarse units as runs of unit indices
-        (SPEC §6, *Levels*; :func:`heta_fast.units.levels.coarse_groups`), or None for one level. The model is used only through the adapter's working view
+        context in one window. ``coarse``: with ``units``, each target's coarse levels, coarsest first, each as runs
+        of unit indices (SPEC §6, *Levels*; :func:`heta_fast.units.levels.coarse_levels`), or None for one level.
+        The model is used only through the adapter's working view
         (:meth:`ModelAdapter.attached`), never changed. ``should_stop()`` is checked between chunks of work;
         when it returns True the call raises :class:`~heta_fast.errors.HetaCancelled`.
         """
@@ -311,11 +312,11 @@ class Engine:
 
             opts = opts.replace(max_memory=resolve_max_memory("auto", self.adapter.device))
         with self.adapter.attached():
-            return self._explain(ids, positions, opts, probes, lead, units, groups, should_stop)
+            return self._explain(ids, positions, opts, probes, lead, units, coarse, should_stop)
 
     def _explain(self, ids: Tensor, positions: list[int], opts: HetaOptions, probes: Tensor | None,
                  lead: Tensor | None, units: list[list[tuple[int, int]]] | None,
-                 groups: list[list[list[int]] | None] | None, should_stop: StopCheck | None) -> list[Explanation]:
+                 coarse: list[list[Groups] | None] | None, should_stop: StopCheck | None) -> list[Explanation]:
         adapter = self.adapter_for(opts)
         if lead is None:
             lead = ids.new_tensor([] if opts.sink_token is None else [opts.sink_token])
@@ -336,9 +337,9 @@ class Engine:
 
         shared = shares_passes(positions, opts)
         if units is not None:
-            groups = groups or [None] * len(positions)
-            parts = [self._units(adapter, ids, t, opts, probes, mask_vec, lead, ranges, should_stop, g)
-                     for t, ranges, g in zip(positions, units, groups, strict=True)]
+            coarse = coarse or [None] * len(positions)
+            parts = [self._units(adapter, ids, t, opts, probes, mask_vec, lead, ranges, should_stop, c)
+                     for t, ranges, c in zip(positions, units, coarse, strict=True)]
         elif shared:  # several targets of one text: gate and KL share their forwards
             d, k = adapter.hidden_size, lead.numel()
             comps = evaluate_many(adapter, torch.cat([lead, ids]), [t + k for t in positions], opts, mask_vec=mask_vec,
@@ -364,11 +365,12 @@ class Engine:
 
     def _units(self, adapter: ModelAdapter, ids: Tensor, t: int, opts: HetaOptions, probes: Tensor | None,
                mask_vec: Tensor | None, lead: Tensor, ranges: list[tuple[int, int]], should_stop: StopCheck | None = None,
-               groups: list[list[int]] | None = None):
+               coarse: list[Groups] | None = None):
         """Unit-level M, S, I and scores over the whole context of target t (SPEC §6).
 
-        With ``groups`` (coarse units as runs of unit indices; SPEC §6, *Levels*): level 1 scores the coarse units,
-        level 2 the units inside the ``opts.expand`` best of them; the others stay unscored (NaN here). Then, with
+        With ``coarse`` (coarse levels, coarsest first, as runs of unit indices; SPEC §6, *Levels*): level 1 scores
+        every coarse unit of the coarsest level, each next level the units inside the ``opts.expand`` best of the
+        level above, down to the units; the others stay unscored (NaN here). Then, with
         ``refine=k``, token-level S and I on the tokens of the k best scored units. Every level reads S from one
         low-rank factorisation (``hessian="lowrank"`` on the fast engine), so only the KL work grows per level.
         The lead (sink) takes no part in S and I and is dropped from M. Returns ``(M, S, I, sink gate mass,
@@ -381,14 +383,7 @@ class Engine:
         levels = _UnitLevels(self, adapter, ids, t, opts, probes, mask_vec, lead, should_stop)
         try:
             M = levels.gate()
-            if groups is None:
-                units = levels.score(ranges, "")
-            else:
-                coarse = levels.score(group_ranges(groups, ranges), "level 1: ")
-                expanded = _best(coarse.scores, opts.expand)
-                fine = sorted(j for c in expanded for j in groups[c])
-                scored = levels.score([ranges[j] for j in fine], "level 2: ")
-                units = _with_unscored(scored, fine, ranges, M, coarse, groups)
+            units = levels.score(ranges, "") if coarse is None else _coarse_to_fine(levels, ranges, coarse, M)
         except MemoryBudgetError as e:
             raise MemoryBudgetError(f"units run over the whole context ({t} tokens) in one window, which does not "
                                     f"fit max_memory: {str(e).split('; ')[0]}; raise max_memory") from e
@@ -552,12 +547,30 @@ def _best(scores: Tensor, k: int) -> list[int]:
     return sorted(scored, key=lambda j: -vals[j])[:k]
 
 
-def _with_unscored(scored: UnitScores, fine: list[int], ranges: list[tuple[int, int]], M: Tensor | None,
-                   coarse: UnitScores, groups: list[list[int]]) -> UnitScores:
-    """Level 2's numbers spread over every unit: scored units (indices ``fine``) keep theirs; the others have M_u
-    (the gate covers every token) and NaN for S, I and the score; ``coarse`` and each unit's parent attached."""
+def _coarse_to_fine(levels: _UnitLevels, ranges: list[tuple[int, int]], coarse: list[Groups], M: Tensor | None
+                    ) -> UnitScores:
+    """Levels (SPEC §6): every unit of the coarsest level scored, then at each finer level, down to the units
+    (``ranges``), the units inside the ``expand`` best of the level above. Returns the units' numbers, each level's
+    attached as the ``coarse`` of the one below it."""
+    tiers = [*coarse, [[j] for j in range(len(ranges))]]
+    above: UnitScores | None = None
+    for depth, groups in enumerate(tiers):
+        tier_ranges = group_ranges(groups, ranges)
+        parent = None if above is None else parents(tiers[depth - 1], groups)
+        best = set() if above is None else set(_best(above.scores, levels.opts.expand))
+        chosen = list(range(len(groups))) if parent is None else [u for u, p in enumerate(parent) if p in best]
+        scored = levels.score([tier_ranges[u] for u in chosen], f"level {depth + 1}: ")
+        above = _with_unscored(scored, chosen, tier_ranges, M, above, parent)
+    return above
+
+
+def _with_unscored(scored: UnitScores, chosen: list[int], ranges: list[tuple[int, int]], M: Tensor | None,
+                   coarse: UnitScores | None, parent: list[int] | None) -> UnitScores:
+    """One level's numbers spread over all its units: the scored ones (indices ``chosen``) keep theirs; the others
+    have M_u (the gate covers every token) and NaN for S, I and the score; the level above and each unit's parent
+    in it attached."""
     n = len(ranges)
-    idx = torch.tensor(fine, dtype=torch.long)
+    idx = torch.tensor(chosen, dtype=torch.long)
 
     def spread(x: Tensor | None) -> Tensor | None:
         if x is None:
@@ -566,6 +579,5 @@ def _with_unscored(scored: UnitScores, fine: list[int], ranges: list[tuple[int, 
         out[idx] = x
         return out
 
-    parent = [c for c, g in enumerate(groups) for _ in g]
     return UnitScores(ranges=list(ranges), M=None if M is None else unit_sums(M, ranges), S=spread(scored.S),
                       I=spread(scored.I), scores=spread(scored.scores), refined=[], coarse=coarse, parent=parent)

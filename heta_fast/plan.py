@@ -9,8 +9,9 @@ bytes of intermediates the batched passes will hold, from the same rules the eng
 - S exact: 4·m·f per row of every unit's suffix (m probes, ≈ 4 passes a Hessian–vector product row, f the
   fraction of layers differentiated), per level; S low-rank: 4·rank·f·n per pass of the range finder, once for
   every level and a refinement (they read one factorisation);
-- I: Σ_u (n − start_u) masked suffix rows over the units scored (one level: every unit; with levels, the
-  coarse units plus, as an upper bound, the children of the ``expand`` coarse units whose children cost most;
+- I: Σ_u (n − start_u) masked suffix rows over the units scored (one level: every unit; with levels, every unit
+  of the coarsest level plus, at each finer level, as an upper bound, the children of the ``expand`` units of the
+  level above whose children cost most;
   ``refine=k``: the k units whose tokens cost most), plus one clean forward per pass;
 - generate=g: g forwards of the growing text.
 
@@ -32,6 +33,7 @@ import torch
 
 from .errors import MemoryBudgetError
 from .options import HetaOptions
+from .units.levels import Groups, parents
 
 # The reference engine (float64 loops on a copy of the model) costs about this many times the fast one.
 REFERENCE_FACTOR = 4
@@ -61,7 +63,7 @@ class CostPlan:
     context_tokens: int
     windows: int
     units: int | None
-    coarse_units: int | None
+    coarse_units: int | None  # with levels: the coarse units of all levels (one result entry each)
     expand: int | None
     stages: list[Stage]
     max_memory: int
@@ -69,6 +71,7 @@ class CostPlan:
     problem: str | None = None
     calibration: dict | None = None
     options: dict = field(default_factory=dict)
+    coarse_levels: list[int] | None = None  # with levels: the coarse units per level, coarsest first
 
     @property
     def passes(self) -> float:
@@ -94,7 +97,10 @@ class CostPlan:
     def summary(self) -> str:
         """The plan as a few lines of text (what ``heta-fast attribute --plan`` prints)."""
         what = f"{self.units} units" if self.units is not None else "tokens"
-        if self.coarse_units is not None:
+        if self.coarse_levels and len(self.coarse_levels) > 1:
+            what += (f" in {len(self.coarse_levels)} coarse levels of {' and '.join(map(str, self.coarse_levels))} "
+                     f"units, the best {self.expand} expanded at each level")
+        elif self.coarse_units is not None:
             what += f" in {self.coarse_units} coarse units, the best {self.expand} expanded"
         head = (f"plan: {self.targets} target(s), context {self.context_tokens} tokens, {what}, "
                 f"{self.windows} window(s); {self.passes:,.0f} token passes")
@@ -125,11 +131,11 @@ def _duration(s: float) -> str:
 # ------------------------------------------------------------------------------------------- the plan
 def make_plan(adapter, opts: HetaOptions, positions: list[int], *, lead: int, prompt_tokens: int,
               generate: int = 0, units: list[list[tuple[int, int]]] | None = None,
-              groups: list[list[list[int]] | None] | None = None, calibration: dict | None = None) -> CostPlan:
+              coarse: list[list[Groups] | None] | None = None, calibration: dict | None = None) -> CostPlan:
     """The plan of explaining ``positions`` (context lengths t) with ``opts`` (resolved: ``layers`` a number or
     None, ``max_memory`` bytes), ``lead`` tokens in front of every run (the sink, a BOS).
 
-    ``units``/``groups``: per target, as :meth:`heta_fast.engine.Engine.explain` takes them (None for tokens).
+    ``units``/``coarse``: per target, as :meth:`heta_fast.engine.Engine.explain` takes them (None for tokens).
     """
     from .engine import shares_passes, window_starts
 
@@ -158,9 +164,9 @@ def make_plan(adapter, opts: HetaOptions, positions: list[int], *, lead: int, pr
         stages += [Stage("gate", "gate", gate)] * ("M" in comps) + [Stage("S", "S", s)] * ("S" in comps) + \
             [Stage("I", "I", i)] * ("I" in comps)
     else:
-        groups = groups or [None] * len(positions)
-        for t, ranges, g in zip(positions, units, groups, strict=True):
-            stages += _unit_stages(opts, t + lead, [(a + lead, b + lead) for a, b in ranges], g, f)
+        coarse = coarse or [None] * len(positions)
+        for t, ranges, c in zip(positions, units, coarse, strict=True):
+            stages += _unit_stages(opts, t + lead, [(a + lead, b + lead) for a, b in ranges], c, f)
         stages = _merge(stages)
     if generate:
         stages.append(Stage("generate", "generate", sum(prompt_tokens + lead + i for i in range(generate))))
@@ -168,11 +174,11 @@ def make_plan(adapter, opts: HetaOptions, positions: list[int], *, lead: int, pr
         for s in stages:
             s.passes *= REFERENCE_FACTOR
     n_units = None if units is None else len(units[-1])
-    n_coarse = None
-    if groups and groups[-1] is not None:
-        n_coarse = len(groups[-1])
+    levels = coarse[-1] if coarse else None  # the longest target's
+    n_coarse = None if levels is None else sum(len(level) for level in levels)
     plan = CostPlan(targets=len(positions), context_tokens=max(positions), windows=windows, units=n_units,
-                    coarse_units=n_coarse, expand=opts.expand if n_coarse is not None else None, stages=stages,
+                    coarse_units=n_coarse, expand=opts.expand if n_coarse is not None else None,
+                    coarse_levels=None if levels is None else [len(level) for level in levels], stages=stages,
                     max_memory=opts.max_memory, options=opts.to_dict())
     longest = min(max(positions), opts.window or max(positions)) + lead
     _memory(adapter, opts, plan, longest, layers)
@@ -190,22 +196,31 @@ def _s_passes(opts: HetaOptions, n: int, f: float, rows: float | None = None) ->
     return 4 * opts.rank * opts.lowrank_passes * f * n
 
 
-def _unit_stages(opts: HetaOptions, n: int, ranges: list[tuple[int, int]], groups, f: float) -> list[Stage]:
+def _unit_stages(opts: HetaOptions, n: int, ranges: list[tuple[int, int]], coarse: list[Groups] | None,
+                 f: float) -> list[Stage]:
     """The stages of one unit run over n tokens: its levels and refinement (upper bounds where results decide)."""
     comps = opts.components
     suffix = [n - a for a, _ in ranges]  # masking a unit recomputes its suffix
     out = [Stage("gate", "gate", n)] if "M" in comps else []
     lowrank = opts.hessian == "lowrank"
     levels: list[tuple[str, float, int]] = []  # (name, masked suffix rows, units)
-    if groups is None:
+    if coarse is None:
         levels.append(("", sum(suffix), len(ranges)))
         scored = list(range(len(ranges)))
     else:
-        coarse_rows = [n - ranges[g[0]][0] for g in groups]
-        child_rows = sorted(((sum(suffix[j] for j in g), g) for g in groups), key=lambda x: -x[0])[: opts.expand]
-        levels.append((" level 1", sum(coarse_rows), len(groups)))
-        levels.append((" level 2", sum(r for r, _ in child_rows), sum(len(g) for _, g in child_rows)))
-        scored = [j for _, g in child_rows for j in g]
+        tiers = [*coarse, [[j] for j in range(len(ranges))]]
+        levels.append((" level 1", sum(n - ranges[g[0]][0] for g in tiers[0]), len(tiers[0])))
+        for depth in range(1, len(tiers)):
+            # Upper bound: whichever `expand` units of the level above are chosen, their children cost at most
+            # as much as the children of the `expand` units whose children cost most.
+            owner = parents(tiers[depth - 1], tiers[depth])
+            children: dict[int, list[list[int]]] = {}
+            for g, p in zip(tiers[depth], owner, strict=True):
+                children.setdefault(p, []).append(g)
+            costliest = sorted(children.values(), key=lambda kids: -sum(n - ranges[g[0]][0] for g in kids))
+            chosen = [g for kids in costliest[: opts.expand] for g in kids]
+            levels.append((f" level {depth + 1}", sum(n - ranges[g[0]][0] for g in chosen), len(chosen)))
+        scored = [g[0] for g in chosen]
     if opts.refine:
         token_rows = sorted((sum(n - i for i in range(*ranges[j])), ranges[j][1] - ranges[j][0]) for j in scored)
         best = token_rows[-opts.refine:]

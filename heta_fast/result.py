@@ -15,7 +15,8 @@ from .errors import HetaInputError
 
 # 1.0: first release; 1.1: sink_gate_mass; 1.2: units (sentences, paragraphs, spans), null token values;
 # 1.3: levels (coarse_units; a unit's scored, parent, level)
-SCHEMA_VERSION = "1.3"
+# 1.4: coarse units of several levels (blocks of blocks): a coarse unit's scored, parent and level
+SCHEMA_VERSION = "1.4"
 COMPONENT_NAMES = ("scores", "M", "S", "I")
 COMPONENT_LABELS = {"scores": "score = M·(βS + γI)", "M": "M (causal gate)", "S": "S (Hessian sensitivity)",
                     "I": "I (KL impact)"}
@@ -52,8 +53,9 @@ class Unit:
             its units were scored (expanded).
         scored: False for a unit inside a coarse unit that was not expanded (option ``coarse``, SPEC §6): it
             was not scored; ``score`` is then its parent's score and S, I are None (M, the gate, is known).
-        parent: with levels, the index of its coarse unit in ``Attribution.coarse_units``.
-        level: the level its numbers come from: 1 (one level, or a coarse unit), 2 (a unit under coarse units).
+        parent: with levels, the index of its coarse unit (the level above) in ``Attribution.coarse_units``.
+        level: the level it belongs to: 1 for one level and for the coarsest units, each finer level one more
+            (with two coarse levels, blocks 1, sub-blocks 2, units 3).
     """
 
     text: str
@@ -102,8 +104,10 @@ class Attribution:
         units: with ``units="sentence"|"paragraph"`` or ``spans``, one :class:`Unit` per unit in context
             order; then M stays per token, and S, I and scores per token are given for the tokens of the
             refined units only (``refine=k``; None elsewhere).
-        coarse_units: with levels (option ``coarse``, SPEC §6), the coarse units (paragraphs or blocks) scored at
-            level 1; ``refined`` marks those whose units were scored. None with one level.
+        coarse_units: with levels (option ``coarse``, SPEC §6), the coarse units (paragraphs or blocks, and
+            blocks of blocks on long contexts) of every coarse level, coarsest first (``level`` says which);
+            ``refined`` marks those whose units were scored, ``scored`` those scored themselves (every unit of
+            level 1). None with one level.
     """
 
     tokens: list[str]

@@ -77,14 +77,21 @@ def test_passes_of_units_and_levels_by_hand(adapter):
     # Levels: coarse units [0, 1] and [2]; level 1 masks 10 + 3 rows; level 2 (expand=1) at most the children of
     # the costlier group, 10 + 6; each level with its clean forward.
     plan = make_plan(adapter, _opts(num_probes=2, units="sentence", coarse="block", expand=1), [10], lead=0,
-                     prompt_tokens=11, units=units, groups=[[[0, 1], [2]]])
+                     prompt_tokens=11, units=units, coarse=[[[[0, 1], [2]]]])
     names = {s.name: s.passes for s in plan.stages}
     assert names["I level 1"] == 13 + 10 and names["I level 2"] == 16 + 10 and names["S level 2"] == 8 * 16
     assert (plan.units, plan.coarse_units, plan.expand) == (3, 2, 1)
     # Low rank: one factorisation for every level.
     plan = make_plan(adapter, _opts(hessian="lowrank", rank=4, layers=1, units="sentence", coarse="block", expand=1),
-                     [10], lead=0, prompt_tokens=11, units=units, groups=[[[0, 1], [2]]])
+                     [10], lead=0, prompt_tokens=11, units=units, coarse=[[[[0, 1], [2]]]])
     assert [s.name for s in plan.stages if s.component == "S"] == ["S"]
+    # Two coarse levels, [[0, 1], [2]] over sub-blocks [[0], [1], [2]]: level 1 as above; level 2 at most the
+    # children of the costlier block, 10 + 6; level 3 at most the children of the costliest sub-block, 10.
+    plan = make_plan(adapter, _opts(num_probes=2, units="sentence", coarse="block", expand=1), [10], lead=0,
+                     prompt_tokens=11, units=units, coarse=[[[[0, 1], [2]], [[0], [1], [2]]]])
+    names = {s.name: s.passes for s in plan.stages}
+    assert names["I level 1"] == 13 + 10 and names["I level 2"] == 16 + 10 and names["I level 3"] == 10 + 10
+    assert (plan.coarse_units, plan.coarse_levels) == (5, [2, 3]) and "2 coarse levels of 2 and 3 units" in plan.summary()
 
 
 def test_memory_follows_the_components_budget_rules(adapter):

@@ -123,13 +123,20 @@ def level_one(res, sentences) -> list[dict]:
     """Level 1 of a levelled run, per coarse unit: the document sentences it holds (first, end; the cue's block
     ends past them), its shares of the blocks' M, S and I, its score and rank, and whether it was expanded: what
     to read when levels lose a needle (which blocks took the expansions, and on which term)."""
-    blocks = res.coarse_units
+    blocks = [u for u in res.coarse_units if u.level == 1]  # the coarsest level comes first in coarse_units
     totals = {c: sum(getattr(b, c) or 0.0 for b in blocks) or 1.0 for c in "MSI"}
-    owner = [next((j for j, u in enumerate(res.units) if u.char_span and u.char_span[0] <= a and b <= u.char_span[1]))
+
+    def top(j: int) -> int:  # the level-1 unit above unit j (through the levels between them)
+        p = res.units[j].parent
+        while res.coarse_units[p].parent is not None:
+            p = res.coarse_units[p].parent
+        return p
+
+    owner = [top(next(j for j, u in enumerate(res.units) if u.char_span and u.char_span[0] <= a and b <= u.char_span[1]))
              for a, b in sentences]
     out = []
     for c, b in enumerate(blocks):
-        held = [i for i, j in enumerate(owner) if res.units[j].parent == c]
+        held = [i for i, c_i in enumerate(owner) if c_i == c]
         out.append({"sentences": [held[0], held[-1] + 1] if held else None, "rank": b.rank, "score": b.score,
                     "expanded": b.refined,
                     **{f"{k}_share": None if getattr(b, k) is None else getattr(b, k) / totals[k] for k in "MSI"}})

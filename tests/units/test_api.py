@@ -111,7 +111,7 @@ def test_spans_with_a_sink_token_and_errors():
 def test_results_round_trip_and_views(attributor):
     r = attributor.attribute(TEXT, units="sentence", refine=1, **OPTS)
     d = json.loads(r.to_json())
-    assert d["schema_version"] == "1.3" and d["units"][0]["text"] == "Ann met Bob."  # the BOS is the sink
+    assert d["schema_version"] == "1.4" and d["units"][0]["text"] == "Ann met Bob."  # the BOS is the sink
     back = Attribution.from_dict(d)
     assert back.units == r.units and back.S == r.S
     old = {k: v for k, v in d.items() if k != "units"} | {"schema_version": "1.1", "S": [0.0] * len(r.tokens),

@@ -15,8 +15,8 @@ from heta_fast.errors import HetaInputError
 from heta_fast.options import HetaOptions
 from heta_fast.result import Attribution
 from heta_fast.testing import CharTokenizer, tiny_model
-from heta_fast.units import coarse_groups, partition
-from heta_fast.units.levels import AUTO_MIN_PER_EXPANDED
+from heta_fast.units import coarse_levels, partition
+from heta_fast.units.levels import AUTO_MIN_PER_EXPANDED, parents
 
 # Three paragraphs of 2, 3 and 2 sentences (the context ends inside the last one).
 TEXT = "Ann met Bob. Bob ran.\n\nIt rained. We ate. Cy sang.\n\nDo go. Ok now"
@@ -36,22 +36,36 @@ def _fine(text=TEXT):
 
 def test_paragraph_groups_are_runs_of_whole_sentences():
     fine = _fine()
-    groups = coarse_groups("paragraph", fine, TEXT, expand=1)
-    assert groups == [[0, 1], [2, 3, 4], [5, 6]]
-    assert coarse_groups("none", fine, TEXT, expand=1) is None
+    assert coarse_levels("paragraph", fine, TEXT, expand=1) == [[[0, 1], [2, 3, 4], [5, 6]]]
+    assert coarse_levels("none", fine, TEXT, expand=1) is None
 
 
 def test_blocks_cover_every_unit_in_order_about_sqrt_of_expand_times_units():
     text = " ".join(f"Fact {i} is here." for i in range(40))
     fine = _fine(text)
     for expand in (1, 2, 4):
-        groups = coarse_groups("block", fine, text, expand)
+        (groups,) = coarse_levels("block", fine, text, expand)
         assert [j for g in groups for j in g] == list(range(len(fine)))
         target = round((expand * len(fine)) ** 0.5)
         assert abs(len(groups) - target) <= 2, (expand, len(groups), target)
     # auto: one level below AUTO_MIN_PER_EXPANDED · expand units, blocks from there on
-    assert coarse_groups("auto", fine[:AUTO_MIN_PER_EXPANDED * 2 - 1], text, 2) is None
-    assert coarse_groups("auto", fine, text, 2) == coarse_groups("block", fine, text, 2)
+    assert coarse_levels("auto", fine[:AUTO_MIN_PER_EXPANDED * 2 - 1], text, 2) is None
+    assert coarse_levels("auto", fine, text, 2) == coarse_levels("block", fine, text, 2)
+
+
+def test_long_contexts_get_blocks_of_blocks():
+    """From 131 units at expand=3 (where two coarse levels score at most 0.8 of one level's units): blocks of
+    about ∛(k²n) over sub-blocks of about ∛(k²n)²/k, nested, every unit once, in order."""
+    text = " ".join(f"Fact {i} is here." for i in range(200))
+    fine = _fine(text)
+    assert len(coarse_levels("block", fine[:130], text, 3)) == 1
+    top, sub = coarse_levels("block", fine, text, 3)
+    assert [j for g in sub for j in g] == list(range(len(fine))) == [j for g in top for j in g]
+    owner = parents(top, sub)
+    assert owner == sorted(owner) and [j for c in range(len(top)) for g, o in zip(sub, owner) if o == c for j in g] \
+        == list(range(len(fine)))  # each block is a run of whole sub-blocks
+    c = (9 * len(fine)) ** (1 / 3)
+    assert abs(len(top) - c) <= 2 and abs(len(sub) - c * c / 3) <= 4, (len(top), len(sub), c)
 
 
 def test_blocks_close_at_paragraph_breaks():
@@ -60,7 +74,7 @@ def test_blocks_close_at_paragraph_breaks():
     fine = _fine(text)
     # 3 blocks of 8 sentences (2.7 sentences each): the break after 2 sentences comes at 3/4 of a block's share,
     # where the midpoint rule alone would have taken a third sentence into the first block.
-    groups = coarse_groups("block", fine, text, expand=1)
+    (groups,) = coarse_levels("block", fine, text, expand=1)
     first_of_second = next(j for j, u in enumerate(fine) if u.char_start is not None and text[u.char_start:].lstrip()
                            .startswith("Cy ate."))
     assert first_of_second == 2
@@ -143,7 +157,7 @@ def test_terminal_view_shows_both_levels(attributor, capsys):
     r = attributor.attribute(TEXT, units="sentence", coarse="paragraph", expand=1, **OPTS)
     _print_result(r, SimpleNamespace(by="scores", no_color=True, top=10))
     out = capsys.readouterr().out
-    assert "level 1: 3 coarse units" in out
+    assert "level 1: 3 of 3 coarse units scored" in out
     expanded = [line for line in out.splitlines() if line[4:5] == "+"]
     assert len(expanded) == 1  # one coarse unit expanded
     unscored = next(u for u in r.units if not u.scored)
@@ -177,3 +191,67 @@ def test_every_level_shares_one_clean_forward(attributor, monkeypatch, kw):
     for name in ("S", "I", "score"):
         got, want = ([float("nan") if getattr(u, name) is None else getattr(u, name) for u in x.units] for x in (r, alone))
         assert torch.allclose(torch.tensor(got), torch.tensor(want), rtol=1e-6, atol=1e-12, equal_nan=True), name
+
+
+# Two coarse levels over the seven sentences of TEXT: the paragraphs, over sub-blocks of one or two sentences.
+TWO_LEVELS = [[[0, 1], [2, 3, 4], [5, 6]], [[0, 1], [2], [3, 4], [5], [6]]]
+
+
+def _force_two_levels(monkeypatch):
+    """coarse="block" gives TWO_LEVELS (blocks of blocks start at 131 units; TEXT has 7); other kinds as usual."""
+    import heta_fast.api as api
+
+    real = api.coarse_levels
+    monkeypatch.setattr(api, "coarse_levels", lambda kind, *a: TWO_LEVELS if kind == "block" else real(kind, *a))
+
+
+def _numbers(units, name):
+    return torch.tensor([float("nan") if getattr(u, name) is None else getattr(u, name) for u in units],
+                        dtype=torch.float64)
+
+
+def test_two_coarse_levels_equal_one_level_runs_of_the_same_units(attributor, monkeypatch):
+    """Blocks of blocks: level 1 as before, each finer level's S and I those of a one-level run of the same units,
+    scored inside the best unit of the level above only; every unscored unit carries its parent's score."""
+    _force_two_levels(monkeypatch)
+    opts = {**OPTS, "hessian": "lowrank", "rank": 8, "lowrank_passes": 1}
+    r = attributor.attribute(TEXT, units="sentence", coarse="block", expand=1, **opts)
+    levels = [[u for u in r.coarse_units if u.level == k] for k in (1, 2)]
+    assert [len(x) for x in levels] == [3, 5] and r.coarse_units == levels[0] + levels[1]
+    assert [u.parent for u in levels[1]] == [0, 1, 1, 2, 2]
+    assert [u.parent for u in r.units] == [3, 3, 4, 5, 5, 6, 7] and all(u.level == 3 for u in r.units)
+    for level, (coarse, fine) in enumerate(zip(levels, levels[1:] + [r.units], strict=True), start=1):
+        # Each level's scored units, as the caller's spans in a one-level run: the same M, S and I.
+        scored = [u for u in coarse if u.scored]
+        alone = [u for u in attributor.attribute(TEXT, spans=[u.char_span for u in scored], **opts).units
+                 if u.kind == "span"]
+        for name in ("M", "S", "I"):
+            assert torch.allclose(_numbers(scored, name), _numbers(alone, name), rtol=1e-5, atol=1e-9), (level, name)
+        # The best scored unit is the one expanded; the level below is scored inside it only.
+        best = max((j for j, u in enumerate(coarse) if u.scored), key=lambda j: coarse[j].score)
+        offset = 0 if level == 1 else 3
+        assert [u.refined for u in coarse] == [j == best for j in range(len(coarse))]
+        assert [u.scored for u in fine] == [u.parent == offset + best for u in fine]
+    # An unscored unit shows its parent's score (which, for a sub-block under an unexpanded block, is that block's).
+    for u in levels[1] + r.units:
+        if not u.scored:
+            assert u.S is None and u.I is None and u.score == r.coarse_units[u.parent].score
+    assert json.loads(r.to_json())["coarse_units"][3]["level"] == 2
+    assert Attribution.from_dict(r.to_dict()).to_dict() == r.to_dict()
+    plan = attributor.plan(TEXT, seconds=False, units="sentence", coarse="block", expand=1, **opts)
+    assert plan.coarse_levels == [3, 5] and plan.coarse_units == len(r.coarse_units)
+    assert [s.name for s in plan.stages if s.component == "I"] == ["I level 1", "I level 2", "I level 3"]
+
+
+def test_terminal_view_shows_every_coarse_level(attributor, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from heta_fast.cli import _print_result
+
+    _force_two_levels(monkeypatch)
+    r = attributor.attribute(TEXT, units="sentence", coarse="block", expand=1, **OPTS)
+    _print_result(r, SimpleNamespace(by="scores", no_color=True, top=10))
+    out = capsys.readouterr().out
+    assert "level 1: 3 of 3 coarse units scored" in out
+    scored_two = sum(u.scored for u in r.coarse_units if u.level == 2)
+    assert f"level 2: {scored_two} of 5 coarse units scored" in out and "scored at level 3" in out
