@@ -324,22 +324,22 @@ class Engine:
         mask_vec = None
         if "I" in opts.components:
             mask_vec = mask_vector(adapter, ids, opts.mask, opts.mask_token_id).detach()
-        # One forward gives every target's log-probability (logits only at the positions asked for).
-        with torch.no_grad():
-            X = adapter.embed(torch.cat([lead, ids[: max(positions)]]))
-            rows = torch.tensor([t - 1 + lead.numel() for t in positions], device=ids.device)
-            logits = adapter.forward(X, keep=rows).logits[0]
-        if not torch.isfinite(logits).all():
-            raise NumericalError("the model produced non-finite logits (NaN/Inf); check its weights and dtype")
-        logp = torch.log_softmax(logits.double(), -1)
-        target_logprobs = [float(logp[k, int(ids[t])]) for k, t in enumerate(positions)]
+        # One forward gives every target's log-probability (logits only at the positions asked for). A unit run of
+        # one target on the fast engine reads it from the clean forward its S and I start from instead: on a long
+        # document that is a whole forward saved.
+        from_clean = (units is not None and len(positions) == 1 and opts.engine == "fast"
+                      and bool({"S", "I"} & set(opts.components)))
+        target_logprobs = None if from_clean else _target_logprobs(adapter, ids, lead, positions)
         setup = time.perf_counter() - t_start
 
         shared = shares_passes(positions, opts)
         if units is not None:
             coarse = coarse or [None] * len(positions)
-            parts = [self._units(adapter, ids, t, opts, probes, mask_vec, lead, ranges, should_stop, c)
+            parts = [self._units(adapter, ids, t, opts, probes, mask_vec, lead, ranges, should_stop, c, from_clean)
                      for t, ranges, c in zip(positions, units, coarse, strict=True)]
+            if from_clean:
+                target_logprobs = [p[-1] for p in parts]
+            parts = [p[:-1] for p in parts]
         elif shared:  # several targets of one text: gate and KL share their forwards
             d, k = adapter.hidden_size, lead.numel()
             comps = evaluate_many(adapter, torch.cat([lead, ids]), [t + k for t in positions], opts, mask_vec=mask_vec,
@@ -365,7 +365,7 @@ class Engine:
 
     def _units(self, adapter: ModelAdapter, ids: Tensor, t: int, opts: HetaOptions, probes: Tensor | None,
                mask_vec: Tensor | None, lead: Tensor, ranges: list[tuple[int, int]], should_stop: StopCheck | None = None,
-               coarse: list[Groups] | None = None):
+               coarse: list[Groups] | None = None, logprob_from_clean: bool = False):
         """Unit-level M, S, I and scores over the whole context of target t (SPEC §6).
 
         With ``coarse`` (coarse levels, coarsest first, as runs of unit indices; SPEC §6, *Levels*): level 1 scores
@@ -374,13 +374,15 @@ class Engine:
         ``refine=k``, token-level S and I on the tokens of the k best scored units. Every level reads S from one
         low-rank factorisation (``hessian="lowrank"`` on the fast engine), so only the KL work grows per level.
         The lead (sink) takes no part in S and I and is dropped from M. Returns ``(M, S, I, sink gate mass,
-        timings, UnitScores, token scores)``: token-level M over the context; token S, I and scores NaN outside
+        timings, UnitScores, token scores, log p(target))``, the last from the shared clean forward with
+        ``logprob_from_clean`` (else None): token-level M over the context; token S, I and scores NaN outside
         the refined units.
         """
         ranges = check_units(ranges, t)
         if [r for u in ranges for r in range(*u)] != list(range(t)):
             raise HetaInputError(f"units must partition the context 0 … {t - 1}; got {ranges}")
         levels = _UnitLevels(self, adapter, ids, t, opts, probes, mask_vec, lead, should_stop)
+        logprob = levels.target_logprob() if logprob_from_clean else None
         try:
             M = levels.gate()
             units = levels.score(ranges, "") if coarse is None else _coarse_to_fine(levels, ranges, coarse, M)
@@ -401,7 +403,7 @@ class Engine:
             tok_scores[idx] = fine_tok.scores
         keep = "S" in opts.components, "I" in opts.components
         return (M, S_tok if keep[0] else None, I_tok if keep[1] else None, levels.sink_mass, levels.timings, units,
-                tok_scores)
+                tok_scores, logprob)
 
     def _windowed(self, adapter: ModelAdapter, ids: Tensor, t: int, opts: HetaOptions, probes: Tensor | None,
                   mask_vec: Tensor | None, lead: Tensor, should_stop: StopCheck | None = None):
@@ -446,6 +448,18 @@ class Engine:
             avg["M"] = normalise_gate(avg["M"])  # windows each sum to 1; re-normalise the average (SPEC §4)
         sink_mass = sum(sink_masses) / len(sink_masses) if sink_masses else None
         return avg.get("M"), avg.get("S"), avg.get("I"), sink_mass, timings
+
+
+def _target_logprobs(adapter: ModelAdapter, ids: Tensor, lead: Tensor, positions: list[int]) -> list[float]:
+    """log p(ids[t] | lead + ids[:t]) for every t in ``positions``, from one forward."""
+    with torch.no_grad():
+        X = adapter.embed(torch.cat([lead, ids[: max(positions)]]))
+        rows = torch.tensor([t - 1 + lead.numel() for t in positions], device=ids.device)
+        logits = adapter.forward(X, keep=rows).logits[0]
+    if not torch.isfinite(logits).all():
+        raise NumericalError("the model produced non-finite logits (NaN/Inf); check its weights and dtype")
+    logp = torch.log_softmax(logits.double(), -1)
+    return [float(logp[k, int(ids[t])]) for k, t in enumerate(positions)]
 
 
 def _finish(M, S, I, opts: HetaOptions, target_logprob: float, sink_gate_mass: float | None,
@@ -493,6 +507,18 @@ class _UnitLevels:
             self._clean = shared_clean_run(self.adapter, self.run_ids, self.opts)
             self.timings["clean"] = time.perf_counter() - t0
         return self._clean
+
+    def target_logprob(self) -> float:
+        """log p(target | context) from the clean forward (the model's own logits at the prediction position), or
+        from a forward of its own where there is no shared clean forward."""
+        clean = self.clean()
+        if clean is None:
+            return _target_logprobs(self.adapter, torch.cat([self.run_ids, self.run_ids.new_tensor([self.target_id])]),
+                                    self.run_ids[:0], [self.run_ids.numel()])[0]
+        logits = clean.logits[0]
+        if not torch.isfinite(logits).all():
+            raise NumericalError("the model produced non-finite logits (NaN/Inf); check its weights and dtype")
+        return float(torch.log_softmax(logits.double(), -1)[self.target_id])
 
     def gate(self) -> Tensor | None:
         """Token-level M over the context (lead dropped), float64 on the CPU; None without M."""

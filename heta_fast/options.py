@@ -311,11 +311,13 @@ class HetaOptions:
     coarse: Literal["none", "auto", "paragraph", "block"] = option(
         "none", "with units: score coarse units first and only the units inside the `expand` best of them: "
         "paragraphs, blocks of whole units (about sqrt(expand x units) blocks, closed at paragraph breaks where "
-        "possible), 'auto' (blocks when the context has at least 16 x expand units, else every unit), or 'none'",
+        "possible; from 131 units at expand=3, blocks of sub-blocks, each level expanding its `expand` best), "
+        "'auto' (blocks when the context has at least 16 x expand units, else every unit), or 'none'",
         words=("none", "auto", "paragraph", "block"))
     # 3: on 1,024-token needles with distractors, 1 or 2 missed needles that every unit scored found (the block
     # before the target always ranks high); 3 found them all (benchmarks/eval/README.md, *Levels*).
-    expand: int = option(3, "with coarse: how many of the best coarse units have their units scored",
+    expand: int = option(3, "with coarse: how many of the best coarse units (at each coarse level) have their "
+                         "units scored",
                          number=int, minimum=1, metavar="K")
     max_memory: int | Literal["auto"] = option(
         "auto", "bytes the batched passes may use for intermediates (sets chunk sizes; results do not change); "
@@ -426,7 +428,8 @@ PRESETS: dict[str, dict] = {
     # but where a needle and its distractor are close it puts the distractor first for one range-finder seed in
     # three (rank 8: none; benchmarks/eval/README.md, *Levels*), so the preset keeps rank 8. Curvature over the
     # last 6 layers (layers="auto", the default). Levels (coarse="auto"): long contexts score blocks first and the
-    # sentences of the best 3 only.
+    # sentences of the best 3 only; from 131 sentences (about 3,000 tokens of prose) blocks of sub-blocks, the best 3
+    # expanded at each level.
     "document": {"units": "sentence", "hessian": "lowrank", "rank": 8, "lowrank_passes": 1, "coarse": "auto",
                  "expand": 3},
 }

@@ -191,6 +191,9 @@ def test_every_level_shares_one_clean_forward(attributor, monkeypatch, kw):
     for name in ("S", "I", "score"):
         got, want = ([float("nan") if getattr(u, name) is None else getattr(u, name) for u in x.units] for x in (r, alone))
         assert torch.allclose(torch.tensor(got), torch.tensor(want), rtol=1e-6, atol=1e-12, equal_nan=True), name
+    # The target's log-probability comes from that clean forward too (not a forward of its own): the same value
+    # as the run that computed it with its own forward.
+    assert r.target_logprob == pytest.approx(alone.target_logprob, abs=1e-5)
 
 
 # Two coarse levels over the seven sentences of TEXT: the paragraphs, over sub-blocks of one or two sentences.
