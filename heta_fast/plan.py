@@ -18,8 +18,10 @@ bytes of intermediates the batched passes will hold, from the same rules the eng
 Seconds come from a one-time calibration of the machine (:func:`calibrate`: a clean forward, one attention call and
 two Hessian–vector products of the model, kept per model, device and thread count for the process and in
 ``~/.cache/heta_fast/calibration.json``): a row costs ``a + b·kv`` seconds (``kv`` keys it attends to) and an
-HVP row ``c`` forward rows. The plan's numbers are upper bounds where the work depends on results (level 2,
-refinement); ``benchmarks/bench_levels.py`` reports plan against actual.
+HVP row ``c`` forward rows. The plan's numbers are upper bounds where the work depends on results (the finer
+levels, refinement); for the finer levels it also gives the expected work, with the expanded units drawn at random
+(``Stage.expected``, ``CostPlan.expected_seconds``). The needle harness (``benchmarks/eval/needle.py``) records
+plan against actual for every HETA run.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ REFERENCE_FACTOR = 4
 @dataclass
 class Stage:
     """One stage of a plan: ``component`` (``gate``, ``S``, ``I``, ``generate``), ``name`` as shown (``"I level 1"``),
-    ``passes`` (token passes), ``memory`` (bytes of intermediates at its peak), ``seconds`` (None uncalibrated)."""
+    ``passes`` (token passes), ``memory`` (bytes of intermediates at its peak), ``seconds`` (None uncalibrated).
+    Where the work depends on results (a finer level), ``passes`` is its upper bound and ``expected`` the passes
+    with the expanded units drawn at random (None: the work is known)."""
 
     component: str
     name: str
@@ -50,6 +54,13 @@ class Stage:
     memory: int = 0
     seconds: float | None = None
     detail: str = ""
+    expected: float | None = None
+
+    @property
+    def expected_seconds(self) -> float | None:
+        if self.seconds is None or self.expected is None:
+            return self.seconds
+        return self.seconds * self.expected / max(self.passes, 1.0)
 
 
 @dataclass
@@ -83,9 +94,18 @@ class CostPlan:
 
     @property
     def seconds(self) -> float | None:
+        """Seconds on this machine, upper bounds where the work depends on results (None uncalibrated)."""
         if any(s.seconds is None for s in self.stages):
             return None
         return sum(s.seconds for s in self.stages)
+
+    @property
+    def expected_seconds(self) -> float | None:
+        """Seconds with the units that levels expand drawn at random instead of the costliest (what a run takes
+        on average; its ``seconds`` bounds it)."""
+        if self.seconds is None:
+            return None
+        return sum(s.expected_seconds for s in self.stages)
 
     def work_parts(self) -> dict[str, float]:
         """Token passes per component (``gate``, ``S``, ``I``, ``generate``): what a server's limits compare."""
@@ -104,11 +124,16 @@ class CostPlan:
             what += f" in {self.coarse_units} coarse units, the best {self.expand} expanded"
         head = (f"plan: {self.targets} target(s), context {self.context_tokens} tokens, {what}, "
                 f"{self.windows} window(s); {self.passes:,.0f} token passes")
-        if self.seconds is not None:
+        if self.seconds is not None and self.expected_seconds < self.seconds:
+            head += (f", about {_duration(self.expected_seconds)} on this machine (at most {_duration(self.seconds)}, "
+                     "if levels expand their costliest units)")
+        elif self.seconds is not None:
             head += f", about {_duration(self.seconds)} on this machine"
         lines = [head + f"; peak {_gib(self.peak_memory)} of max_memory {_gib(self.max_memory)}"]
         for s in self.stages:
-            secs = "" if s.seconds is None else f"  ~{_duration(s.seconds)}"
+            secs = "" if s.seconds is None else f"  ~{_duration(s.expected_seconds)}"
+            if s.seconds is not None and s.expected is not None:
+                secs += f" (at most {_duration(s.seconds)})"
             lines.append(f"  {s.name:<12} {s.passes:>14,.0f} passes  {_gib(s.memory):>9}{secs}  {s.detail}")
         if not self.fits:
             lines.append(f"  does not fit: {self.problem}")
@@ -116,7 +141,8 @@ class CostPlan:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(passes=self.passes, peak_memory=self.peak_memory, seconds=self.seconds)
+        d.update(passes=self.passes, peak_memory=self.peak_memory, seconds=self.seconds,
+                 expected_seconds=self.expected_seconds)
         return d
 
 
@@ -173,6 +199,7 @@ def make_plan(adapter, opts: HetaOptions, positions: list[int], *, lead: int, pr
     if opts.engine == "reference":
         for s in stages:
             s.passes *= REFERENCE_FACTOR
+            s.expected = None if s.expected is None else s.expected * REFERENCE_FACTOR
     n_units = None if units is None else len(units[-1])
     levels = coarse[-1] if coarse else None  # the longest target's
     n_coarse = None if levels is None else sum(len(level) for level in levels)
@@ -203,13 +230,13 @@ def _unit_stages(opts: HetaOptions, n: int, ranges: list[tuple[int, int]], coars
     suffix = [n - a for a, _ in ranges]  # masking a unit recomputes its suffix
     out = [Stage("gate", "gate", n)] if "M" in comps else []
     lowrank = opts.hessian == "lowrank"
-    levels: list[tuple[str, float, int]] = []  # (name, masked suffix rows, units)
+    levels: list[tuple[str, float, int, float | None]] = []  # (name, masked suffix rows, units, expected rows)
     if coarse is None:
-        levels.append(("", sum(suffix), len(ranges)))
+        levels.append(("", sum(suffix), len(ranges), None))
         scored = list(range(len(ranges)))
     else:
         tiers = [*coarse, [[j] for j in range(len(ranges))]]
-        levels.append((" level 1", sum(n - ranges[g[0]][0] for g in tiers[0]), len(tiers[0])))
+        levels.append((" level 1", sum(n - ranges[g[0]][0] for g in tiers[0]), len(tiers[0]), None))
         for depth in range(1, len(tiers)):
             # Upper bound: whichever `expand` units of the level above are chosen, their children cost at most
             # as much as the children of the `expand` units whose children cost most.
@@ -217,23 +244,28 @@ def _unit_stages(opts: HetaOptions, n: int, ranges: list[tuple[int, int]], coars
             children: dict[int, list[list[int]]] = {}
             for g, p in zip(tiers[depth], owner, strict=True):
                 children.setdefault(p, []).append(g)
-            costliest = sorted(children.values(), key=lambda kids: -sum(n - ranges[g[0]][0] for g in kids))
-            chosen = [g for kids in costliest[: opts.expand] for g in kids]
-            levels.append((f" level {depth + 1}", sum(n - ranges[g[0]][0] for g in chosen), len(chosen)))
+            cost = {p: sum(n - ranges[g[0]][0] for g in kids) for p, kids in children.items()}
+            costliest = sorted(children, key=lambda p: -cost[p])[: opts.expand]
+            chosen = [g for p in costliest for g in children[p]]
+            # Expected: `expand` units of the level above drawn at random expand the mean unit's children each.
+            expected = len(costliest) * sum(cost.values()) / len(cost)
+            levels.append((f" level {depth + 1}", sum(n - ranges[g[0]][0] for g in chosen), len(chosen), expected))
         scored = [g[0] for g in chosen]
     if opts.refine:
         token_rows = sorted((sum(n - i for i in range(*ranges[j])), ranges[j][1] - ranges[j][0]) for j in scored)
         best = token_rows[-opts.refine:]
-        levels.append((" refine", sum(r for r, _ in best), sum(c for _, c in best)))
+        levels.append((" refine", sum(r for r, _ in best), sum(c for _, c in best), None))
     if "S" in comps:
         if lowrank:
             out.append(Stage("S", "S", _s_passes(opts, n, f), detail=f"{opts.rank * opts.lowrank_passes} products"))
         else:
-            for name, rows, count in levels:
-                out.append(Stage("S", "S" + name, _s_passes(opts, n, f, rows), detail=f"{count} units"))
+            for name, rows, count, expected in levels:
+                out.append(Stage("S", "S" + name, _s_passes(opts, n, f, rows), detail=f"{count} units",
+                                 expected=None if expected is None else _s_passes(opts, n, f, expected)))
     if "I" in comps:
-        for name, rows, count in levels:
-            out.append(Stage("I", "I" + name, rows + n, detail=f"{count} units"))
+        for name, rows, count, expected in levels:
+            out.append(Stage("I", "I" + name, rows + n, detail=f"{count} units",
+                             expected=None if expected is None else expected + n))
     return out
 
 
@@ -242,9 +274,13 @@ def _merge(stages: list[Stage]) -> list[Stage]:
     out: dict[str, Stage] = {}
     for s in stages:
         if s.name in out:
-            out[s.name].passes += s.passes
+            m = out[s.name]
+            if m.expected is not None or s.expected is not None:
+                m.expected = (m.passes if m.expected is None else m.expected) + (s.passes if s.expected is None
+                                                                                  else s.expected)
+            m.passes += s.passes
         else:
-            out[s.name] = Stage(s.component, s.name, s.passes, s.memory, s.seconds, s.detail)
+            out[s.name] = Stage(s.component, s.name, s.passes, s.memory, s.seconds, s.detail, s.expected)
     return list(out.values())
 
 

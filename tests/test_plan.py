@@ -80,6 +80,9 @@ def test_passes_of_units_and_levels_by_hand(adapter):
                      prompt_tokens=11, units=units, coarse=[[[[0, 1], [2]]]])
     names = {s.name: s.passes for s in plan.stages}
     assert names["I level 1"] == 13 + 10 and names["I level 2"] == 16 + 10 and names["S level 2"] == 8 * 16
+    # Expected: the one expanded group drawn at random, (16 + 3) / 2 rows; level 1's work is known.
+    expected = {s.name: s.expected for s in plan.stages}
+    assert expected["I level 1"] is None and expected["I level 2"] == pytest.approx(9.5 + 10)
     assert (plan.units, plan.coarse_units, plan.expand) == (3, 2, 1)
     # Low rank: one factorisation for every level.
     plan = make_plan(adapter, _opts(hessian="lowrank", rank=4, layers=1, units="sentence", coarse="block", expand=1),
@@ -91,6 +94,7 @@ def test_passes_of_units_and_levels_by_hand(adapter):
                      prompt_tokens=11, units=units, coarse=[[[[0, 1], [2]], [[0], [1], [2]]]])
     names = {s.name: s.passes for s in plan.stages}
     assert names["I level 1"] == 13 + 10 and names["I level 2"] == 16 + 10 and names["I level 3"] == 10 + 10
+    assert {s.name: s.expected for s in plan.stages}["I level 3"] == pytest.approx((10 + 6 + 3) / 3 + 10)
     assert (plan.coarse_units, plan.coarse_levels) == (5, [2, 3]) and "2 coarse levels of 2 and 3 units" in plan.summary()
 
 
@@ -109,6 +113,12 @@ def test_calibration_gives_seconds_and_is_kept(adapter, tmp_path):
     assert calibrate(adapter, "tiny-test", cache_file=path) is cal  # once per process
     plan = make_plan(adapter, _opts(), [20], lead=0, prompt_tokens=21, calibration=cal)
     assert plan.seconds is not None and plan.seconds > 0 and all(s.seconds is not None for s in plan.stages)
+    assert plan.expected_seconds == plan.seconds and "at most" not in plan.summary()  # nothing depends on results
+    # With levels the finer level's work depends on level 1: the expected time below the bound, both shown.
+    levels = make_plan(adapter, _opts(num_probes=2, units="sentence", coarse="block", expand=1), [10], lead=0,
+                       prompt_tokens=11, units=[[(0, 4), (4, 7), (7, 10)]], coarse=[[[[0, 1], [2]]]], calibration=cal)
+    assert 0 < levels.expected_seconds < levels.seconds and "at most" in levels.summary()
+    assert levels.to_dict()["expected_seconds"] == levels.expected_seconds
 
 
 def test_attributor_plan_is_what_attribute_runs():

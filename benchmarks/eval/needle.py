@@ -245,6 +245,7 @@ def plan_vs_actual(attr: Attributor, prompt: str, first: str, opts: dict, kw: di
     """The plan's seconds and peak (made before the run, same options) beside the run's stage seconds."""
     plan = attr.plan(prompt, first, **{"units": "sentence", **opts, **kw})
     return {"plan_seconds": None if plan.seconds is None else round(plan.seconds, 1),
+            "plan_expected_seconds": None if plan.expected_seconds is None else round(plan.expected_seconds, 1),
             "plan_peak_mib": round(plan.peak_memory / 2**20), "actual_seconds": round(res.timings["total"], 1),
             "stages": {k: round(v, 1) for k, v in res.timings.items()}}
 
