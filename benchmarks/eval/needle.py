@@ -321,6 +321,37 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
+def build_case(attr: Attributor, docs: list[str], needles: list[dict], k: int, length: int, depth: float,
+               distractors: bool) -> tuple[str, list[tuple[int, int]], dict]:
+    """Needle k planted at ``depth`` of document k (cycling) cut near ``length`` tokens, its distractor half a
+    document away with ``distractors``: the prompt (document, blank line, cue), the document's sentences (the cue
+    after them is left out) and the row's description of the case."""
+    nd = needles[k]
+    d = k % len(docs)
+    doc = haystack(attr.tokenizer, docs[d], length)
+    text, dis_span = doc, None
+    if distractors:  # planted first, half the document away from the needle
+        text, dis_span = plant(doc, nd["distractor"], (depth + 0.5) % 1.0)
+    text, needle_span = plant(text, nd["needle"], depth)
+    if dis_span is not None and needle_span[0] <= dis_span[0]:
+        shift = needle_span[1] - needle_span[0] + 1
+        dis_span = (dis_span[0] + shift, dis_span[1] + shift)
+    sentences = sentence_spans(text)
+    for what, span in (("needle", needle_span), ("distractor", dis_span)):
+        if span is not None and span not in sentences:
+            raise SystemExit(f"{what} {k} is not one sentence of the splitter at depth {depth}")
+    row = {"haystack_tokens": length, "document": d, "needle": k, "depth": depth, "sentences": len(sentences),
+           "needle_index": sentences.index(needle_span),
+           "distractor_index": None if dis_span is None else sentences.index(dis_span)}
+    return text + "\n\n" + nd["cue"], sentences, row
+
+
+def case_seed(k: int, depth: float) -> int:
+    """The seed of needle k at ``depth`` for ContextCite's ablations and the random scores (HETA keeps its options'
+    seed): fixed per case, so reruns agree."""
+    return 1000 * k + int(100 * depth)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", type=int, nargs="+", default=[384],
@@ -366,27 +397,12 @@ def main():
         for k in picked:
             nd = needles[k]
             d = k % len(docs)  # needle k goes into document k (cycling), so needles and texts vary together
-            doc = haystack(attr.tokenizer, docs[d], length)
             for depth in args.depths:
                 if (length, d, k, depth) in done:
                     continue
-                text, dis_span = doc, None
-                if args.distractors:  # planted first, half the document away from the needle
-                    text, dis_span = plant(doc, nd["distractor"], (depth + 0.5) % 1.0)
-                text, needle_span = plant(text, nd["needle"], depth)
-                if dis_span is not None and needle_span[0] <= dis_span[0]:
-                    shift = needle_span[1] - needle_span[0] + 1
-                    dis_span = (dis_span[0] + shift, dis_span[1] + shift)
-                prompt = text + "\n\n" + nd["cue"]
-                sentences = sentence_spans(text)  # the document's sentences; the cue after them is left out
-                for what, span in (("needle", needle_span), ("distractor", dis_span)):
-                    if span is not None and span not in sentences:
-                        raise SystemExit(f"{what} {k} is not one sentence of the splitter at depth {depth}")
-                row = {"haystack_tokens": length, "document": d, "needle": k, "depth": depth,
-                       "sentences": len(sentences), "needle_index": sentences.index(needle_span),
-                       "distractor_index": None if dis_span is None else sentences.index(dis_span)}
+                prompt, sentences, row = build_case(attr, docs, needles, k, length, depth, args.distractors)
                 row.update(run_one(attr, opts, prompt, sentences, nd["answer"], args.methods,
-                                   seed=1000 * k + int(100 * depth), variants=variants, ablations=args.ablations))
+                                   seed=case_seed(k, depth), variants=variants, ablations=args.ablations))
                 row["metrics"] = metrics(row)
                 print(json.dumps({k: v for k, v in row.items() if k not in ("scores", "ranks")}), flush=True)
                 with open(path, "a") as f:

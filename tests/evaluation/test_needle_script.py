@@ -73,3 +73,41 @@ def test_level_one_records_each_block_and_its_shares(needle):
     assert [b["expanded"] for b in out] == [False, True] and [b["rank"] for b in out] == [2, 1]
     assert out[0]["M_share"] == pytest.approx(0.25) and out[1]["S_share"] == pytest.approx(0.75)
     assert out[0]["I_share"] == pytest.approx(0.75)
+
+
+def test_a_case_is_built_the_same_way_every_time(needle):
+    """build_case (the harness and needle_scored_check.py rebuild cases with it): the needle and its distractor are
+    sentences of the document at the indices the row records, and the prompt ends with the cue."""
+    from types import SimpleNamespace
+
+    from heta_fast.testing import CharTokenizer
+
+    attr = SimpleNamespace(tokenizer=CharTokenizer())
+    docs = [" ".join(f"Sentence number {i} says little." for i in range(40))]
+    prompt, sentences, row = needle.build_case(attr, docs, needle.NEEDLES, 0, 600, 0.5, True)
+    spec = needle.NEEDLES[0]
+    text = prompt[: -len("\n\n" + spec["cue"])]
+    assert prompt.endswith("\n\n" + spec["cue"]) and sentences == sentence_spans(text)
+    assert text[slice(*sentences[row["needle_index"]])] == spec["needle"]
+    assert text[slice(*sentences[row["distractor_index"]])] == spec["distractor"]
+    assert (row["needle"], row["depth"], row["sentences"]) == (0, 0.5, len(sentences))
+    assert needle.build_case(attr, docs, needle.NEEDLES, 0, 600, 0.5, True) == (prompt, sentences, row)
+
+
+def test_level_one_climbs_through_every_coarse_level(needle):
+    """With blocks of blocks, a sentence's parent is a sub-block; level_one credits it to the block above that."""
+    from types import SimpleNamespace
+
+    from heta_fast.result import Unit
+
+    text = "One. Two. Three. Cue"
+    sentences = [(0, 4), (5, 9), (10, 16)]
+    blocks = [Unit("One. Two.", (0, 9), (0, 4), "block", 0.1, M=0.2, S=1.0, I=3.0, rank=2, refined=False),
+              Unit("Three. Cue", (10, 20), (4, 8), "block", 0.5, M=0.6, S=3.0, I=1.0, rank=1, refined=True)]
+    subs = [Unit("One.", (0, 4), (0, 2), "block", 0.1, rank=3, scored=False, parent=0, level=2),
+            Unit("Two.", (5, 9), (2, 4), "block", 0.1, rank=4, scored=False, parent=0, level=2),
+            Unit("Three. Cue", (10, 20), (4, 8), "block", 0.5, rank=1, refined=True, parent=1, level=2)]
+    units = [Unit(text[a:b], (a, b), (2 * i, 2 * i + 2), "sentence", 0.1, parent=2 + min(i, 2), level=3)
+             for i, (a, b) in enumerate(sentences + [(17, 20)])]
+    out = needle.level_one(SimpleNamespace(coarse_units=blocks + subs, units=units), sentences)
+    assert [b["sentences"] for b in out] == [[0, 2], [2, 3]] and [b["expanded"] for b in out] == [False, True]
