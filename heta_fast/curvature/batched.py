@@ -121,7 +121,8 @@ def probe_batch_size(adapter: ModelAdapter, rows: int, kv_len: int, max_memory: 
 # Longer suffixes still run two directions at a time: there the query-blocked attention core dominates, and under
 # vmap its direction-free work (P recomputed per block, dP, dS) is done once for both. 4,006-token needle, rank 8,
 # last 6 layers, 2 threads: S in 87.9 s against 100.0 s one direction at a time (benchmarks/eval/README.md); four at a
-# time was slower again (123.7 s against 97.9 s for two, one process, 2026-12-06): the [4, q, kv] blocks leave cache.
+# time was slower again (123.7 s against 97.9 s for two, one process, 2026-12-06; likely its larger blocked
+# temporaries outgrow the cache).
 CPU_SLICE_ROWS = 1024
 CPU_SLICE_MAX = 64
 CPU_SLICE_LONG = 2
