@@ -36,7 +36,7 @@ from .options import HetaOptions
 from .probes import check_probes, draw_probes
 from .progress import StageBars, StopCheck, check_stop, progress_bar
 from .sharding import Shard
-from .units.levels import Groups, group_ranges, parents
+from .units.levels import Groups, group_ranges, parents, with_units
 from .units.ranges import check_units, unit_sums
 
 
@@ -325,10 +325,9 @@ class Engine:
         if "I" in opts.components:
             mask_vec = mask_vector(adapter, ids, opts.mask, opts.mask_token_id).detach()
         # One forward gives every target's log-probability (logits only at the positions asked for). A unit run of
-        # one target on the fast engine reads it from the clean forward its S and I start from instead: on a long
+        # one target reads it from the clean forward its S and I start from instead (where it has one): on a long
         # document that is a whole forward saved.
-        from_clean = (units is not None and len(positions) == 1 and opts.engine == "fast"
-                      and bool({"S", "I"} & set(opts.components)))
+        from_clean = units is not None and len(positions) == 1
         target_logprobs = None if from_clean else _target_logprobs(adapter, ids, lead, positions)
         setup = time.perf_counter() - t_start
 
@@ -501,8 +500,9 @@ class _UnitLevels:
         self._clean: CleanRun | None = None  # the clean forward every level's S and I start from
 
     def clean(self) -> CleanRun | None:
-        """The clean forward over the run's ids, run on first use (fast engine only)."""
-        if self._clean is None and self.opts.engine == "fast":
+        """The clean forward over the run's ids, run on first use; None where S and I do not start from one (the
+        reference engine, or a run without S and I)."""
+        if self._clean is None and self.opts.engine == "fast" and {"S", "I"} & set(self.opts.components):
             t0 = time.perf_counter()
             self._clean = shared_clean_run(self.adapter, self.run_ids, self.opts)
             self.timings["clean"] = time.perf_counter() - t0
@@ -578,7 +578,7 @@ def _coarse_to_fine(levels: _UnitLevels, ranges: list[tuple[int, int]], coarse: 
     """Levels (SPEC §6): every unit of the coarsest level scored, then at each finer level, down to the units
     (``ranges``), the units inside the ``expand`` best of the level above. Returns the units' numbers, each level's
     attached as the ``coarse`` of the one below it."""
-    tiers = [*coarse, [[j] for j in range(len(ranges))]]
+    tiers = with_units(coarse, len(ranges))
     above: UnitScores | None = None
     for depth, groups in enumerate(tiers):
         tier_ranges = group_ranges(groups, ranges)

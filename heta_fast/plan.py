@@ -35,7 +35,7 @@ import torch
 
 from .errors import MemoryBudgetError
 from .options import HetaOptions
-from .units.levels import Groups, parents
+from .units.levels import Groups, parents, with_units
 
 # The reference engine (float64 loops on a copy of the model) costs about this many times the fast one.
 REFERENCE_FACTOR = 4
@@ -235,8 +235,8 @@ def _unit_stages(opts: HetaOptions, n: int, ranges: list[tuple[int, int]], coars
         levels.append(("", sum(suffix), len(ranges), None))
         scored = list(range(len(ranges)))
     else:
-        tiers = [*coarse, [[j] for j in range(len(ranges))]]
-        levels.append((" level 1", sum(n - ranges[g[0]][0] for g in tiers[0]), len(tiers[0]), None))
+        tiers = with_units(coarse, len(ranges))
+        levels.append((" level 1", sum(suffix[g[0]] for g in tiers[0]), len(tiers[0]), None))
         for depth in range(1, len(tiers)):
             # Upper bound: whichever `expand` units of the level above are chosen, their children cost at most
             # as much as the children of the `expand` units whose children cost most.
@@ -244,12 +244,12 @@ def _unit_stages(opts: HetaOptions, n: int, ranges: list[tuple[int, int]], coars
             children: dict[int, list[list[int]]] = {}
             for g, p in zip(tiers[depth], owner, strict=True):
                 children.setdefault(p, []).append(g)
-            cost = {p: sum(n - ranges[g[0]][0] for g in kids) for p, kids in children.items()}
+            cost = {p: sum(suffix[g[0]] for g in kids) for p, kids in children.items()}
             costliest = sorted(children, key=lambda p: -cost[p])[: opts.expand]
             chosen = [g for p in costliest for g in children[p]]
             # Expected: `expand` units of the level above drawn at random expand the mean unit's children each.
             expected = len(costliest) * sum(cost.values()) / len(cost)
-            levels.append((f" level {depth + 1}", sum(n - ranges[g[0]][0] for g in chosen), len(chosen), expected))
+            levels.append((f" level {depth + 1}", sum(suffix[g[0]] for g in chosen), len(chosen), expected))
         scored = [g[0] for g in chosen]
     if opts.refine:
         token_rows = sorted((sum(n - i for i in range(*ranges[j])), ranges[j][1] - ranges[j][0]) for j in scored)

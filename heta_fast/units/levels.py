@@ -103,6 +103,11 @@ def group_ranges(groups: Groups, ranges: list[tuple[int, int]]) -> list[tuple[in
     return [(ranges[g[0]][0], ranges[g[-1]][1]) for g in groups]
 
 
+def with_units(coarse: list[Groups], n: int) -> list[Groups]:
+    """The coarse levels followed by the n units themselves (one-unit groups): every level that gets scored."""
+    return [*coarse, [[j] for j in range(n)]]
+
+
 def parents(coarse: Groups, finer: Groups) -> list[int]:
     """For each unit of ``finer`` (groups of fine-unit indices nested in ``coarse``'s), its coarse unit."""
     owner = {j: c for c, g in enumerate(coarse) for j in g}
