@@ -31,6 +31,7 @@ from ..hf import (
     attention_core,  # the module: its threshold and block size are read at each call
     clean_forward,
     cut_cache,
+    last_query_only,
 )
 from ..probes import check_probes, draw_range_finder
 from ..sharding import Shard, mine, summed
@@ -163,7 +164,8 @@ class CurvatureOperator:
         past = cut_cache(cache, start) if start > 0 else None
         swap = None if layer is None else (layer, self.x)
         x_in = X[start:] if layer is not None else self.x
-        with adapter.head_input() as seen:
+        # Only the prediction position's final hidden state is read: the last layer attends from that row alone.
+        with adapter.head_input() as seen, last_query_only(adapter.num_layers - 1):
             z = adapter.forward(x_in, past_key_values=past, replace_layer_input=swap).logits[0, -1]
         self.head = head if seen else None
         # Differentiate from the final hidden state h (head in closed form) or from the logits z (autograd).

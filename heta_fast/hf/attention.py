@@ -79,6 +79,23 @@ def plain_attention():
         _state.plain = before
 
 
+@contextlib.contextmanager
+def last_query_only(layer_idx: int):
+    """Within this block, attention layer ``layer_idx`` computes the output of its last query row only and
+    returns zeros for the others.
+
+    For the model's final layer when the caller reads nothing but the last position's final hidden state
+    (the Hessian term's graphs): every later operation is row-wise, so that row is exact, while the layer's
+    attention scores, and their first and second derivatives, shrink from [n, n] to [1, n] per head.
+    """
+    before = getattr(_state, "last_query_layer", None)
+    _state.last_query_layer = layer_idx
+    try:
+        yield
+    finally:
+        _state.last_query_layer = before
+
+
 def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
     # [B, H_kv, n, dh] -> [B, H_kv * n_rep, n, dh]; query head h reads kv head h // n_rep (SPEC notation).
     return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
@@ -167,6 +184,13 @@ def heta_attention(
         _check_no_position_bias(mask)
     keep_probs = rec is not None and rec.keep_probs
     needs_graph = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
+    only = getattr(_state, "last_query_layer", None)
+    if only is not None and q_len > 1 and rec is None and getattr(module, "layer_idx", None) == only:
+        # Only the last row is read (last_query_only): the other rows' attention is never computed.
+        last, _ = heta_attention(module, query[..., -1:, :], key, value,
+                                 None if attention_mask is None else attention_mask[..., -1:, :],
+                                 scaling, dropout, softcap, sliding_window, **kwargs)
+        return torch.cat([last.new_zeros(last.shape[0], q_len - 1, *last.shape[2:]), last], dim=1), None
     probs = None
     if softcap is None and not keep_probs and not needs_graph:
         k, v = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
