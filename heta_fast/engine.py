@@ -28,7 +28,7 @@ from torch import Tensor
 from .combine import combine
 from .curvature import lowrank_curvature, sensitivity_batched, sensitivity_reference
 from .errors import HetaInputError, MemoryBudgetError, NumericalError
-from .gate import gate_fast, gate_fast_many, gate_reference
+from .gate import gate_fast, gate_fast_many, gate_from_recording, gate_recording, gate_reference
 from .gate.value_norms import normalise_gate
 from .hf import CleanRun, ModelAdapter, clean_forward
 from .information import information_batched, information_multi, information_reference, mask_vector
@@ -116,12 +116,16 @@ def evaluate(
     def tick(stage):
         return (lambda n: progress(stage, n)) if progress is not None else None
 
+    shares_clean = fast and clean is None and "S" in opts.components and "I" in opts.components
     if "M" in opts.components:
         t0 = time.perf_counter()
-        gate = gate_fast if fast else gate_reference
-        M = gate(adapter, ids, rollout=opts.rollout, layers=opts.layers)
+        if shares_clean:  # the gate records the clean forward S and I start from: one forward for all three
+            M, clean = gate_and_clean_run(adapter, ids, opts)
+        else:
+            gate = gate_fast if fast else gate_reference
+            M = gate(adapter, ids, rollout=opts.rollout, layers=opts.layers)
         timings["gate"] = time.perf_counter() - t0
-    if fast and clean is None and "S" in opts.components and "I" in opts.components:
+    if shares_clean and clean is None:
         t0 = time.perf_counter()
         clean = shared_clean_run(adapter, ids, opts)
         timings["clean"] = time.perf_counter() - t0
@@ -196,6 +200,15 @@ def shared_clean_run(adapter: ModelAdapter, ids: Tensor, opts: HetaOptions) -> C
     layer = None if opts.layers is None else adapter.first_layer(opts.layers)
     with torch.no_grad():
         return clean_forward(adapter, adapter.embed(ids).detach(), [ids.numel() - 1], layer)
+
+
+def gate_and_clean_run(adapter: ModelAdapter, ids: Tensor, opts: HetaOptions) -> tuple[Tensor, CleanRun]:
+    """M and the shared clean forward from one forward: the gate records the clean run instead of running its own
+    (on a long document a forward costs as much as a few dozen masked rows). Fast engine."""
+    with gate_recording(adapter, opts.rollout) as rec:
+        clean = shared_clean_run(adapter, ids, opts)
+    (M,) = gate_from_recording(adapter, rec, [ids.numel() - 1], opts.rollout, opts.layers)
+    return M, clean
 
 
 def shares_passes(positions: list[int], opts: HetaOptions) -> bool:
@@ -381,9 +394,9 @@ class Engine:
         if [r for u in ranges for r in range(*u)] != list(range(t)):
             raise HetaInputError(f"units must partition the context 0 … {t - 1}; got {ranges}")
         levels = _UnitLevels(self, adapter, ids, t, opts, probes, mask_vec, lead, should_stop)
-        logprob = levels.target_logprob() if logprob_from_clean else None
         try:
-            M = levels.gate()
+            M = levels.gate()  # first: where S or I need the clean forward, the gate records it
+            logprob = levels.target_logprob() if logprob_from_clean else None
             units = levels.score(ranges, "") if coarse is None else _coarse_to_fine(levels, ranges, coarse, M)
         except MemoryBudgetError as e:
             raise MemoryBudgetError(f"units run over the whole context ({t} tokens) in one window, which does not "
@@ -502,11 +515,15 @@ class _UnitLevels:
     def clean(self) -> CleanRun | None:
         """The clean forward over the run's ids, run on first use; None where S and I do not start from one (the
         reference engine, or a run without S and I)."""
-        if self._clean is None and self.opts.engine == "fast" and {"S", "I"} & set(self.opts.components):
+        if self._clean is None and self._starts_from_clean():
             t0 = time.perf_counter()
             self._clean = shared_clean_run(self.adapter, self.run_ids, self.opts)
             self.timings["clean"] = time.perf_counter() - t0
         return self._clean
+
+    def _starts_from_clean(self) -> bool:
+        """Whether S or I of this run start from a shared clean forward (the fast engine)."""
+        return self.opts.engine == "fast" and bool({"S", "I"} & set(self.opts.components))
 
     def target_logprob(self) -> float:
         """log p(target | context) from the clean forward (the model's own logits at the prediction position), or
@@ -523,10 +540,15 @@ class _UnitLevels:
     def gate(self) -> Tensor | None:
         """Token-level M over the context (lead dropped), float64 on the CPU; None without M."""
         if "M" in self.opts.components:
-            comp = evaluate(self.adapter, self.run_ids, self.target_id, self.opts.replace(components=("M",)),
-                            probes=None, mask_vec=None)
-            self.timings["gate"] = comp.timings["gate"]
-            M, _, _, self.sink_mass = drop_lead(comp.M, None, None, self.k)
+            if self._clean is None and self._starts_from_clean():  # one recorded forward: M and the clean run
+                t0 = time.perf_counter()
+                M, self._clean = gate_and_clean_run(self.adapter, self.run_ids, self.opts)
+                self.timings["gate"] = time.perf_counter() - t0
+            else:
+                comp = evaluate(self.adapter, self.run_ids, self.target_id, self.opts.replace(components=("M",)),
+                                probes=None, mask_vec=None)
+                self.timings["gate"], M = comp.timings["gate"], comp.M
+            M, _, _, self.sink_mass = drop_lead(M, None, None, self.k)
             (self.M,) = _checked_cpu(M=M)
         return self.M
 

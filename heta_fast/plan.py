@@ -12,7 +12,8 @@ bytes of intermediates the batched passes will hold, from the same rules the eng
 - I: Σ_u (n − start_u) masked suffix rows over the units scored (one level: every unit; with levels, every unit
   of the coarsest level plus, at each finer level, as an upper bound, the children of the ``expand`` units of the
   level above whose children cost most;
-  ``refine=k``: the k units whose tokens cost most), plus one clean forward per pass;
+  ``refine=k``: the k units whose tokens cost most), plus one clean forward (the fast engine's is shared by S and
+  every level, and is the gate's recorded forward where there is a gate);
 - generate=g: g forwards of the growing text.
 
 Seconds come from a one-time calibration of the machine (:func:`calibrate`: a clean forward, one attention call and
@@ -186,7 +187,8 @@ def make_plan(adapter, opts: HetaOptions, positions: list[int], *, lead: int, pr
             w = min(t, opts.window or t) + lead
             gate += len(starts) * w
             s += len(starts) * _s_passes(opts, w, f)
-            i += len(starts) * (w * (w + 1) / 2 + w)
+            # The KL pass's clean forward: the gate's recorded one where the engine shares it (M, S and I, fast).
+            i += len(starts) * (w * (w + 1) / 2 + (0 if _gate_records_clean(opts) else w))
         stages += [Stage("gate", "gate", gate)] * ("M" in comps) + [Stage("S", "S", s)] * ("S" in comps) + \
             [Stage("I", "I", i)] * ("I" in comps)
     else:
@@ -263,10 +265,19 @@ def _unit_stages(opts: HetaOptions, n: int, ranges: list[tuple[int, int]], coars
                 out.append(Stage("S", "S" + name, _s_passes(opts, n, f, rows), detail=f"{count} units",
                                  expected=None if expected is None else _s_passes(opts, n, f, expected)))
     if "I" in comps:
-        for name, rows, count, expected in levels:
-            out.append(Stage("I", "I" + name, rows + n, detail=f"{count} units",
-                             expected=None if expected is None else expected + n))
+        # The fast engine runs one clean forward for S and every level's KL pass, recorded by the gate where there
+        # is one; the reference engine's KL loop runs its own per level.
+        shared = opts.engine == "fast"
+        for k, (name, rows, count, expected) in enumerate(levels):
+            clean = 0 if shared and ("M" in comps or k > 0) else n
+            out.append(Stage("I", "I" + name, rows + clean, detail=f"{count} units",
+                             expected=None if expected is None else expected + clean))
     return out
+
+
+def _gate_records_clean(opts: HetaOptions) -> bool:
+    """Whether a one-target token run's gate records the clean forward that S and I share (the engine's rule)."""
+    return opts.engine == "fast" and {"M", "S", "I"} <= set(opts.components)
 
 
 def _merge(stages: list[Stage]) -> list[Stage]:

@@ -41,11 +41,12 @@ def test_the_plan_counts_the_engines_windows(adapter, t, window, overlap, expect
 
 def test_passes_of_one_target_by_hand(adapter):
     # t = 10, m = 2, every layer: gate 10; S exact 4·m per row of every token's suffix = 8 · 55; I: 55 masked rows
-    # plus the clean forward (10).
-    assert _parts(adapter, _opts(num_probes=2), [10]) == {"gate": 10, "S": 8 * 55, "I": 65, "generate": 0}
+    # (the clean forward S and I start from is the gate's recorded one); without M, I runs it (10).
+    assert _parts(adapter, _opts(num_probes=2), [10]) == {"gate": 10, "S": 8 * 55, "I": 55, "generate": 0}
+    assert _parts(adapter, _opts(num_probes=2, components=("S", "I")), [10])["I"] == 65
     # Low rank 4, two passes, over the last layer of 2 (f = 1/2): S = 4·rank·passes·f·n; a lead token adds one to n.
     p = _parts(adapter, _opts(hessian="lowrank", rank=4, layers=1), [10], lead=1)
-    assert p["S"] == 4 * 4 * 2 * 0.5 * 11 and p["gate"] == 11 and p["I"] == 66 + 11
+    assert p["S"] == 4 * 4 * 2 * 0.5 * 11 and p["gate"] == 11 and p["I"] == 66
     assert _parts(adapter, _opts(hessian="lowrank", rank=4, lowrank_passes=1, layers=1), [10])["S"] == 4 * 4 * 0.5 * 10
     # Components left out cost nothing; the reference engine counts 4x.
     p = _parts(adapter, _opts(components=("M",), engine="reference"), [10])
@@ -53,8 +54,8 @@ def test_passes_of_one_target_by_hand(adapter):
 
 
 def test_passes_of_windows_and_of_several_targets(adapter):
-    # t = 11, W = 4, overlap 0.5: 5 windows of 4 tokens each (S 8·10 and I 10 + 4 per window).
-    assert _parts(adapter, _opts(num_probes=2, window=4), [11]) == {"gate": 20, "S": 5 * 80, "I": 5 * 14,
+    # t = 11, W = 4, overlap 0.5: 5 windows of 4 tokens each (S 8·10 and I 10 per window, its clean forward the gate's).
+    assert _parts(adapter, _opts(num_probes=2, window=4), [11]) == {"gate": 20, "S": 5 * 80, "I": 5 * 10,
                                                                     "generate": 0}
     # A continuation of 3 tokens after 5: gate and I shared over the longest context (7), S per target.
     p = _parts(adapter, _opts(num_probes=1), [5, 6, 7])
@@ -65,24 +66,29 @@ def test_passes_of_windows_and_of_several_targets(adapter):
 
 
 def test_passes_of_units_and_levels_by_hand(adapter):
-    # t = 10 in units (0, 4), (4, 7), (7, 10), m = 2: I = Σ (t − start) = 10 + 6 + 3 = 19 plus the clean forward;
-    # exact S = 4·m per suffix row = 8 · 19.
+    # t = 10 in units (0, 4), (4, 7), (7, 10), m = 2: I = Σ (t − start) = 10 + 6 + 3 = 19 (the clean forward is the
+    # gate's; without M, I's); exact S = 4·m per suffix row = 8 · 19.
     units = [[(0, 4), (4, 7), (7, 10)]]
     p = _parts(adapter, _opts(num_probes=2, units="sentence"), [10], units=units)
-    assert p == {"gate": 10, "S": 8 * 19, "I": 19 + 10, "generate": 0}
+    assert p == {"gate": 10, "S": 8 * 19, "I": 19, "generate": 0}
+    assert _parts(adapter, _opts(num_probes=2, units="sentence", components=("S", "I")), [10], units=units)["I"] == 29
     # A lead token shifts every unit by one (n = 11; the same 19 suffix rows) and is never masked itself;
-    # refine=1 adds the tokens of the unit whose tokens cost most, (1, 5): rows 10 + 9 + 8 + 7, and a clean forward.
+    # refine=1 adds the tokens of the unit whose tokens cost most, (1, 5): rows 10 + 9 + 8 + 7 (the same clean run).
     p = _parts(adapter, _opts(num_probes=2, units="sentence", refine=1), [10], lead=1, units=units)
-    assert p["I"] == (19 + 11) + (10 + 9 + 8 + 7 + 11)
+    assert p["I"] == 19 + (10 + 9 + 8 + 7)
     # Levels: coarse units [0, 1] and [2]; level 1 masks 10 + 3 rows; level 2 (expand=1) at most the children of
-    # the costlier group, 10 + 6; each level with its clean forward.
+    # the costlier group, 10 + 6; every level starts from the gate's clean forward (without M, level 1 runs it).
     plan = make_plan(adapter, _opts(num_probes=2, units="sentence", coarse="block", expand=1), [10], lead=0,
                      prompt_tokens=11, units=units, coarse=[[[[0, 1], [2]]]])
     names = {s.name: s.passes for s in plan.stages}
-    assert names["I level 1"] == 13 + 10 and names["I level 2"] == 16 + 10 and names["S level 2"] == 8 * 16
+    assert names["I level 1"] == 13 and names["I level 2"] == 16 and names["S level 2"] == 8 * 16
+    plan_si = make_plan(adapter, _opts(num_probes=2, units="sentence", coarse="block", expand=1,
+                                       components=("S", "I")), [10], lead=0, prompt_tokens=11, units=units,
+                        coarse=[[[[0, 1], [2]]]])
+    assert [s.passes for s in plan_si.stages if s.component == "I"] == [13 + 10, 16]
     # Expected: the one expanded group drawn at random, (16 + 3) / 2 rows; level 1's work is known.
     expected = {s.name: s.expected for s in plan.stages}
-    assert expected["I level 1"] is None and expected["I level 2"] == pytest.approx(9.5 + 10)
+    assert expected["I level 1"] is None and expected["I level 2"] == pytest.approx(9.5)
     assert (plan.units, plan.coarse_units, plan.expand) == (3, 2, 1)
     # Low rank: one factorisation for every level.
     plan = make_plan(adapter, _opts(hessian="lowrank", rank=4, layers=1, units="sentence", coarse="block", expand=1),
@@ -93,8 +99,8 @@ def test_passes_of_units_and_levels_by_hand(adapter):
     plan = make_plan(adapter, _opts(num_probes=2, units="sentence", coarse="block", expand=1), [10], lead=0,
                      prompt_tokens=11, units=units, coarse=[[[[0, 1], [2]], [[0], [1], [2]]]])
     names = {s.name: s.passes for s in plan.stages}
-    assert names["I level 1"] == 13 + 10 and names["I level 2"] == 16 + 10 and names["I level 3"] == 10 + 10
-    assert {s.name: s.expected for s in plan.stages}["I level 3"] == pytest.approx((10 + 6 + 3) / 3 + 10)
+    assert names["I level 1"] == 13 and names["I level 2"] == 16 and names["I level 3"] == 10
+    assert {s.name: s.expected for s in plan.stages}["I level 3"] == pytest.approx((10 + 6 + 3) / 3)
     assert (plan.coarse_units, plan.coarse_levels) == (5, [2, 3]) and "2 coarse levels of 2 and 3 units" in plan.summary()
 
 
@@ -131,7 +137,7 @@ def test_attributor_plan_is_what_attribute_runs():
     assert plan.context_tokens == res.target_position
     # Level 2's masked rows: the plan's upper bound holds what the run masked (one suffix per scored unit).
     n = res.target_position + 1  # the BOS is the sink, in front
-    masked = sum(n - (u.token_range[0] + 1) for u in res.units if u.scored) + n
+    masked = sum(n - (u.token_range[0] + 1) for u in res.units if u.scored)
     assert dict((s.name, s.passes) for s in plan.stages)["I level 2"] >= masked
     with pytest.raises(HetaInputError, match="empty"):
         attr.plan("  ")

@@ -12,13 +12,22 @@ of t per mask.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ..errors import MemoryBudgetError, NumericalError, UnsupportedModelError
-from ..hf import CleanRun, ModelAdapter, cache_kwargs, clean_forward, head_check_tolerance, head_logits
+from ..hf import (
+    CleanRun,
+    ModelAdapter,
+    cache_kwargs,
+    clean_forward,
+    head_check_tolerance,
+    head_logits,
+    last_query_only,
+)
 from ..sharding import Shard, mine, summed
 from ..units.ranges import Unit, check_units, token_units, unit_chunks
 from .prefix_cache import shared_prefix_cache
@@ -154,6 +163,8 @@ def information_multi(
         inside = [sum(1 for _, b in units if b <= p + 1) for p in predict_at]  # units of each target's context
         I = [torch.zeros(k, dtype=torch.float32, device=X.device) for k in inside]
         positions = torch.arange(n, device=X.device)
+        # With one target only the last row's hidden state is read: the last layer attends from that row alone.
+        one_target = predict_at == [n - 1]
         chunks = unit_chunks(units, span, count)
         # With a shard, this rank's chunks only (a chunk costs its masks times its suffix rows); summed below.
         owned = mine(shard, [len(c) * (n - units[c[0]][0]) for c in chunks])
@@ -167,7 +178,8 @@ def information_multi(
             masked = (positions[None, a:] >= starts) & (positions[None, a:] < ends)  # [n_masks, n − a]
             suffix = torch.where(masked[..., None], mask_vec.to(X.dtype), X[a:])
             past = shared_prefix_cache(cache, a, n_masks) if a > 0 else None
-            hidden = base(inputs_embeds=suffix * scale, **cache_kwargs(base, past)).last_hidden_state
+            with last_query_only(adapter.num_layers - 1) if one_target else contextlib.nullcontext():
+                hidden = base(inputs_embeds=suffix * scale, **cache_kwargs(base, past)).last_hidden_state
             for k, p in enumerate(predict_at):
                 rows = [r for r, j in enumerate(chunk) if j < inside[k]]  # units inside this target's context
                 if not rows:

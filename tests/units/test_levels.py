@@ -177,17 +177,23 @@ def test_views_do_not_shade_unscored_units_with_their_parents_score(attributor):
 @pytest.mark.parametrize("kw", [{}, {"hessian": "lowrank", "rank": 8, "lowrank_passes": 1, "layers": 1}],
                          ids=["exact", "lowrank-last-layer"])
 def test_every_level_shares_one_clean_forward(attributor, monkeypatch, kw):
-    """S and the KL pass of every level (and the refinement) start from one clean forward, not one each."""
+    """The gate, S and the KL pass of every level (and the refinement) start from one clean forward, not one each:
+    the gate records it rather than running its own."""
     import heta_fast.engine as engine
 
-    runs = []
-    real = engine.clean_forward
+    runs, own_gate = [], []
+    real, real_gate = engine.clean_forward, engine.gate_fast
     monkeypatch.setattr(engine, "clean_forward", lambda *a, **k: runs.append(1) or real(*a, **k))
+    monkeypatch.setattr(engine, "gate_fast", lambda *a, **k: own_gate.append(1) or real_gate(*a, **k))
     r = attributor.attribute(TEXT, units="sentence", coarse="paragraph", expand=1, refine=1, **{**OPTS, **kw})
-    assert len(runs) == 1 and "clean" in r.timings
-    # The same numbers as runs that do their own clean forwards (the components called without a shared run).
+    assert len(runs) == 1 and not own_gate and "gate" in r.timings
+    # The same numbers as runs that do their own forwards (the gate its recorded one, the components theirs).
+    monkeypatch.setattr(engine, "gate_and_clean_run",
+                        lambda adapter, ids, opts: (real_gate(adapter, ids, opts.rollout, opts.layers), None))
     monkeypatch.setattr(engine, "shared_clean_run", lambda *a, **k: None)
     alone = attributor.attribute(TEXT, units="sentence", coarse="paragraph", expand=1, refine=1, **{**OPTS, **kw})
+    assert torch.allclose(torch.tensor([u.M for u in r.units]), torch.tensor([u.M for u in alone.units]),
+                          rtol=1e-6, atol=1e-12)
     for name in ("S", "I", "score"):
         got, want = ([float("nan") if getattr(u, name) is None else getattr(u, name) for u in x.units] for x in (r, alone))
         assert torch.allclose(torch.tensor(got), torch.tensor(want), rtol=1e-6, atol=1e-12, equal_nan=True), name
