@@ -31,7 +31,6 @@ from ..hf import (
     attention_core,  # the module: its threshold and block size are read at each call
     clean_forward,
     cut_cache,
-    last_query_only,
 )
 from ..probes import check_probes, draw_range_finder
 from ..sharding import Shard, mine, summed
@@ -46,21 +45,31 @@ GRAPH_ROW_FLOATS = (24, 6)
 DIRECTION_ROW_FLOATS = (12, 3)
 
 
+# Floats per row (× hidden size) the final layer keeps: the graphs compute it for the prediction row only
+# (ModelAdapter.last_row_only), so per row it holds its input, the normed input and the keys and values.
+LAST_LAYER_ROW_FLOATS = 4
+
+
 def _row_bytes(adapter: ModelAdapter, rows: int, n_layers: int, floats: tuple[int, int]) -> int:
+    """Per-row bytes of ``n_layers`` differentiated layers, the final one of which runs for one row only."""
     elem = torch.finfo(adapter.dtype).bits // 8
-    return n_layers * rows * (floats[0] * adapter.hidden_size + floats[1] * adapter.ffn_width) * elem
+    full = (n_layers - 1) * (floats[0] * adapter.hidden_size + floats[1] * adapter.ffn_width)
+    return rows * (full + LAST_LAYER_ROW_FLOATS * adapter.hidden_size) * elem
 
 
 def graph_bytes(adapter: ModelAdapter, rows: int, kv_len: int, layers: int | None = None) -> int:
     """Bytes of the first-order graph over ``rows`` positions (keys ``kv_len``) that every direction shares.
 
     Per differentiated layer (all, or the last ``layers``) and row: the saved activations of the forward and of
-    the first backward (:data:`GRAPH_ROW_FLOATS`); and the attention cores' share
+    the first backward (:data:`GRAPH_ROW_FLOATS`; the final layer, computed for one row, a few vectors); and the
+    attention cores' share
     (:func:`heta_fast.hf.attention_core.graph_bytes`): four score rows per head (whole-matrix core), or four
     query-sized rows per head plus one layer's block temporaries (query-blocked core, long inputs).
     """
     n_layers = layers or adapter.num_layers
-    attention = attention_core.graph_bytes(rows, kv_len, adapter.num_heads, adapter.head_dim, n_layers, adapter.dtype)
+    # The final layer attends from one row: its scores are negligible.
+    attention = attention_core.graph_bytes(rows, kv_len, adapter.num_heads, adapter.head_dim, max(1, n_layers - 1),
+                                           adapter.dtype)
     return _row_bytes(adapter, rows, n_layers, GRAPH_ROW_FLOATS) + attention
 
 
@@ -165,7 +174,7 @@ class CurvatureOperator:
         swap = None if layer is None else (layer, self.x)
         x_in = X[start:] if layer is not None else self.x
         # Only the prediction position's final hidden state is read: the last layer attends from that row alone.
-        with adapter.head_input() as seen, last_query_only(adapter.num_layers - 1):
+        with adapter.head_input() as seen, adapter.last_row_only():
             z = adapter.forward(x_in, past_key_values=past, replace_layer_input=swap).logits[0, -1]
         self.head = head if seen else None
         # Differentiate from the final hidden state h (head in closed form) or from the logits z (autograd).

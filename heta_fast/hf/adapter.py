@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import HetaInputError, UnsupportedModelError
-from .attention import ATTN_IMPL, Recorder, recording, register_attention
+from .attention import ATTN_IMPL, Recorder, last_query_only, recording, register_attention
 from .cache import cache_kwargs
 
 
@@ -411,6 +411,52 @@ class ModelAdapter:
             yield
         finally:
             handle.remove()
+
+    @contextlib.contextmanager
+    def last_row_only(self):
+        """Forwards inside the block compute the final decoder layer for the last position only: its attention
+        attends from that row alone (:func:`~heta_fast.hf.attention.last_query_only`) and its MLP (a module named
+        ``mlp``, where there is one) sees that row alone; the other rows of the final hidden states are
+        meaningless.
+
+        For callers that read nothing but the last position's final hidden state (the Hessian term's graphs, the
+        KL pass of one target): everything after the final layer's attention is row-wise, so that row is exact,
+        and on a long input the layer's scores, MLP rows and their derivatives were several per cent of the work.
+        """
+        mlp = getattr(self.layers[-1], "mlp", None)
+        handles = []
+        if isinstance(mlp, nn.Module):
+            rows: list[int] = []
+
+            def keep_last(_mod, args, kwargs):
+                name = None if args else next(iter(kwargs), None)
+                h = args[0] if args else kwargs.get(name)
+                if not isinstance(h, Tensor) or h.ndim != 3 or h.shape[1] < 2:
+                    return None
+                rows.append(h.shape[1])
+                if args:
+                    return (h[:, -1:], *args[1:]), kwargs
+                return args, {**kwargs, name: h[:, -1:]}
+
+            def pad(_mod, _args, _kwargs, out):
+                if not rows:
+                    return None
+                n = rows.pop()
+                first = out[0] if isinstance(out, tuple) else out
+                if not isinstance(first, Tensor) or first.ndim != 3 or first.shape[1] != 1:
+                    raise UnsupportedModelError(
+                        f"the final layer's MLP ({type(mlp).__name__}) returned {type(out).__name__}, not rows")
+                full = torch.cat([first.new_zeros(first.shape[0], n - 1, *first.shape[2:]), first], dim=1)
+                return (full, *out[1:]) if isinstance(out, tuple) else full
+
+            handles = [mlp.register_forward_pre_hook(keep_last, with_kwargs=True),
+                       mlp.register_forward_hook(pad, with_kwargs=True)]
+        try:
+            with last_query_only(self.num_layers - 1):
+                yield
+        finally:
+            for h in handles:
+                h.remove()
 
     def last_logits(self, X: Tensor, **kw) -> Tensor:
         """Logits at the last row of X: ``[V]`` (or ``[B, V]`` for batched X)."""

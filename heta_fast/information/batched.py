@@ -26,7 +26,6 @@ from ..hf import (
     clean_forward,
     head_check_tolerance,
     head_logits,
-    last_query_only,
 )
 from ..sharding import Shard, mine, summed
 from ..units.ranges import Unit, check_units, token_units, unit_chunks
@@ -178,7 +177,7 @@ def information_multi(
             masked = (positions[None, a:] >= starts) & (positions[None, a:] < ends)  # [n_masks, n − a]
             suffix = torch.where(masked[..., None], mask_vec.to(X.dtype), X[a:])
             past = shared_prefix_cache(cache, a, n_masks) if a > 0 else None
-            with last_query_only(adapter.num_layers - 1) if one_target else contextlib.nullcontext():
+            with adapter.last_row_only() if one_target else contextlib.nullcontext():
                 hidden = base(inputs_embeds=suffix * scale, **cache_kwargs(base, past)).last_hidden_state
             for k, p in enumerate(predict_at):
                 rows = [r for r, j in enumerate(chunk) if j < inside[k]]  # units inside this target's context

@@ -258,7 +258,9 @@ def test_unit_requests_are_estimated_as_units_before_they_queue():
     job = service.prepare(text=text, options={"num_probes": 1, "layers": 1, "units": "sentence"})
     units = service.attributor.units(text, units="sentence")
     n = len(text)  # the context (the last character is the target) and the BOS, which is the sink: a unit too
-    assert len(units) == 30 and job.work.parts["I"] == n + sum(n - (u.start + 1) for u in units)
+    # One masked suffix per unit; the clean forward they start from is the gate's (counted there).
+    assert len(units) == 30 and job.work.parts["I"] == sum(n - (u.start + 1) for u in units)
+    assert job.work.parts["gate"] == n
     with pytest.raises(FieldError) as info:
         service.prepare(text=text, options={"units": "spans", "spans": [[0, 500]]})
     assert info.value.field == "options.spans"
