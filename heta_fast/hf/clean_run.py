@@ -4,7 +4,8 @@ The KL pass (I) needs the clean run's KV cache (every masked suffix starts behin
 hidden states its LM head received at the prediction positions and the model's own logits there; the curvature (S)
 needs the same cache and head input, the logits, and with ``layers=k`` the residual stream entering layer L−k. On
 a long document one forward costs as much as a few dozen masked rows, and a unit run with levels used to run it
-three times (S, then the KL pass of each level); :func:`clean_forward` runs it once for all of them.
+three times (S, then the KL pass of each level); :func:`clean_forward` runs it once for all of them, and where the
+attribution has a gate, the gate records this forward instead of running its own (``engine.gate_and_clean_run``).
 """
 
 from __future__ import annotations
