@@ -55,31 +55,29 @@ def active_recorder() -> Recorder | None:
 
 
 @contextlib.contextmanager
+def _thread_setting(name: str, value):
+    """``_state.<name>`` is ``value`` inside the block (this thread), its previous value (or None) after."""
+    before = getattr(_state, name, None)
+    setattr(_state, name, value)
+    try:
+        yield value
+    finally:
+        setattr(_state, name, before)
+
+
 def recording(rec: Recorder):
     """Attention calls inside the block (this thread) record into ``rec``."""
-    prev = active_recorder()
-    _state.recorder = rec
-    try:
-        yield rec
-    finally:
-        _state.recorder = prev
+    return _thread_setting("recorder", rec)
 
 
-@contextlib.contextmanager
 def plain_attention():
     """Within this block attention is the plain eager composition (matmul, mask, softmax, matmul)
     differentiated by autograd, never :mod:`heta_fast.hf.attention_core`: the reference engine runs under it,
     so the fast core's hand-written derivatives are checked against autograd rather than against themselves.
     """
-    before = getattr(_state, "plain", False)
-    _state.plain = True
-    try:
-        yield
-    finally:
-        _state.plain = before
+    return _thread_setting("plain", True)
 
 
-@contextlib.contextmanager
 def last_query_only(layer_idx: int):
     """Within this block, attention layer ``layer_idx`` computes the output of its last query row only and
     returns zeros for the others.
@@ -88,12 +86,7 @@ def last_query_only(layer_idx: int):
     (the Hessian term's graphs): every later operation is row-wise, so that row is exact, while the layer's
     attention scores, and their first and second derivatives, shrink from [n, n] to [1, n] per head.
     """
-    before = getattr(_state, "last_query_layer", None)
-    _state.last_query_layer = layer_idx
-    try:
-        yield
-    finally:
-        _state.last_query_layer = before
+    return _thread_setting("last_query_layer", layer_idx)
 
 
 def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
