@@ -6,7 +6,7 @@ This is the only package that knows about transformers' internals; the HETA comp
 """
 
 from .adapter import ModelAdapter
-from .attention import ATTN_IMPL, LayerRecord, Recorder, heta_attention, last_query_only, plain_attention
+from .attention import ATTN_IMPL, LayerRecord, Recorder, heta_attention, plain_attention
 from .cache import cache_kwargs, cut_cache, new_full_cache
 from .clean_run import CleanRun, clean_forward
 from .head import head_check_tolerance, head_logits
@@ -23,7 +23,6 @@ __all__ = [
     "head_check_tolerance",
     "head_logits",
     "heta_attention",
-    "last_query_only",
     "new_full_cache",
     "plain_attention",
 ]

@@ -19,14 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import MemoryBudgetError, NumericalError, UnsupportedModelError
-from ..hf import (
-    CleanRun,
-    ModelAdapter,
-    cache_kwargs,
-    clean_forward,
-    head_check_tolerance,
-    head_logits,
-)
+from ..hf import CleanRun, ModelAdapter, cache_kwargs, clean_forward, head_check_tolerance, head_logits
 from ..sharding import Shard, mine, summed
 from ..units.ranges import Unit, check_units, token_units, unit_chunks
 from .prefix_cache import shared_prefix_cache

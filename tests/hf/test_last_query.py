@@ -34,7 +34,7 @@ def _target_logprob_and_hvp(adapter, X, v, only_last: bool):
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS + MORE_TINY_ARCHS)
-def test_last_query_only_keeps_the_last_row_and_its_derivatives(arch):
+def test_last_row_only_keeps_the_last_row_and_its_derivatives(arch):
     adapter = ModelAdapter(tiny_model(arch, dtype=torch.float64))
     ids = random_ids(14, seed=2)
     with adapter.attached():
