@@ -505,12 +505,23 @@ class _UnitLevels:
         self.k = lead.numel()
         self.run_ids = torch.cat([lead, ids[:t]])
         self.target_id = int(ids[t])
-        self.probes = window_probes(context_probes(probes, opts, adapter.hidden_size, t), 0, t, self.k)
+        if probes is not None and "S" in opts.components:  # the caller's probes: checked before any work
+            check_probes(torch.as_tensor(probes), t, adapter.hidden_size)
+        self._given_probes, self._probes, self._t = probes, None, t
         self.timings: dict[str, float] = {}
         self.M: Tensor | None = None
         self.sink_mass: float | None = None
         self._factors = None
         self._clean: CleanRun | None = None  # the clean forward every level's S and I start from
+
+    @property
+    def probes(self) -> Tensor | None:
+        """The run's probes ``[k + t, m, d]`` (zero rows for the lead), drawn on first use: low-rank S reads them
+        only after its factorisation, so they are not held beside its graphs (at 16,384 tokens 0.7 GiB in float64)."""
+        if self._probes is None:
+            self._probes = window_probes(context_probes(self._given_probes, self.opts, self.adapter.hidden_size,
+                                                        self._t), 0, self._t, self.k)
+        return self._probes
 
     def clean(self) -> CleanRun | None:
         """The clean forward over the run's ids, run on first use; None where S and I do not start from one (the
@@ -567,12 +578,12 @@ class _UnitLevels:
                 if self._factors is None:
                     t0 = time.perf_counter()
                     self._factors = lowrank_curvature(
-                        self.adapter, self.run_ids, self.target_id, probes=self.probes, rank=opts.rank,
+                        self.adapter, self.run_ids, self.target_id, probes=None, rank=opts.rank,
                         lowrank_passes=opts.lowrank_passes, curvature=opts.curvature, layers=opts.layers,
                         seed=opts.seed, max_memory=opts.max_memory, progress=lambda n: bars.update("S", n),
                         shard=self.engine._shard(opts), clean=self.clean())
                     self.timings["hessian"] = time.perf_counter() - t0
-                S = self._factors.unit_norms(run_units)
+                S = self._factors.unit_norms(run_units, self.probes)
             if comps:
                 comp = evaluate(self.adapter, self.run_ids, self.target_id, opts.replace(components=comps),
                                 probes=self.probes, mask_vec=self.mask_vec, units=run_units, progress=bars.update,

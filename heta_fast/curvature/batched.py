@@ -318,17 +318,19 @@ def sensitivity_batched(
     return summed(shard, S) / m
 
 
-def lowrank_curvature(adapter: ModelAdapter, ids: Tensor, target_id: int, *, probes: Tensor, rank: int = 64,
+def lowrank_curvature(adapter: ModelAdapter, ids: Tensor, target_id: int, *, probes: Tensor | None, rank: int = 64,
                       lowrank_passes: int = 2, curvature: str = "hessian", layers: int | None = None, seed: int = 0,
                       max_memory: int = 2 * 1024**3, progress: Callable[[int], None] | None = None,
                       shard: Shard | None = None, clean: CleanRun | None = None) -> LowRankCurvature:
     """The low-rank factors of the context's curvature (``hessian="lowrank"``), built once: S of any units is then
     read from them (:meth:`LowRankCurvature.unit_norms`) without another Hessian–vector product. The levels of
-    SPEC §6 and a token refinement read all their units from one factorisation."""
+    SPEC §6 and a token refinement read all their units from one factorisation. ``probes`` None: given to
+    :meth:`LowRankCurvature.unit_norms` instead (then they need not exist while the products run)."""
     t = ids.numel()
     batch = probe_batch_size(adapter, t, t, max_memory, layers, suffix_graphs=False)
     X, point, layer, _, head = clean_state(adapter, ids, layers, target_id, clean)
-    check_probes(probes, t, point.shape[1])
+    if probes is not None:
+        check_probes(probes, t, point.shape[1])
     return LowRankCurvature(adapter, X, point, layer, head, target_id, probes, rank=rank, passes=lowrank_passes,
                             curvature=curvature, seed=seed, batch=batch, progress=progress, shard=shard)
 
@@ -358,13 +360,21 @@ class LowRankCurvature:
         self.B = lowrank_core(Q, Y, omega, lambda Qm: apply_all(Qm.T.reshape(-1, t, d)).reshape(-1, t * d).T,
                               passes)
         self.Qb = Q.reshape(t, d, -1)
-        self.probes = probes.to(device=point.device, dtype=acc)
+        self.probes = None if probes is None else probes.to(device=point.device, dtype=acc)
 
-    def unit_norms(self, units: Sequence[tuple[int, int]] | None = None) -> Tensor:
-        """S of ``units`` (``(start, end)`` ranges, ordered, disjoint; None = every token) from the factors."""
-        t = self.Qb.shape[0]
+    def unit_norms(self, units: Sequence[tuple[int, int]] | None = None, probes: Tensor | None = None) -> Tensor:
+        """S of ``units`` (``(start, end)`` ranges, ordered, disjoint; None = every token) from the factors, with
+        ``probes`` (``[t, m, d]``) or, if None, those given at construction."""
+        t, d = self.Qb.shape[:2]
         units = token_units(t) if units is None else check_units(units, t)
-        return lowrank_unit_norms(self.Qb, self.B, self.probes, units)
+        if probes is None:
+            if self.probes is None:
+                raise ValueError("no probes: give them to lowrank_curvature or to unit_norms")
+            probes = self.probes
+        else:
+            check_probes(probes, t, d)
+            probes = probes.to(device=self.Qb.device, dtype=self.Qb.dtype)
+        return lowrank_unit_norms(self.Qb, self.B, probes, units)
 
 
 def lowrank_core(Q: Tensor, Y: Tensor, omega: Tensor, apply: Callable[[Tensor], Tensor], passes: int) -> Tensor:

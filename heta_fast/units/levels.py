@@ -63,21 +63,26 @@ def coarse_levels(kind: str, fine: list[UnitSpan], text: str | None, expand: int
 
 
 def _blocks(sizes: list[int], paragraph_of: list[int], n_blocks: int) -> Groups:
-    """About ``n_blocks`` runs of consecutive items (token counts ``sizes``) of about equal token counts."""
+    """At most ``n_blocks`` runs of consecutive items (token counts ``sizes``) of about equal token counts.
+
+    Block j ends near the j-th of ``n_blocks`` equal steps of the items' cumulative tokens, or earlier at a
+    paragraph break within a quarter of a share of that point. The points are fixed, so a block closed early leaves
+    its tokens to the next one instead of adding a block (level 1's work grows with its blocks), and the last block
+    takes the rest."""
     share = sum(sizes) / n_blocks
     groups: Groups = [[]]
-    size = 0
+    done = 0  # tokens before item j
     for j, s in enumerate(sizes):
         starts_paragraph = j > 0 and paragraph_of[j] != paragraph_of[j - 1]
-        # Close before item j when it would sit mostly past the share (so blocks come out near their share, not
-        # over it), or at a paragraph break once the block holds most of its share. (Closing at half a share
-        # followed the text better but made 35 blocks of 192 sentences instead of 24, and level 1's work grows
-        # with them.)
-        if groups[-1] and (size + s / 2 > share or (starts_paragraph and size >= PARAGRAPH_CLOSE * share)):
+        end = len(groups) * share  # where the open block should end
+        # Close before item j when it would sit mostly past that point (so blocks come out near their share), or at
+        # a paragraph break close before it. (Breaks within half a share followed the text better but made 35
+        # blocks of 192 sentences instead of 24.)
+        if groups[-1] and len(groups) < n_blocks and (
+                done + s / 2 > end or (starts_paragraph and done >= end - (1 - PARAGRAPH_CLOSE) * share)):
             groups.append([])
-            size = 0
         groups[-1].append(j)
-        size += s
+        done += s
     return groups
 
 

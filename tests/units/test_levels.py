@@ -81,6 +81,22 @@ def test_blocks_close_at_paragraph_breaks():
     assert any(g[0] == first_of_second for g in groups)
 
 
+def test_paragraph_breaks_do_not_add_blocks_or_leave_a_large_last_one():
+    """Blocks closed early at paragraph breaks leave their tokens to the next block: the count stays at the
+    designed one (level 1's work grows with it; closing at every break used to add blocks) and no block, the last
+    included, grows far past the others. Paragraphs of 5 sentences, blocks of about 6.3."""
+    text = "\n\n".join(" ".join(f"Fact {p}.{i} is here." for i in range(5)) for p in range(24))
+    fine = _fine(text)
+    assert len(fine) == 120
+    (groups,) = coarse_levels("block", fine, text, expand=3)
+    target = round((3 * len(fine)) ** 0.5)
+    assert target - 1 <= len(groups) <= target, (len(groups), target)
+    tokens = [fine[g[-1]].end - fine[g[0]].start for g in groups]
+    assert max(tokens) <= 1.5 * sum(tokens) / len(tokens), tokens
+    # Blocks still prefer paragraph starts (a fifth of them would by chance).
+    assert sum(g[0] % 5 == 0 for g in groups[1:]) >= len(groups) // 3
+
+
 @pytest.mark.parametrize("kw", [{}, {"hessian": "lowrank", "rank": 8, "lowrank_passes": 1}], ids=["exact", "lowrank"])
 def test_levels_equal_one_level_runs_of_the_same_units(attributor, kw):
     opts = {**OPTS, **kw}
