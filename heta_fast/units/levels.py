@@ -7,12 +7,13 @@ level's units are runs of the finer level's units:
 * ``"paragraph"``: one coarse level, the fine units whose text starts in the same paragraph (a position without
   characters joins the unit that follows it, or the last one at the end).
 * ``"block"``: blocks of about equal token counts, whole fine units each; a block closes early at a paragraph
-  break once it holds three quarters of its share, so blocks follow the text's structure where that costs
-  little. Scoring a unit costs its masked suffix, so with ``k = expand`` and n fine units, one coarse level of B
-  blocks scores B + k·n/B units (least at B = √(k·n)), two coarse levels of B₁ blocks over B₂ sub-blocks score
-  B₁ + k·B₂/B₁ + k·n/B₂ (least at B₁ = c, B₂ = c²/k with c = ∛(k²·n), 3c units). Two coarse levels are used
-  where they score at most :data:`TWO_LEVELS_GAIN` of one level's units: n ≥ 131 at k = 3, e.g. 4,000 tokens
-  of prose (187 sentences: 36 units instead of 47).
+  break near its share, so blocks follow the text's structure where that costs little. Scoring a unit costs its
+  masked suffix: about half the context for a level-1 block, and :data:`CHILD_COST` (α) of that on average for
+  the children of the ``k = expand`` best, which the gate's recency tends to put near the target. With n fine
+  units, one coarse level of B blocks costs B + α·k·n/B level-1 units (least at B = √(α·k·n)); two coarse levels
+  of B₁ blocks over B₂ sub-blocks cost B₁ + α·k·(B₂/B₁ + n/B₂) (least at B₁ = ∛((α·k)²·n), B₂ = √(n·B₁), 3·B₁).
+  Two coarse levels are used where they cost at most :data:`TWO_LEVELS_GAIN` of one level: n ≥ 66 at k = 3,
+  e.g. 8,000 tokens of prose (364 sentences) in 9 blocks over 58 sub-blocks.
 * ``"auto"``: blocks when the context has at least :data:`AUTO_MIN_PER_EXPANDED` · ``expand`` fine units (where
   levels mask at most about half as many suffixes as scoring every unit), else one level (every fine unit).
 
@@ -33,9 +34,14 @@ from .segment import paragraph_spans
 AUTO_MIN_PER_EXPANDED = 16
 # A block closes early at a paragraph break once it holds this share of its tokens.
 PARAGRAPH_CLOSE = 0.75
-# Blocks of blocks when their modelled units scored are at most this share of one coarse level's: a level more is
-# one more ranking that can miss, so it has to save a fifth of the KL work to be worth it.
+# Blocks of blocks when their modelled cost is at most this share of one coarse level's: a level more is one more
+# ranking that can miss, so it has to save a fifth of the KL work to be worth it.
 TWO_LEVELS_GAIN = 0.8
+# The masked rows of an expanded unit's children, per child, as a share of a level-1 unit's (half the context).
+# Measured on the needle runs (benchmarks/eval/README.md, *Levels*): 0.42-0.51 at 4,006 tokens where the blocks
+# next to the target were expanded, 0.83-0.87 where one sat mid-document, 0.04-0.22 at 8,030 tokens. At 1 every
+# unit would cost the same (the uniform model, which put 18 blocks at level 1 on 364 sentences instead of 9).
+CHILD_COST = 0.5
 
 Groups = list[list[int]]  # coarse units, each as the indices of the fine units it holds
 
@@ -51,10 +57,11 @@ def coarse_levels(kind: str, fine: list[UnitSpan], text: str | None, expand: int
     if kind == "paragraph":
         return [[list(g) for _, g in itertools.groupby(range(n), key=paragraph_of.__getitem__)]]
     sizes = [u.end - u.start for u in fine]
-    one = min(n, max(expand + 1, round(math.sqrt(expand * n))))
-    c = (expand * expand * n) ** (1 / 3)
-    outer, inner = max(expand + 1, round(c)), min(n, round(c * c / expand))
-    if 3 * c > TWO_LEVELS_GAIN * 2 * math.sqrt(expand * n) or inner < 2 * outer:
+    ak = CHILD_COST * expand
+    one = min(n, max(expand + 1, round(math.sqrt(ak * n))))
+    b1 = (ak * ak * n) ** (1 / 3)
+    outer, inner = max(expand + 1, round(b1)), min(n, round(math.sqrt(n * b1)))
+    if 3 * b1 > TWO_LEVELS_GAIN * 2 * math.sqrt(ak * n) or inner < 2 * outer:
         return [_blocks(sizes, paragraph_of, one)]
     sub = _blocks(sizes, paragraph_of, inner)
     # Blocks of sub-blocks: a sub-block weighs its tokens and starts where its first fine unit starts.
