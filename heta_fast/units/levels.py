@@ -9,11 +9,11 @@ level's units are runs of the finer level's units:
 * ``"block"``: blocks of about equal token counts, whole fine units each; a block closes early at a paragraph
   break near its share, so blocks follow the text's structure where that costs little. Scoring a unit costs its
   masked suffix: about half the context for a level-1 block, and :data:`CHILD_COST` (α) of that on average for
-  the children of the ``k = expand`` best, which the gate's recency tends to put near the target. With n fine
-  units, one coarse level of B blocks costs B + α·k·n/B level-1 units (least at B = √(α·k·n)); two coarse levels
-  of B₁ blocks over B₂ sub-blocks cost B₁ + α·k·(B₂/B₁ + n/B₂) (least at B₁ = ∛((α·k)²·n), B₂ = √(n·B₁), 3·B₁).
-  Two coarse levels are used where they cost at most :data:`TWO_LEVELS_GAIN` of one level: n ≥ 66 at k = 3,
-  e.g. 8,000 tokens of prose (364 sentences) in 9 blocks over 58 sub-blocks.
+  the children of the ``k = expand`` best. With n fine units, one coarse level of B blocks costs B + α·k·n/B
+  level-1 units (least at B = √(α·k·n)); two coarse levels of B₁ blocks over B₂ sub-blocks cost
+  B₁ + α·k·(B₂/B₁ + n/B₂) (least at B₁ = ∛((α·k)²·n), B₂ = √(n·B₁), 3·B₁). Two coarse levels are used where they
+  cost at most :data:`TWO_LEVELS_GAIN` of one level: n ≥ 131 at k = 3 and α = 1, e.g. 4,000 tokens of prose
+  (187 sentences: 12 blocks over 47 sub-blocks, 36 units instead of 47).
 * ``"auto"``: blocks when the context has at least :data:`AUTO_MIN_PER_EXPANDED` · ``expand`` fine units (where
   levels mask at most about half as many suffixes as scoring every unit), else one level (every fine unit).
 
@@ -37,11 +37,12 @@ PARAGRAPH_CLOSE = 0.75
 # Blocks of blocks when their modelled cost is at most this share of one coarse level's: a level more is one more
 # ranking that can miss, so it has to save a fifth of the KL work to be worth it.
 TWO_LEVELS_GAIN = 0.8
-# The masked rows of an expanded unit's children, per child, as a share of a level-1 unit's (half the context).
-# Measured on the needle runs (benchmarks/eval/README.md, *Levels*): 0.42-0.51 at 4,006 tokens where the blocks
-# next to the target were expanded, 0.83-0.87 where one sat mid-document, 0.04-0.22 at 8,030 tokens. At 1 every
-# unit would cost the same (the uniform model, which put 18 blocks at level 1 on 364 sentences instead of 9).
-CHILD_COST = 0.5
+# The masked rows of an expanded unit's children, per child, as a share of a level-1 unit's (half the context). 1:
+# every unit costs the same. Measured on the needle runs (benchmarks/eval/README.md, *Levels*) it ranges from 0.04
+# (8,030 tokens, the blocks next to the target expanded) to 0.87 (4,005 tokens, one expanded block mid-document); the
+# sizes for 0.5 (9 blocks over 58 sub-blocks at 364 sentences instead of 15 over 74) saved nothing on those runs,
+# because an early or mid-document block was among the expanded ones in 2 of 3 cases.
+CHILD_COST = 1.0
 
 Groups = list[list[int]]  # coarse units, each as the indices of the fine units it holds
 

@@ -54,11 +54,11 @@ def test_blocks_cover_every_unit_in_order_about_sqrt_of_child_cost_times_expand_
 
 
 def test_long_contexts_get_blocks_of_blocks():
-    """From 66 units at expand=3 (where two coarse levels cost at most 0.8 of one level): blocks of about
-    ∛((αk)²n) over sub-blocks of about √(n·∛((αk)²n)), nested, every unit once, in order."""
+    """From 131 units at expand=3 (where two coarse levels cost at most 0.8 of one level, at CHILD_COST 1): blocks
+    of about ∛((αk)²n) over sub-blocks of about √(n·∛((αk)²n)), nested, every unit once, in order."""
     text = " ".join(f"Fact {i} is here." for i in range(200))
     fine = _fine(text)
-    assert len(coarse_levels("block", fine[:65], text, 3)) == 1
+    assert len(coarse_levels("block", fine[:130], text, 3)) == 1
     top, sub = coarse_levels("block", fine, text, 3)
     assert [j for g in sub for j in g] == list(range(len(fine))) == [j for g in top for j in g]
     owner = parents(top, sub)
@@ -84,10 +84,10 @@ def test_blocks_close_at_paragraph_breaks():
 def test_paragraph_breaks_do_not_add_blocks_or_leave_a_large_last_one():
     """Blocks closed early at paragraph breaks leave their tokens to the next block: the count stays at the
     designed one (level 1's work grows with it; closing at every break used to add blocks) and no block, the last
-    included, grows far past the others. Paragraphs of 5 sentences, blocks of about 6.3 (60 sentences, 9 blocks)."""
-    text = "\n\n".join(" ".join(f"Fact {p}.{i} is here." for i in range(5)) for p in range(12))
+    included, grows far past the others. Paragraphs of 5 sentences, blocks of about 6.3 (120 sentences, 19 blocks)."""
+    text = "\n\n".join(" ".join(f"Fact {p}.{i} is here." for i in range(5)) for p in range(24))
     fine = _fine(text)
-    assert len(fine) == 60
+    assert len(fine) == 120
     (groups,) = coarse_levels("block", fine, text, expand=3)
     target = round((CHILD_COST * 3 * len(fine)) ** 0.5)
     assert target - 1 <= len(groups) <= target, (len(groups), target)
