@@ -216,6 +216,25 @@ def test_every_level_shares_one_clean_forward(attributor, monkeypatch, kw):
     assert r.target_logprob == pytest.approx(alone.target_logprob, abs=1e-5)
 
 
+def test_low_rank_unit_runs_draw_probes_after_the_factorisation(attributor, monkeypatch):
+    """The probes ([t, m, d] in float64: 0.7 GiB at 16,384 tokens) are not held while S's products run: a unit run
+    with low-rank S draws them after the factorisation, and its numbers are those of probes given up front."""
+    import heta_fast.engine as engine
+
+    events = []
+    real_draw, real_lowrank = engine.draw_probes, engine.lowrank_curvature
+    monkeypatch.setattr(engine, "draw_probes", lambda *a, **k: events.append("probes") or real_draw(*a, **k))
+    monkeypatch.setattr(engine, "lowrank_curvature",
+                        lambda *a, **k: events.append(("factors", k["probes"])) or real_lowrank(*a, **k))
+    kw = dict(OPTS, hessian="lowrank", rank=4, lowrank_passes=1)
+    r = attributor.attribute(TEXT, units="sentence", coarse="paragraph", expand=1, **kw)
+    assert events == [("factors", None), "probes"]
+    n_ctx = len(r.tokens)  # the context: every token before the target
+    given = real_draw(n_ctx, kw["num_probes"], attributor.adapter.hidden_size, kw["seed"])
+    same = attributor.attribute(TEXT, units="sentence", coarse="paragraph", expand=1, probes=given, **kw)
+    assert [u.S for u in r.units] == [u.S for u in same.units]
+
+
 # Two coarse levels over the seven sentences of TEXT: the paragraphs, over sub-blocks of one or two sentences.
 TWO_LEVELS = [[[0, 1], [2, 3, 4], [5, 6]], [[0, 1], [2], [3, 4], [5], [6]]]
 
