@@ -18,6 +18,7 @@ Several targets of one text that fit in one window share the gate's forward and 
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -507,21 +508,19 @@ class _UnitLevels:
         self.target_id = int(ids[t])
         if probes is not None and "S" in opts.components:  # the caller's probes: checked before any work
             check_probes(torch.as_tensor(probes), t, adapter.hidden_size)
-        self._given_probes, self._probes, self._t = probes, None, t
+        self._given_probes, self._t = probes, t
         self.timings: dict[str, float] = {}
         self.M: Tensor | None = None
         self.sink_mass: float | None = None
         self._factors = None
         self._clean: CleanRun | None = None  # the clean forward every level's S and I start from
 
-    @property
+    @functools.cached_property
     def probes(self) -> Tensor | None:
         """The run's probes ``[k + t, m, d]`` (zero rows for the lead), drawn on first use: low-rank S reads them
         only after its factorisation, so they are not held beside its graphs (at 16,384 tokens 0.7 GiB in float64)."""
-        if self._probes is None:
-            self._probes = window_probes(context_probes(self._given_probes, self.opts, self.adapter.hidden_size,
-                                                        self._t), 0, self._t, self.k)
-        return self._probes
+        return window_probes(context_probes(self._given_probes, self.opts, self.adapter.hidden_size, self._t), 0,
+                             self._t, self.k)
 
     def clean(self) -> CleanRun | None:
         """The clean forward over the run's ids, run on first use; None where S and I do not start from one (the

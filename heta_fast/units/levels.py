@@ -8,12 +8,13 @@ level's units are runs of the finer level's units:
   characters joins the unit that follows it, or the last one at the end).
 * ``"block"``: blocks of about equal token counts, whole fine units each; a block closes early at a paragraph
   break near its share, so blocks follow the text's structure where that costs little. Scoring a unit costs its
-  masked suffix: about half the context for a level-1 block, and :data:`CHILD_COST` (α) of that on average for
-  the children of the ``k = expand`` best. With n fine units, one coarse level of B blocks costs B + α·k·n/B
-  level-1 units (least at B = √(α·k·n)); two coarse levels of B₁ blocks over B₂ sub-blocks cost
-  B₁ + α·k·(B₂/B₁ + n/B₂) (least at B₁ = ∛((α·k)²·n), B₂ = √(n·B₁), 3·B₁). Two coarse levels are used where they
-  cost at most :data:`TWO_LEVELS_GAIN` of one level: n ≥ 131 at k = 3 and α = 1, e.g. 4,000 tokens of prose
-  (187 sentences: 12 blocks over 47 sub-blocks, 36 units instead of 47).
+  masked suffix, so with ``k = expand`` and n fine units, one coarse level of B blocks scores B + k·n/B units
+  (least at B = √(k·n)), two coarse levels of B₁ blocks over B₂ sub-blocks score B₁ + k·B₂/B₁ + k·n/B₂ (least at
+  B₁ = c, B₂ = c²/k with c = ∛(k²·n), 3c units). Two coarse levels are used where they score at most
+  :data:`TWO_LEVELS_GAIN` of one level's units: n ≥ 131 at k = 3, e.g. 4,000 tokens of prose (187 sentences: 12
+  blocks over 47 sub-blocks, 36 units instead of 47). (Sizes for children that cost half a level-1 unit, as the
+  gate's recency suggests, were measured and saved nothing: benchmarks/eval/README.md, *Blocks at their designed
+  count*.)
 * ``"auto"``: blocks when the context has at least :data:`AUTO_MIN_PER_EXPANDED` · ``expand`` fine units (where
   levels mask at most about half as many suffixes as scoring every unit), else one level (every fine unit).
 
@@ -34,15 +35,9 @@ from .segment import paragraph_spans
 AUTO_MIN_PER_EXPANDED = 16
 # A block closes early at a paragraph break once it holds this share of its tokens.
 PARAGRAPH_CLOSE = 0.75
-# Blocks of blocks when their modelled cost is at most this share of one coarse level's: a level more is one more
-# ranking that can miss, so it has to save a fifth of the KL work to be worth it.
+# Blocks of blocks when their modelled units scored are at most this share of one coarse level's: a level more is
+# one more ranking that can miss, so it has to save a fifth of the KL work to be worth it.
 TWO_LEVELS_GAIN = 0.8
-# The masked rows of an expanded unit's children, per child, as a share of a level-1 unit's (half the context). 1:
-# every unit costs the same. Measured on the needle runs (benchmarks/eval/README.md, *Levels*) it ranges from 0.04
-# (8,030 tokens, the blocks next to the target expanded) to 0.87 (4,005 tokens, one expanded block mid-document); the
-# sizes for 0.5 (9 blocks over 58 sub-blocks at 364 sentences instead of 15 over 74) saved nothing on those runs,
-# because an early or mid-document block was among the expanded ones in 2 of 3 cases.
-CHILD_COST = 1.0
 
 Groups = list[list[int]]  # coarse units, each as the indices of the fine units it holds
 
@@ -58,11 +53,10 @@ def coarse_levels(kind: str, fine: list[UnitSpan], text: str | None, expand: int
     if kind == "paragraph":
         return [[list(g) for _, g in itertools.groupby(range(n), key=paragraph_of.__getitem__)]]
     sizes = [u.end - u.start for u in fine]
-    ak = CHILD_COST * expand
-    one = min(n, max(expand + 1, round(math.sqrt(ak * n))))
-    b1 = (ak * ak * n) ** (1 / 3)
-    outer, inner = max(expand + 1, round(b1)), min(n, round(math.sqrt(n * b1)))
-    if 3 * b1 > TWO_LEVELS_GAIN * 2 * math.sqrt(ak * n) or inner < 2 * outer:
+    one = min(n, max(expand + 1, round(math.sqrt(expand * n))))
+    c = (expand * expand * n) ** (1 / 3)
+    outer, inner = max(expand + 1, round(c)), min(n, round(c * c / expand))
+    if 3 * c > TWO_LEVELS_GAIN * 2 * math.sqrt(expand * n) or inner < 2 * outer:
         return [_blocks(sizes, paragraph_of, one)]
     sub = _blocks(sizes, paragraph_of, inner)
     # Blocks of sub-blocks: a sub-block weighs its tokens and starts where its first fine unit starts.

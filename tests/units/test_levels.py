@@ -16,7 +16,7 @@ from heta_fast.options import HetaOptions
 from heta_fast.result import Attribution
 from heta_fast.testing import CharTokenizer, tiny_model
 from heta_fast.units import coarse_levels, partition
-from heta_fast.units.levels import AUTO_MIN_PER_EXPANDED, CHILD_COST, parents
+from heta_fast.units.levels import AUTO_MIN_PER_EXPANDED, parents
 
 # Three paragraphs of 2, 3 and 2 sentences (the context ends inside the last one).
 TEXT = "Ann met Bob. Bob ran.\n\nIt rained. We ate. Cy sang.\n\nDo go. Ok now"
@@ -40,13 +40,13 @@ def test_paragraph_groups_are_runs_of_whole_sentences():
     assert coarse_levels("none", fine, TEXT, expand=1) is None
 
 
-def test_blocks_cover_every_unit_in_order_about_sqrt_of_child_cost_times_expand_times_units():
+def test_blocks_cover_every_unit_in_order_about_sqrt_of_expand_times_units():
     text = " ".join(f"Fact {i} is here." for i in range(40))
     fine = _fine(text)
-    for expand in (2, 3, 4):  # one coarse level at 40 units (expand=1 would make two)
+    for expand in (1, 2, 4):
         (groups,) = coarse_levels("block", fine, text, expand)
         assert [j for g in groups for j in g] == list(range(len(fine)))
-        target = max(expand + 1, round((CHILD_COST * expand * len(fine)) ** 0.5))
+        target = round((expand * len(fine)) ** 0.5)
         assert abs(len(groups) - target) <= 2, (expand, len(groups), target)
     # auto: one level below AUTO_MIN_PER_EXPANDED · expand units, blocks from there on
     assert coarse_levels("auto", fine[:AUTO_MIN_PER_EXPANDED * 2 - 1], text, 2) is None
@@ -54,8 +54,8 @@ def test_blocks_cover_every_unit_in_order_about_sqrt_of_child_cost_times_expand_
 
 
 def test_long_contexts_get_blocks_of_blocks():
-    """From 131 units at expand=3 (where two coarse levels cost at most 0.8 of one level, at CHILD_COST 1): blocks
-    of about ∛((αk)²n) over sub-blocks of about √(n·∛((αk)²n)), nested, every unit once, in order."""
+    """From 131 units at expand=3 (where two coarse levels score at most 0.8 of one level's units): blocks of
+    about ∛(k²n) over sub-blocks of about ∛(k²n)²/k, nested, every unit once, in order."""
     text = " ".join(f"Fact {i} is here." for i in range(200))
     fine = _fine(text)
     assert len(coarse_levels("block", fine[:130], text, 3)) == 1
@@ -64,8 +64,8 @@ def test_long_contexts_get_blocks_of_blocks():
     owner = parents(top, sub)
     assert owner == sorted(owner) and [j for c in range(len(top)) for g, o in zip(sub, owner) if o == c for j in g] \
         == list(range(len(fine)))  # each block is a run of whole sub-blocks
-    b1 = ((CHILD_COST * 3) ** 2 * len(fine)) ** (1 / 3)
-    assert abs(len(top) - b1) <= 2 and abs(len(sub) - (len(fine) * b1) ** 0.5) <= 4, (len(top), len(sub), b1)
+    c = (9 * len(fine)) ** (1 / 3)
+    assert abs(len(top) - c) <= 2 and abs(len(sub) - c * c / 3) <= 4, (len(top), len(sub), c)
 
 
 def test_blocks_close_at_paragraph_breaks():
@@ -74,7 +74,7 @@ def test_blocks_close_at_paragraph_breaks():
     fine = _fine(text)
     # 3 blocks of 8 sentences (2.7 sentences each): the break after 2 sentences comes at 3/4 of a block's share,
     # where the midpoint rule alone would have taken a third sentence into the first block.
-    (groups,) = coarse_levels("block", fine, text, expand=2)
+    (groups,) = coarse_levels("block", fine, text, expand=1)
     first_of_second = next(j for j, u in enumerate(fine) if u.char_start is not None and text[u.char_start:].lstrip()
                            .startswith("Cy ate."))
     assert first_of_second == 2
@@ -89,7 +89,7 @@ def test_paragraph_breaks_do_not_add_blocks_or_leave_a_large_last_one():
     fine = _fine(text)
     assert len(fine) == 120
     (groups,) = coarse_levels("block", fine, text, expand=3)
-    target = round((CHILD_COST * 3 * len(fine)) ** 0.5)
+    target = round((3 * len(fine)) ** 0.5)
     assert target - 1 <= len(groups) <= target, (len(groups), target)
     tokens = [fine[g[-1]].end - fine[g[0]].start for g in groups]
     assert max(tokens) <= 1.5 * sum(tokens) / len(tokens), tokens
