@@ -239,44 +239,130 @@ def _blocked_first_backward(q5, key, value, dO, O, lse, allowed, scaling, blocks
     return torch.cat(dQ, -2), dK, dV, delta
 
 
+def _cols(x: Tensor) -> Tensor:
+    """``[N, ..., r, c]`` → ``[..., r, N·c]``: the N directions side by side as columns (a small copy)."""
+    return x.movedim(0, -2).reshape(*x.shape[1:-1], x.shape[0] * x.shape[-1])
+
+
+def _uncols(y: Tensor, n: int) -> Tensor:
+    """``[..., r, N·c]`` → ``[N, ..., r, c]`` (a view): the inverse of :func:`_cols`."""
+    return y.reshape(*y.shape[:-1], n, y.shape[-1] // n).movedim(-2, 0)
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise dot products over the last axis (row-sized inputs, not score-sized)."""
+    return (a * b).sum(-1)
+
+
+def _with_ones(x: Tensor) -> Tensor:
+    """x with a column of ones appended: a product against it adds the other side's last column to every entry."""
+    return torch.cat([x, x.new_ones(*x.shape[:-1], 1)], -1)
+
+
 def _block_vjp(q5, key, value, dO, lse, delta, allowed, s, block, gQ, gK, gV):
-    """One block's share of the VJP of (dQ, dK, dV) for cotangents (gQ, gK, gV): the formula of
-    :meth:`_AttentionCoreBackward.backward` restricted to the block's rows; (Q̄ rows, K̄ and V̄ at its keys,
-    dŌ rows). Block-sized temporaries are dropped as soon as they are used (several are per direction
-    under vmap)."""
+    """One block's share of the VJP of (dQ, dK, dV) for N directions of cotangents (gQ, gK, gV, each with a
+    leading direction axis): the formula of :meth:`_AttentionCoreBackward.backward` restricted to the block's
+    rows; (Q̄ rows, K̄ and V̄ at its keys, dŌ rows), each ``[N, ...]``.
+
+    Score-sized work is what costs, so: the block's own tensors (P, dP − δ, dS) do not depend on the directions
+    and are computed once; where one of them multiplies the directions' small operands (dS gK, dSᵀ gQ, P gK,
+    P gV), the directions go side by side as columns of one product; and the two row sums the formula needs per
+    direction are read from row-sized products instead of from score-sized ones (below). Per direction, five
+    score-sized passes remain besides the products that consume them.
+    """
     lo, hi, k_lo, k_hi = block
+    n = gQ.shape[0]
     P, _ = _block_probs(q5, key, allowed, s, block, lse)
     Qb, dOb, gQb = _span(q5, lo, hi), _span(dO, lo, hi), _span(gQ, lo, hi)
     Kr, Vr, gKr, gVr = (_span(x, k_lo, k_hi) for x in (key, value, gK, gV))
-    dP = _rows_mm(dOb, Vr.transpose(-1, -2))
-    dP_centered = dP - _span(delta, lo, hi, -1).unsqueeze(-1)
+    dh = Kr.shape[-1]
+    dP_centered = _rows_mm(dOb, Vr.transpose(-1, -2)).sub_(_span(delta, lo, hi, -1).unsqueeze(-1))
     dS = P * dP_centered
-    Q_bar = _rows_mm(dS, gKr) * s
-    K_bar = _keys_mm(dS, gQb) * s
-    del dS, dP
-    # G_dS = s·(gQ Kᵀ + Q gKᵀ) as one product over [gQ, Q] and [K, gK] (no score-sized sum).
-    G_dS = _rows_mm(torch.cat([gQb * s, Qb.expand_as(gQb) * s], -1), torch.cat([Kr, gKr], -1).transpose(-1, -2))
-    # With A = G_dS + G_δ (G_δ = −rowsum(P ⊙ G_dS)): G_dP = P ⊙ A, and G_P = A ⊙ (dP − δ) + dO gVᵀ up to a
-    # per-row constant (G_δ·δ), which the softmax's derivative below cancels (rows of P sum to 1).
-    A = G_dS - (P * G_dS).sum(-1, keepdim=True)
-    del G_dS
+    dS_sum = dS.sum(-1)  # 0 up to round-off (δ = rowsum(P ⊙ dP)), kept so the row sums below are exact
+    dS_K, dS_gK = _rows_mm(dS, torch.cat([Kr, _cols(gKr)], -1)).split([dh, n * dh], -1)
+    dS_gK = _uncols(dS_gK, n)
+    K_bar = _uncols(_keys_mm(dS, _cols(gQb)).mul_(s), n)
+    del dS
+    P_K, P_gK, P_gV = _rows_mm(P, torch.cat([Kr, _cols(gKr), _cols(gVr)], -1)).split([dh, n * dh, n * dh], -1)
+    P_gK, P_gV = _uncols(P_gK, n), _uncols(P_gV, n)
+    # G_dS = s·(gQ Kᵀ + Q gKᵀ). With A = G_dS − c, c = rowsum(P ⊙ G_dS) = s·(gQ·PK + Q·P gK) per row: G_dP = P ⊙ A,
+    # and G_P = A ⊙ (dP − δ) + dO gVᵀ up to a per-row constant, which the softmax's derivative G_S = P ⊙ (G_P − r),
+    # r = rowsum(P ⊙ G_P), cancels. r from row-sized products: rowsum(P ⊙ A ⊙ (dP − δ)) = rowsum(G_dS ⊙ dS) −
+    # c·rowsum(dS) = s·(gQ·dS K + Q·dS gK) − c·rowsum(dS), and rowsum(P ⊙ dO gVᵀ) = dO·P gV. A and G_P − r are
+    # each one product, their row constants entering as a last column against ones.
+    c = (_rowdot(gQb, P_K) + _rowdot(Qb, P_gK)) * s
+    r = (_rowdot(gQb, dS_K) + _rowdot(Qb, dS_gK)) * s - c * dS_sum + _rowdot(dOb, P_gV)
+    A = _rows_mm(torch.cat([gQb * s, (Qb * s).expand_as(gQb), -c.unsqueeze(-1)], -1),
+                 _with_ones(torch.cat([Kr.expand_as(gKr), gKr], -1)).transpose(-1, -2))
     G_dP = P * A
-    G_P = A * dP_centered + _rows_mm(dOb, gVr.transpose(-1, -2))
+    G_S = _rows_mm(torch.cat([dOb.expand_as(gQb), -r.unsqueeze(-1)], -1), _with_ones(gVr).transpose(-1, -2))
+    G_S.addcmul_(A, dP_centered).mul_(P)
     del A, dP_centered
-    dO_bar = _rows_mm(G_dP, Vr) + _rows_mm(P, gVr)
+    dO_bar = _rows_mm(G_dP, Vr).add_(P_gV)
     V_bar = _keys_mm(G_dP, dOb)
     del G_dP
-    G_S = P * (G_P - (P * G_P).sum(-1, keepdim=True))
-    del G_P
-    return Q_bar + _rows_mm(G_S, Kr) * s, K_bar + _keys_mm(G_S, Qb) * s, V_bar, dO_bar
+    Q_bar = _rows_mm(G_S, Kr).add_(dS_gK).mul_(s)
+    return Q_bar, K_bar.add_(_keys_mm(G_S, Qb), alpha=s), V_bar, dO_bar
+
+
+def _blocked_vjp(q5, key, value, dO, lse, delta, allowed, gQ, gK, gV, s, blocks):
+    """(Q̄, K̄, V̄, dŌ) of the blocked core's backward for N directions (leading axis of gQ, gK, gV)."""
+    K_bar, V_bar = gK.new_zeros(gK.shape), gV.new_zeros(gV.shape)
+    Q_bar, dO_bar = [], []
+    for lo, hi, k_lo, k_hi in blocks:
+        Q_b, K_b, V_b, dO_b = _block_vjp(q5, key, value, dO, lse, delta, allowed, s, (lo, hi, k_lo, k_hi), gQ, gK, gV)
+        Q_bar.append(Q_b)
+        dO_bar.append(dO_b)
+        _span(K_bar, k_lo, k_hi).add_(K_b)
+        _span(V_bar, k_lo, k_hi).add_(V_b)
+    return torch.cat(Q_bar, -2), K_bar, V_bar, torch.cat(dO_bar, -2)
+
+
+class _BlockedCoreVJP(torch.autograd.Function):
+    """(Q, K, V, dO, lse, δ; gQ, gK, gV) ↦ (Q̄, K̄, V̄, dŌ): what one Hessian–vector product computes through the
+    blocked core, with its directions batched by hand.
+
+    Under ``torch.func.vmap`` over the directions (:func:`heta_fast.curvature.batched.batched_vjp`), a generated
+    rule would expand each unbatched score block to every direction before a product with a direction's
+    operand, a copy of the block per direction (a seventh of the core's second-order time at 2,048 tokens). The
+    rule here (:meth:`vmap`) moves the directions to a leading axis instead, and :func:`_block_vjp` multiplies
+    each score block once by all directions side by side. Third derivatives are never taken, so this function
+    has no backward.
+    """
+
+    @staticmethod
+    def forward(q5, key, value, dO, lse, delta, allowed, gQ, gK, gV, scaling, blocks):
+        out = _blocked_vjp(q5, key, value, dO, lse, delta, allowed, gQ[None], gK[None], gV[None], scaling, blocks)
+        return tuple(x[0] for x in out)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("the attention core is differentiable twice, not three times")
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        if any(d is not None for d in in_dims[:7]):
+            # Not an HVP's directions (the attention's own inputs vary along the vmapped axis): item by item.
+            # (in_dims mirrors each argument's structure: the block tuples' entries are tuples of None.)
+            items = [_BlockedCoreVJP.apply(*(a.select(d, i) if isinstance(a, Tensor) and d is not None else a
+                                             for a, d in zip(args, in_dims)))
+                     for i in range(info.batch_size)]
+            return tuple(torch.stack(x) for x in zip(*items)), (0, 0, 0, 0)
+        gQ, gK, gV = (g.expand(info.batch_size, *g.shape) if d is None else g.movedim(d, 0)
+                      for g, d in zip(args[7:10], in_dims[7:10]))
+        return _blocked_vjp(*args[:7], gQ, gK, gV, *args[10:]), (0, 0, 0, 0)
 
 
 class _BlockedCoreBackward(torch.autograd.Function):
     """(Q, K, V, dO; O, lse) ↦ (dQ, dK, dV): the blocked core's backward, itself differentiable once.
 
     O and lse enter as constants (the forward's); their dependence on Q, K, V is part of the hand-written VJP
-    (the formula of :class:`_AttentionCoreBackward`, evaluated one row block at a time), so no score-sized
-    tensor is saved.
+    (:class:`_BlockedCoreVJP`: the formula of :class:`_AttentionCoreBackward`, evaluated one row block at a
+    time), so no score-sized tensor is saved.
     """
 
     generate_vmap_rule = True
@@ -296,15 +382,8 @@ class _BlockedCoreBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gQ, gK, gV, _gdelta):
         q5, key, value, dO, lse, delta, allowed = ctx.saved_tensors
-        k_len = key.shape[-2]
-        Q_bar, dO_bar, K_bar, V_bar = [], [], None, None
-        for block in ctx.blocks:
-            Q_b, K_b, V_b, dO_b = _block_vjp(q5, key, value, dO, lse, delta, allowed, ctx.scaling, block, gQ, gK, gV)
-            Q_bar.append(Q_b)
-            dO_bar.append(dO_b)
-            K_bar = _into_keys(K_bar, K_b, block[2], k_len)
-            V_bar = _into_keys(V_bar, V_b, block[2], k_len)
-        return torch.cat(Q_bar, -2), K_bar, V_bar, torch.cat(dO_bar, -2), None, None, None, None, None
+        bars = _BlockedCoreVJP.apply(q5, key, value, dO, lse, delta, allowed, gQ, gK, gV, ctx.scaling, ctx.blocks)
+        return *bars, None, None, None, None, None
 
 
 class _BlockedCore(torch.autograd.Function):

@@ -165,6 +165,53 @@ def test_blocked_core_finite_differences(case, monkeypatch):
     assert torch.autograd.gradgradcheck(fn, (q, k, v))
 
 
+def test_blocked_core_batches_an_hvps_directions_by_hand(monkeypatch):
+    """Under ``torch.func.vmap`` over an HVP's directions, the blocked core's second backward runs once, with the
+    directions as a leading axis (its own vmap rule), rather than through a rule generated per operation."""
+    q, k, v, allowed = make("gqa")
+    force_blocked(monkeypatch, 2, *q.shape[:2], k.shape[-2])
+    directions_seen = []
+    real = core_module._blocked_vjp
+    monkeypatch.setattr(core_module, "_blocked_vjp", lambda *a: directions_seen.append(a[7].shape[0]) or real(*a))
+    dirs = tuple(torch.randn(3, *x.shape, dtype=x.dtype) for x in (q, k, v))
+    second_order(lambda q, k, v: attention_core(q, k, v, allowed, 0.37, probs=False)[0], q, k, v, dirs, "func")
+    assert directions_seen == [3]
+
+
+def test_blocked_core_vjp_vmapped_over_its_attention_inputs_goes_item_by_item():
+    """The vmap rule's other branch: when the attention's own inputs vary along the vmapped axis (not an HVP's
+    directions), each item is computed alone, and the result equals a loop over the items."""
+    gen = torch.Generator().manual_seed(3)
+    B, H_kv, n_rep, n, dh = 1, 2, 2, 5, 4
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    key, value, gK, gV = (rnd(B, H_kv, n, dh) for _ in range(4))
+    dO, lse, delta = rnd(B, H_kv, n_rep, n, dh), rnd(B, H_kv, n_rep, n), rnd(B, H_kv, n_rep, n)
+    blocks = core_module._row_blocks(None, n, n, 2)
+
+    def vjp(q5, gQ):
+        return core_module._BlockedCoreVJP.apply(q5, key, value, dO, lse, delta, None, gQ, gK, gV, 0.5, blocks)
+
+    q5s, gQs = rnd(3, B, H_kv, n_rep, n, dh), rnd(3, B, H_kv, n_rep, n, dh)
+    batched = torch.func.vmap(vjp)(q5s, gQs)
+    for i in range(3):
+        for a, b in zip(batched, vjp(q5s[i], gQs[i]), strict=True):
+            assert rel_err(a[i], b) < 1e-14
+
+
+def test_blocked_core_is_not_differentiated_three_times(monkeypatch):
+    """A third derivative through the blocked core fails with a clear error instead of a wrong number."""
+    q, k, v, allowed = make("gqa")
+    force_blocked(monkeypatch, 2, *q.shape[:2], k.shape[-2])
+    O = attention_core(q, k, v, allowed, 0.37, probs=False)[0]
+    grads = torch.autograd.grad((O * O).sum(), (q, k, v), create_graph=True)
+    hvp = torch.autograd.grad(grads, (q, k, v), tuple(torch.ones_like(g) for g in grads), create_graph=True)
+    with pytest.raises(RuntimeError, match="twice, not three times"):
+        torch.autograd.grad(sum(h.sum() for h in hvp), (q, k, v))
+
+
 @pytest.mark.parametrize("dtype, bound", [(torch.bfloat16, 0.1), (torch.float16, 0.01), (torch.float32, 1e-5)])
 def test_blocked_core_in_low_precision_is_as_accurate_as_the_whole_core(dtype, bound, monkeypatch):
     """Models run in bf16/fp16: the blocked core's exp(S − lse) per block must not lose more than the
