@@ -16,13 +16,17 @@ bytes of intermediates the batched passes will hold, from the same rules the eng
   every level, and is the gate's recorded forward where there is a gate);
 - generate=g: g forwards of the growing text.
 
+Each forward stage also counts the keys its rows attend to (a masked suffix from position a to n sees
+(n − a)(n + a + 1)/2 keys in all), so attention is priced row by row rather than every row at the longest context
+(at 8,192 tokens that halved level 1's seconds).
+
 Seconds come from a one-time calibration of the machine (:func:`calibrate`: a clean forward, one attention call and
 two Hessian–vector products of the model, kept per model, device and thread count for the process and in
 ``~/.cache/heta_fast/calibration.json``): a row costs ``a + b·kv`` seconds (``kv`` keys it attends to) and an
 HVP row ``c`` forward rows. The plan's numbers are upper bounds where the work depends on results (the finer
-levels, refinement); for the finer levels it also gives the expected work, with the expanded units drawn at random
-(``Stage.expected``, ``CostPlan.expected_seconds``). The needle harness (``benchmarks/eval/needle.py``) records
-plan against actual for every HETA run.
+levels, refinement); for the finer levels it also gives the expected work, with the unit nearest the target and
+``expand`` − 1 others drawn at random expanded (``Stage.expected``, ``CostPlan.expected_seconds``). The needle
+harness (``benchmarks/eval/needle.py``) records plan against actual for every HETA run.
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ class Stage:
     """One stage of a plan: ``component`` (``gate``, ``S``, ``I``, ``generate``), ``name`` as shown (``"I level 1"``),
     ``passes`` (token passes), ``memory`` (bytes of intermediates at its peak), ``seconds`` (None uncalibrated).
     Where the work depends on results (a finer level), ``passes`` is its upper bound and ``expected`` the passes
-    with the expanded units drawn at random (None: the work is known)."""
+    with the nearest unit and others drawn at random expanded (None: the work is known). ``keys``: the keys its
+    forward rows attend to, summed over the rows (a row at position p sees p + 1), which prices attention row by
+    row; None for S, whose rows are priced at the longest context."""
 
     component: str
     name: str
@@ -56,6 +62,7 @@ class Stage:
     seconds: float | None = None
     detail: str = ""
     expected: float | None = None
+    keys: float | None = None
 
     @property
     def expected_seconds(self) -> float | None:
@@ -102,8 +109,8 @@ class CostPlan:
 
     @property
     def expected_seconds(self) -> float | None:
-        """Seconds with the units that levels expand drawn at random instead of the costliest (what a run takes
-        on average; its ``seconds`` bounds it)."""
+        """Seconds with the units that levels expand being the one nearest the target and others drawn at random
+        instead of the costliest (what a run takes on average; its ``seconds`` bounds it)."""
         if self.seconds is None:
             return None
         return sum(s.expected_seconds for s in self.stages)
@@ -174,34 +181,40 @@ def make_plan(adapter, opts: HetaOptions, positions: list[int], *, lead: int, pr
     windows = 1
     if units is None and shares_passes(positions, opts):  # as the engine runs them: gate and KL shared
         if "M" in comps:
-            stages.append(Stage("gate", "gate", n_max))
+            stages.append(Stage("gate", "gate", n_max, keys=_suffix_keys(n_max, 0)))
         if "S" in comps:
             stages.append(Stage("S", "S", sum(_s_passes(opts, t + lead, f) for t in positions)))
         if "I" in comps:
-            stages.append(Stage("I", "I", n_max * (n_max + 1) / 2 + n_max))
+            stages.append(Stage("I", "I", n_max * (n_max + 1) / 2 + n_max,
+                                keys=_token_mask_keys(n_max) + _suffix_keys(n_max, 0)))
     elif units is None:
-        gate = s = i = 0.0
+        gate = s = i = gate_keys = i_keys = 0.0
         for t in positions:
             starts = window_starts(t, opts.window, opts.overlap)
             windows = max(windows, len(starts))
             w = min(t, opts.window or t) + lead
             gate += len(starts) * w
+            gate_keys += len(starts) * _suffix_keys(w, 0)
             s += len(starts) * _s_passes(opts, w, f)
             # The KL pass's clean forward: the gate's recorded one where the engine shares it (M, S and I, fast).
-            i += len(starts) * (w * (w + 1) / 2 + (0 if _gate_records_clean(opts) else w))
-        stages += [Stage("gate", "gate", gate)] * ("M" in comps) + [Stage("S", "S", s)] * ("S" in comps) + \
-            [Stage("I", "I", i)] * ("I" in comps)
+            own_clean = not _gate_records_clean(opts)
+            i += len(starts) * (w * (w + 1) / 2 + (w if own_clean else 0))
+            i_keys += len(starts) * (_token_mask_keys(w) + (_suffix_keys(w, 0) if own_clean else 0))
+        stages += [Stage("gate", "gate", gate, keys=gate_keys)] * ("M" in comps) + \
+            [Stage("S", "S", s)] * ("S" in comps) + [Stage("I", "I", i, keys=i_keys)] * ("I" in comps)
     else:
         coarse = coarse or [None] * len(positions)
         for t, ranges, c in zip(positions, units, coarse, strict=True):
             stages += _unit_stages(opts, t + lead, [(a + lead, b + lead) for a, b in ranges], c, f)
         stages = _merge(stages)
     if generate:
-        stages.append(Stage("generate", "generate", sum(prompt_tokens + lead + i for i in range(generate))))
+        lengths = [prompt_tokens + lead + i for i in range(generate)]
+        stages.append(Stage("generate", "generate", sum(lengths), keys=sum(_suffix_keys(L, 0) for L in lengths)))
     if opts.engine == "reference":
         for s in stages:
             s.passes *= REFERENCE_FACTOR
             s.expected = None if s.expected is None else s.expected * REFERENCE_FACTOR
+            s.keys = None if s.keys is None else s.keys * REFERENCE_FACTOR
     n_units = None if units is None else len(units[-1])
     levels = coarse[-1] if coarse else None  # the longest target's
     n_coarse = None if levels is None else sum(len(level) for level in levels)
@@ -218,6 +231,16 @@ def make_plan(adapter, opts: HetaOptions, positions: list[int], *, lead: int, pr
     return plan
 
 
+def _suffix_keys(n: int, start: int) -> float:
+    """Keys the rows start … n − 1 attend to in all (the row at position p sees p + 1 keys)."""
+    return (n - start) * (n + start + 1) / 2
+
+
+def _token_mask_keys(n: int) -> float:
+    """Keys of every token's masked suffix over n tokens: Σ_i (suffix from i) = Σ_{m ≤ n} m²."""
+    return n * (n + 1) * (2 * n + 1) / 6
+
+
 def _s_passes(opts: HetaOptions, n: int, f: float, rows: float | None = None) -> float:
     """Token passes of S over a run of n tokens: exact over ``rows`` suffix rows (every token's by default)."""
     if opts.hessian == "exact":
@@ -230,15 +253,18 @@ def _unit_stages(opts: HetaOptions, n: int, ranges: list[tuple[int, int]], coars
     """The stages of one unit run over n tokens: its levels and refinement (upper bounds where results decide)."""
     comps = opts.components
     suffix = [n - a for a, _ in ranges]  # masking a unit recomputes its suffix
-    out = [Stage("gate", "gate", n)] if "M" in comps else []
+    keys = [_suffix_keys(n, a) for a, _ in ranges]  # and its rows attend to this many keys in all
+    out = [Stage("gate", "gate", n, keys=_suffix_keys(n, 0))] if "M" in comps else []
     lowrank = opts.hessian == "lowrank"
-    levels: list[tuple[str, float, int, float | None]] = []  # (name, masked suffix rows, units, expected rows)
+    # (name, masked suffix rows, units, expected rows, keys of the rows)
+    levels: list[tuple[str, float, int, float | None, float]] = []
     if coarse is None:
-        levels.append(("", sum(suffix), len(ranges), None))
+        levels.append(("", sum(suffix), len(ranges), None, sum(keys)))
         scored = list(range(len(ranges)))
     else:
         tiers = with_units(coarse, len(ranges))
-        levels.append((" level 1", sum(suffix[g[0]] for g in tiers[0]), len(tiers[0]), None))
+        levels.append((" level 1", sum(suffix[g[0]] for g in tiers[0]), len(tiers[0]), None,
+                       sum(keys[g[0]] for g in tiers[0])))
         for depth in range(1, len(tiers)):
             # Upper bound: whichever `expand` units of the level above are chosen, their children cost at most
             # as much as the children of the `expand` units whose children cost most.
@@ -249,29 +275,37 @@ def _unit_stages(opts: HetaOptions, n: int, ranges: list[tuple[int, int]], coars
             cost = {p: sum(suffix[g[0]] for g in kids) for p, kids in children.items()}
             costliest = sorted(children, key=lambda p: -cost[p])[: opts.expand]
             chosen = [g for p in costliest for g in children[p]]
-            # Expected: `expand` units of the level above drawn at random expand the mean unit's children each.
-            expected = len(costliest) * sum(cost.values()) / len(cost)
-            levels.append((f" level {depth + 1}", sum(suffix[g[0]] for g in chosen), len(chosen), expected))
+            # Expected: the unit nearest the target is among the `expand` (the gate favours recent tokens: level 1
+            # expanded its last block in all 16 needle runs that recorded level 1), the other `expand` − 1 drawn at
+            # random, each expanding the mean other unit's children.
+            nearest = max(children)
+            others = [cost[p] for p in children if p != nearest]
+            expected = cost[nearest] + min(opts.expand - 1, len(others)) * (sum(others) / max(len(others), 1))
+            levels.append((f" level {depth + 1}", sum(suffix[g[0]] for g in chosen), len(chosen), expected,
+                           sum(keys[g[0]] for g in chosen)))
         scored = [g[0] for g in chosen]
     if opts.refine:
-        token_rows = sorted((sum(n - i for i in range(*ranges[j])), ranges[j][1] - ranges[j][0]) for j in scored)
+        token_rows = sorted((sum(n - i for i in range(*ranges[j])), ranges[j][1] - ranges[j][0],
+                             sum(_suffix_keys(n, i) for i in range(*ranges[j]))) for j in scored)
         best = token_rows[-opts.refine:]
-        levels.append((" refine", sum(r for r, _ in best), sum(c for _, c in best), None))
+        levels.append((" refine", sum(r for r, _, _ in best), sum(c for _, c, _ in best), None,
+                       sum(k for _, _, k in best)))
     if "S" in comps:
         if lowrank:
             out.append(Stage("S", "S", _s_passes(opts, n, f), detail=f"{opts.rank * opts.lowrank_passes} products"))
         else:
-            for name, rows, count, expected in levels:
+            for name, rows, count, expected, _ in levels:
                 out.append(Stage("S", "S" + name, _s_passes(opts, n, f, rows), detail=f"{count} units",
                                  expected=None if expected is None else _s_passes(opts, n, f, expected)))
     if "I" in comps:
         # The fast engine runs one clean forward for S and every level's KL pass, recorded by the gate where there
         # is one; the reference engine's KL loop runs its own per level.
         shared = opts.engine == "fast"
-        for k, (name, rows, count, expected) in enumerate(levels):
+        for k, (name, rows, count, expected, row_keys) in enumerate(levels):
             clean = 0 if shared and ("M" in comps or k > 0) else n
             out.append(Stage("I", "I" + name, rows + clean, detail=f"{count} units",
-                             expected=None if expected is None else expected + clean))
+                             expected=None if expected is None else expected + clean,
+                             keys=row_keys + (_suffix_keys(n, 0) if clean else 0)))
     return out
 
 
@@ -290,8 +324,9 @@ def _merge(stages: list[Stage]) -> list[Stage]:
                 m.expected = (m.passes if m.expected is None else m.expected) + (s.passes if s.expected is None
                                                                                   else s.expected)
             m.passes += s.passes
+            m.keys = None if m.keys is None or s.keys is None else m.keys + s.keys
         else:
-            out[s.name] = Stage(s.component, s.name, s.passes, s.memory, s.seconds, s.detail, s.expected)
+            out[s.name] = Stage(s.component, s.name, s.passes, s.memory, s.seconds, s.detail, s.expected, s.keys)
     return list(out.values())
 
 
@@ -326,11 +361,14 @@ def _memory(adapter, opts: HetaOptions, plan: CostPlan, n: int, layers: int | No
 
 
 def _seconds(cal: dict, s: Stage, n: int, f: float) -> float:
-    """Seconds of a stage from the calibration: a forward row attending to n keys costs a + b·n; an HVP row
-    ``hvp`` forward rows at f = 1 (the passes already count 4 per HVP row and the layer fraction)."""
+    """Seconds of a stage from the calibration: a forward row attending to kv keys costs a + b·kv (summed over the
+    stage's rows where it counts their keys, else every row at the longest context n); an HVP row ``hvp`` forward
+    rows at f = 1 and n keys (the passes already count 4 per HVP row and the layer fraction)."""
     row = cal["row_a"] + cal["row_b"] * n
     if s.component == "S":
         return s.passes / 4 * cal["hvp_rows"] * row
+    if s.keys is not None:
+        return s.passes * cal["row_a"] + s.keys * cal["row_b"]
     return s.passes * row
 
 

@@ -86,9 +86,13 @@ def test_passes_of_units_and_levels_by_hand(adapter):
                                        components=("S", "I")), [10], lead=0, prompt_tokens=11, units=units,
                         coarse=[[[[0, 1], [2]]]])
     assert [s.passes for s in plan_si.stages if s.component == "I"] == [13 + 10, 16]
-    # Expected: the one expanded group drawn at random, (16 + 3) / 2 rows; level 1's work is known.
+    # Expected: the group nearest the target expanded (expand=1: it alone), 3 rows; level 1's work is known.
     expected = {s.name: s.expected for s in plan.stages}
-    assert expected["I level 1"] is None and expected["I level 2"] == pytest.approx(9.5)
+    assert expected["I level 1"] is None and expected["I level 2"] == pytest.approx(3)
+    # Three one-unit groups, expand=2: the nearest (3 rows) and one of the others at random, (10 + 6) / 2 rows.
+    spread = make_plan(adapter, _opts(num_probes=2, units="sentence", coarse="block", expand=2), [10], lead=0,
+                       prompt_tokens=11, units=units, coarse=[[[[0], [1], [2]]]])
+    assert {s.name: s.expected for s in spread.stages}["I level 2"] == pytest.approx(3 + 8)
     assert (plan.units, plan.coarse_units, plan.expand) == (3, 2, 1)
     # Low rank: one factorisation for every level.
     plan = make_plan(adapter, _opts(hessian="lowrank", rank=4, layers=1, units="sentence", coarse="block", expand=1),
@@ -100,8 +104,24 @@ def test_passes_of_units_and_levels_by_hand(adapter):
                      prompt_tokens=11, units=units, coarse=[[[[0, 1], [2]], [[0], [1], [2]]]])
     names = {s.name: s.passes for s in plan.stages}
     assert names["I level 1"] == 13 and names["I level 2"] == 16 and names["I level 3"] == 10
-    assert {s.name: s.expected for s in plan.stages}["I level 3"] == pytest.approx((10 + 6 + 3) / 3)
+    assert {s.name: s.expected for s in plan.stages}["I level 3"] == pytest.approx(3)
     assert (plan.coarse_units, plan.coarse_levels) == (5, [2, 3]) and "2 coarse levels of 2 and 3 units" in plan.summary()
+
+
+def test_seconds_price_each_row_at_the_keys_it_sees(adapter):
+    """A forward row at position p costs a + b·(p + 1): units (0, 4), (4, 7), (7, 10) over 10 tokens mask suffixes of
+    10, 6 and 3 rows that see 55, 45 and 27 keys in all; the gate's 10 rows see 55. S is priced per HVP row at the
+    longest context (hvp_rows forward rows of a + b·n each, per 4 passes)."""
+    cal = {"row_a": 1.0, "row_b": 0.01, "hvp_rows": 2.0}
+    plan = make_plan(adapter, _opts(num_probes=2, units="sentence"), [10], lead=0, prompt_tokens=11,
+                     units=[[(0, 4), (4, 7), (7, 10)]], calibration=cal)
+    seconds = {s.name: s.seconds for s in plan.stages}
+    assert seconds["gate"] == pytest.approx(10 + 0.01 * 55)
+    assert seconds["I"] == pytest.approx(19 + 0.01 * (55 + 45 + 27))
+    assert seconds["S"] == pytest.approx(8 * 19 / 4 * 2.0 * (1 + 0.01 * 10))
+    # Tokens: every token's suffix, Σ m² = 385 keys over 55 rows; the clean forward is the gate's.
+    plan = make_plan(adapter, _opts(num_probes=2), [10], lead=0, prompt_tokens=11, calibration=cal)
+    assert {s.name: s.seconds for s in plan.stages}["I"] == pytest.approx(55 + 0.01 * 385)
 
 
 def test_memory_follows_the_components_budget_rules(adapter):
