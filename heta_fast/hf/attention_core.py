@@ -24,7 +24,9 @@ no probabilities are requested and q·k exceeds :data:`BLOCKED_MIN_SCORES`, the 
 per-row log-sum-exp, and every pass (forward, first backward, its VJP) recomputes P one block of query rows
 at a time from them, so no score-sized tensor outlives a block. With δ = rowsum(P ⊙ dP) = rowsum(dO ⊙ O),
 the first backward needs no full row of P either. Each block only reads the keys some row of it may see
-(for a causal mask, keys up to its last row), which roughly halves the score work.
+(for a causal mask, keys up to its last row), which roughly halves the score work. Its second backward
+(:class:`_BlockedCoreVJP`) takes an HVP's directions as one leading axis through its own vmap rule, so a score block
+is computed once and multiplied by every direction in one product, not copied per direction by a generated rule.
 """
 
 from __future__ import annotations
