@@ -308,11 +308,11 @@ class _BlockedCoreVJP(torch.autograd.Function):
     blocked core, with its directions batched by hand.
 
     Under ``torch.func.vmap`` over the directions (:func:`heta_fast.curvature.batched.batched_vjp`), a generated
-    rule would expand each unbatched score block to every direction before a product with a direction's
-    operand, a copy of the block per direction. The
-    rule here (:meth:`vmap`) moves the directions to a leading axis instead, and :func:`_block_vjp` multiplies
-    each score block once by all directions side by side (in S at 4,006 tokens the core's second backward took
-    32 s instead of 37, S 68 s instead of 72). Third derivatives are never taken, so this function has no backward.
+    rule would expand each unbatched score block to every direction before a product with a direction's operand,
+    a copy of the block per direction. The rule here (:meth:`vmap`) moves the directions to a leading axis
+    instead, and :func:`_block_vjp` multiplies each score block once by all directions side by side (in S at
+    4,006 tokens the core's second backward took 32 s instead of 37, S 68 s instead of 72). Third derivatives are
+    never taken, so this function has no backward.
     """
 
     @staticmethod
