@@ -111,3 +111,27 @@ def test_level_one_climbs_through_every_coarse_level(needle):
              for i, (a, b) in enumerate(sentences + [(17, 20)])]
     out = needle.level_one(SimpleNamespace(coarse_units=blocks + subs, units=units), sentences)
     assert [b["sentences"] for b in out] == [[0, 2], [2, 3]] and [b["expanded"] for b in out] == [False, True]
+
+
+def test_the_plan_is_made_before_the_run_it_is_compared_with(needle):
+    # A plan made after a long run reads the memory the allocator kept as taken and records the run as unfit.
+    from heta_fast import Attributor
+    from heta_fast.testing import NoBosTokenizer, tiny_model
+
+    class Tokenizer(NoBosTokenizer):  # decodes what it encodes (characters below chr(90)), as the script checks
+        def decode(self, ids):
+            return "".join(chr(i - 1) for i in ids)
+
+    attr = Attributor(tiny_model("llama"), Tokenizer(), progress=False)
+    calls = []
+    plan, attribute = attr.plan, attr.attribute
+    attr.plan = lambda *a, **kw: calls.append("plan") or plan(*a, **kw)
+    attr.attribute = lambda *a, **kw: calls.append("attribute") or attribute(*a, **kw)
+    prompt = "Ann hid the key. Bob saw a cat. The key is under the mat. Where is the key? It is"
+    sentences = [(m.start(), m.end()) for m in __import__("re").finditer(r"[^.?]+[.?]", prompt)]
+    row = needle.run_one(attr, {"preset": "document", "max_memory": 2**30}, prompt, sentences, "M",
+                         ["heta_units"], seed=0)
+    assert calls == ["plan", "attribute"]
+    record = row["plan_vs_actual"]["heta_units"]
+    assert record["plan_peak_mib"] > 0 and record["actual_seconds"] > 0
+    assert set(record["stages"]) >= {"total"}
