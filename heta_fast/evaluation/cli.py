@@ -37,6 +37,9 @@ def add_parser(subparsers) -> None:
     c.add_argument("--stability", type=int, default=0, metavar="N",
                    help="also measure stability (noise on X, another seed) on the first N examples")
     c.add_argument("--noise-sigma", type=float, default=0.01, help="noise std relative to the RMS of X")
+    c.add_argument("--reagent-pos-tags", metavar="FILE",
+                   help="ReAGent's part-of-speech classes from FILE (benchmarks/eval/data/reagent/pos_tags.py) instead "
+                        "of NLTK's tagger, whose data needs a download")
     c.add_argument("--no-plots", action="store_true")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.add_argument("--rescore", action="store_true",
@@ -67,7 +70,7 @@ def curated_command(args: argparse.Namespace) -> int:
         examples = examples[: args.limit]
     settings = RunSettings(model=args.model, hessian=args.hessian, rank=args.rank, num_probes=args.num_probes,
                            seed=args.seed, sink_token_id=args.sink_token_id, noise_sigma=args.noise_sigma,
-                           stability_examples=args.stability)
+                           stability_examples=args.stability, reagent_pos_tags=args.reagent_pos_tags)
     if args.rescore:
         from .curated import rescore
 

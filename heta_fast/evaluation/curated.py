@@ -12,6 +12,7 @@ gold token is the model's top-1, and the model's own answer.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -28,7 +29,7 @@ from ..sinks import default_sink_id, resolve_sink
 from . import metrics as mt
 from .baselines import BASELINES, baseline_scores, perturbed_embeddings
 from .data import Example
-from .peers import PEERS, peer_scores
+from .peers import PEERS, load_pos_tags, peer_scores
 
 # HETA variants. Each is (run, recipe): the run says which attribute() call provides the components
 # (runs are shared, so all ablations cost one run), the recipe how to combine them.
@@ -92,6 +93,9 @@ class RunSettings:
     ig_steps: int = 16
     noise_sigma: float = 0.01  # relative to the RMS of X
     stability_examples: int = 0  # stability (noise and seed) on the first N examples only
+    # ReAGent's part-of-speech classes from a file (peers.load_pos_tags) instead of NLTK's tagger; kept per method
+    # record as "pos_tagger", not in the key, so adding ReAGent to a finished run reuses its other methods.
+    reagent_pos_tags: str | None = None
     extra: dict = field(default_factory=dict)
 
     def heta_options(self, seed: int | None = None) -> dict:
@@ -106,7 +110,28 @@ class RunSettings:
     def key(self) -> dict:
         d = asdict(self)
         d.pop("stability_examples")  # more stability examples do not change the other numbers
+        d.pop("reagent_pos_tags")  # ReAGent's records say which tagger made them (pos_tagger)
         return d
+
+    def pos_tagger(self) -> str:
+        """What made ReAGent's part-of-speech classes: the file's tagger, or NLTK's (Inseq's own)."""
+        return NLTK_TAGGER if self.reagent_pos_tags is None else _pos_tags_file(self.reagent_pos_tags)["tagger"]
+
+
+NLTK_TAGGER = "NLTK averaged_perceptron_tagger_eng (Inseq's own)"
+
+
+@functools.lru_cache(maxsize=4)
+def _pos_tags_file(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise HetaInputError(f"part-of-speech file {path}: {e}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _checked_pos_tags(path: str, tokenizer) -> dict:
+    return load_pos_tags(path, tokenizer)
 
 
 def parse_methods(spec) -> list[str]:
@@ -262,8 +287,10 @@ def method_scores(attributor, enc: Encoded, methods: list[str], settings: RunSet
             seconds[m] = time.perf_counter() - t0
         elif m in PEERS:
             t0 = time.perf_counter()
+            pos_tags = None if settings.reagent_pos_tags is None else _checked_pos_tags(settings.reagent_pos_tags,
+                                                                                       attributor.tokenizer)
             scores[m] = peer_scores(m, attributor, enc.ids, enc.offsets, enc.text, enc.target_id,
-                                    seed=settings.seed if seed is None else seed)
+                                    seed=settings.seed if seed is None else seed, pos_tags=pos_tags)
             seconds[m] = time.perf_counter() - t0
     runs_needed = {HETA_METHODS[m][0] for m in methods if m in HETA_METHODS}
     extra = {}
@@ -340,7 +367,7 @@ def stability(attributor, enc: Encoded, methods: list[str], scores: dict[str, Te
 
 
 # ------------------------------------------------------------------------------------------------ runner
-def _load_done(path: Path, key: dict) -> dict[tuple[str, str], dict]:
+def _load_done(path: Path, key: dict, pos_tagger: str = NLTK_TAGGER) -> dict[tuple[str, str], dict]:
     """Finished ((example id, target) -> method -> record) with matching settings; other lines are left alone.
 
     Lines written before targets existed carry no ``"target"``: they explain the gold token.
@@ -361,6 +388,8 @@ def _load_done(path: Path, key: dict) -> dict[tuple[str, str], dict]:
         for m, val in rec["methods"].items():
             if not same_preset(val.get("preset_options"), preset_key(m)):
                 continue  # a library preset whose options have changed since (or a row from before they were kept)
+            if m == "reagent" and val.get("pos_tagger", NLTK_TAGGER) != pos_tagger:
+                continue  # ReAGent with part-of-speech classes from another tagger
             if "stability_noise" in val or m not in entry:
                 entry[m] = val
     return done
@@ -370,7 +399,7 @@ def load_records(examples: list[Example], out_dir: str | Path, settings: RunSett
     """The finished records of ``examples`` in ``out_dir/results.jsonl`` (same settings), without computing
     anything: what :func:`run_curated` returns, for the (example, target) pairs already there."""
     path = Path(out_dir) / "results.jsonl"
-    done = _load_done(path, settings.key())
+    done = _load_done(path, settings.key(), settings.pos_tagger())
     facts: dict[str, dict] = {}
     keys = ("greedy_id", "p_greedy", "p_gold", "gold_rank", "gold_is_top1", "gold_token", "greedy_token")
     if path.exists():
@@ -407,7 +436,7 @@ def run_curated(examples: list[Example], out_dir: str | Path, methods: list[str]
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.jsonl"
     key = settings.key()
-    done = _load_done(path, key)
+    done = _load_done(path, key, settings.pos_tagger())
     if attributor is None:
         from ..api import Attributor
 
@@ -461,6 +490,7 @@ def _evaluate(attributor, logprob_fn, X, enc: Encoded, ex: Example, todo: list[s
             "seconds": seconds[m],
             "scores": [float(v) for v in scores[m].tolist()],
             **({"preset_options": key} if key is not None else {}),
+            **({"pos_tagger": settings.pos_tagger()} if m == "reagent" else {}),
             **({"sink_gate_mass": extra["sink_gate_mass"]} if "sink_gate_mass" in extra and m.startswith("heta_sink")
                else {}),
         }
@@ -475,7 +505,7 @@ def rescore(examples: list[Example], out_dir: str | Path, settings: RunSettings,
     from tqdm.auto import tqdm
 
     path = Path(out_dir) / "results.jsonl"
-    done = _load_done(path, settings.key())
+    done = _load_done(path, settings.key(), settings.pos_tagger())
     if attributor is None:
         from ..api import Attributor
 

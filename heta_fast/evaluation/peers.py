@@ -8,8 +8,12 @@
   or any token ranges for long documents) — an ablated source's tokens are left out of the prompt, as
   ContextCite's partitioner leaves out its text. Its sentence splitter (nltk) needs a download and is never
   used.
-- **ReAGent** (Zhao & Shan 2024; Inseq 0.7.1's built-in ``reagent``): Inseq's own implementation, with its
-  defaults (uniform token replacement, so no replacement model is downloaded).
+- **ReAGent** (Zhao & Shan 2024; Inseq 0.7.1's built-in ``reagent``): Inseq's own implementation with its
+  defaults, the authors' "postag" replacement: a token is replaced by a random vocabulary entry of the same part of
+  speech. Inseq tags the vocabulary with NLTK's averaged-perceptron tagger, whose data is a separate download that
+  no package on the index ships; offline, give the part-of-speech classes as a file instead (``pos_tags=``, built
+  with another Penn-Treebank tagger by ``benchmarks/eval/data/reagent/pos_tags.py``). Only the classes change;
+  everything else is Inseq's code.
 
 Both explain the harness's quantity: the target token after the context. Scores are per context token,
 made non-negative like the other baselines (ContextCite's LASSO weights clamped at 0: a source whose
@@ -18,7 +22,11 @@ removal raises the target's probability is no support for it).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -90,24 +98,79 @@ def contextcite_scores(model, ids: Sequence[int], target_id: int, *, tokenizer,
     return scores
 
 
-def reagent_scores(model, tokenizer, prompt: str, ids: Sequence[int], target_id: int, *, seed: int = 0) -> Tensor:
+def vocabulary_words(tokenizer) -> list[str]:
+    """Every vocabulary entry decoded alone, as Inseq's ReAGent tags them (ids 0 … ``vocab_size`` − 1)."""
+    return [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
+
+
+def vocabulary_fingerprint(tokenizer) -> str:
+    """sha256 of :func:`vocabulary_words`, one entry per line: which tokenizer a part-of-speech file is for."""
+    text = "\n".join(vocabulary_words(tokenizer))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def load_pos_tags(path: str | Path, tokenizer) -> dict:
+    """A part-of-speech file (``benchmarks/eval/data/reagent/pos_tags.py``), checked against ``tokenizer``.
+
+    Returns the file's record: ``tagger`` (what made the classes) and ``pos2ids`` (``{tag: [token ids]}``, every id
+    of the vocabulary in exactly one class).
+    """
+    path = Path(path)
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise HetaInputError(f"part-of-speech file {path}: {e}") from None
+    if rec.get("vocab_size") != tokenizer.vocab_size or rec.get("vocab_sha256") != vocabulary_fingerprint(tokenizer):
+        raise HetaInputError(f"part-of-speech file {path} was made for another tokenizer (model {rec.get('model')!r}, "
+                             f"{rec.get('vocab_size')} entries; this one has {tokenizer.vocab_size})")
+    ids = sorted(i for v in rec["pos2ids"].values() for i in v)
+    if ids != list(range(tokenizer.vocab_size)):
+        raise HetaInputError(f"part-of-speech file {path} does not put every vocabulary entry in exactly one class")
+    return rec
+
+
+@contextlib.contextmanager
+def _pos_classes(pos2ids: dict[str, list[int]] | None):
+    """While building Inseq's ReAGent: its POS sampler takes ``pos2ids`` instead of tagging the vocabulary with
+    NLTK (Inseq 0.7.1's ``POSTagTokenSampler.build_pos_mapping_from_vocab``, pinned in requirements)."""
+    if pos2ids is None:
+        yield
+        return
+    from inseq.attr.feat.ops.reagent_core.token_sampler import POSTagTokenSampler
+
+    before = POSTagTokenSampler.__dict__["build_pos_mapping_from_vocab"]
+    POSTagTokenSampler.build_pos_mapping_from_vocab = staticmethod(lambda *a, **kw: dict(pos2ids))
+    try:
+        yield
+    finally:
+        POSTagTokenSampler.build_pos_mapping_from_vocab = before
+
+
+def reagent_scores(model, tokenizer, prompt: str, ids: Sequence[int], target_id: int, *, seed: int = 0,
+                   pos_tags: dict | None = None) -> Tensor:
     """ReAGent's attribution of ``target_id`` after ``prompt`` (whose tokens are ``ids``), per context token.
 
     Inseq takes text: the prompt, and the prompt followed by the decoded target token. Its tokenisation must
     give back ``ids`` and the target; otherwise this raises rather than explain another token.
+    ``pos_tags``: a record of :func:`load_pos_tags` (the sampler's part-of-speech classes); None = Inseq tags the
+    vocabulary with NLTK, which needs its tagger data.
     """
     inseq = _need("inseq", "ReAGent")
-    nltk = _need("nltk", "ReAGent")
-    try:  # Inseq's ReAGent draws POS-matched replacement tokens with NLTK's tagger, a separate download
-        nltk.data.find("taggers/averaged_perceptron_tagger_eng/")
-    except LookupError:
-        raise HetaInputError(
-            "ReAGent (Inseq) needs NLTK's 'averaged_perceptron_tagger_eng' data, which no package on the index "
-            "ships; on a machine with network: python -m nltk.downloader averaged_perceptron_tagger_eng"
-        ) from None
+    if pos_tags is None:
+        nltk = _need("nltk", "ReAGent")
+        try:  # Inseq's ReAGent draws POS-matched replacement tokens with NLTK's tagger, a separate download
+            nltk.data.find("taggers/averaged_perceptron_tagger_eng/")
+        except LookupError:
+            raise HetaInputError(
+                "ReAGent (Inseq) needs NLTK's 'averaged_perceptron_tagger_eng' data, which no package on the index "
+                "ships; on a machine with network: python -m nltk.downloader averaged_perceptron_tagger_eng; "
+                "offline, give part-of-speech classes from another tagger (--reagent-pos-tags FILE, built by "
+                "benchmarks/eval/data/reagent/pos_tags.py)"
+            ) from None
     torch.manual_seed(seed)
     np.random.seed(seed)
-    attr_model = inseq.load_model(model, "reagent", tokenizer=tokenizer)
+    with _pos_classes(None if pos_tags is None else pos_tags["pos2ids"]):
+        attr_model = inseq.load_model(model, "reagent", tokenizer=tokenizer)
     generated = prompt + tokenizer.decode([int(target_id)])
     out = attr_model.attribute(prompt, generated, show_progress=False, attribute_target=True)
     seq = out.sequence_attributions[0]
@@ -118,14 +181,17 @@ def reagent_scores(model, tokenizer, prompt: str, ids: Sequence[int], target_id:
                              f"{target_ids} vs {ids} + [{target_id}]")
     attributions = seq.target_attributions  # [len(prefix + generated), generated steps]
     col = attributions[: len(ids), 0].double()
+    if col.dim() == 2:  # Inseq repeats ReAGent's one score per token along the embedding axis
+        col = col.mean(-1)
     return torch.nan_to_num(col, nan=0.0).abs()
 
 
 def peer_scores(name: str, attributor, ids: Sequence[int], offsets, prompt: str, target_id: int, *,
-                seed: int = 0) -> Tensor:
+                seed: int = 0, pos_tags: dict | None = None) -> Tensor:
     """Scores of peer ``name`` (one of :data:`PEERS`) for the harness's encoded prompt, per prompt token.
 
     A BOS the tokenizer added is never a ContextCite source (it is the model's sink, not context).
+    ``pos_tags``: ReAGent's part-of-speech classes (:func:`load_pos_tags`); None = NLTK's tagger.
     """
     from ..sinks import leading_special_count
 
@@ -134,5 +200,5 @@ def peer_scores(name: str, attributor, ids: Sequence[int], offsets, prompt: str,
         lead = leading_special_count(list(ids), offsets, tok)
         return contextcite_scores(model, ids, target_id, keep=range(lead), seed=seed, tokenizer=tok)
     if name == "reagent":
-        return reagent_scores(attributor.adapter.source, tok, prompt, ids, target_id, seed=seed)
+        return reagent_scores(attributor.adapter.source, tok, prompt, ids, target_id, seed=seed, pos_tags=pos_tags)
     raise HetaInputError(f"unknown peer method {name!r}; choose one of {', '.join(PEERS)}")

@@ -484,3 +484,33 @@ def test_a_tokenizer_bos_is_the_sink_and_scores_stay_aligned(tmp_path):
     lib = attr.attribute(enc.ids + [enc.target_id], preset="fast", seed=0)
     assert len(scores) == len(enc.ids) == len(lib.scores) + 1 and len(rec["methods"]["loo"]["scores"]) == len(enc.ids)
     assert scores[0] == 0 and scores[1:] == pytest.approx(lib.scores, rel=1e-9)
+
+
+def test_reagent_records_name_their_pos_tagger_and_another_tagger_recomputes_them(tmp_path, monkeypatch):
+    import heta_fast.evaluation.curated as cur
+
+    attr = Attributor(tiny_model("llama"), NoBosTokenizer())
+    exs = load_examples(_write_rows(tmp_path, 1))
+    calls = []
+
+    def fake_peer(name, attributor, ids, offsets, prompt, target_id, *, seed, pos_tags):
+        calls.append(None if pos_tags is None else pos_tags["tagger"])
+        return torch.arange(len(ids), dtype=torch.float64)
+
+    monkeypatch.setattr(cur, "peer_scores", fake_peer)
+    monkeypatch.setattr(cur, "_checked_pos_tags", lambda path, tok: json.loads(open(path).read()))
+    files = {}
+    for name in ("one", "two"):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps({"tagger": f"tagger {name}", "pos2ids": {}}))
+    one = RunSettings(soft_samples=2, reagent_pos_tags=str(files["one"]))
+    two = RunSettings(soft_samples=2, reagent_pos_tags=str(files["two"]))
+    assert one.key() == two.key() == RunSettings(soft_samples=2).key()  # the other methods' rows stay shared
+    recs = run_curated(exs, tmp_path / "out", ["random", "reagent"], one, attributor=attr, progress=False)
+    assert recs[0]["methods"]["reagent"]["pos_tagger"] == "tagger one" and calls == ["tagger one"]
+    run_curated(exs, tmp_path / "out", ["random", "reagent"], one, attributor=attr, progress=False)
+    assert calls == ["tagger one"]  # finished: nothing recomputed
+    recs = run_curated(exs, tmp_path / "out", ["random", "reagent"], two, attributor=attr, progress=False)
+    assert calls == ["tagger one", "tagger two"]  # another tagger: ReAGent again, random reused
+    last = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[-1])
+    assert list(last["methods"]) == ["reagent"] and recs[0]["methods"]["reagent"]["pos_tagger"] == "tagger two"

@@ -73,3 +73,61 @@ def test_reagent_without_its_tagger_data_names_what_is_missing(monkeypatch):
     monkeypatch.setattr(nltk.data, "find", missing)
     with pytest.raises(HetaInputError, match="averaged_perceptron_tagger_eng"):
         peers.reagent_scores(None, None, "abc", [1, 2, 3], 4)
+
+
+def _pos_file(tmp_path, tok, pos2ids, **over):
+    import json
+
+    rec = {"model": "tiny", "tagger": "a test tagger", "vocab_size": tok.vocab_size,
+           "vocab_sha256": peers.vocabulary_fingerprint(tok), "pos2ids": pos2ids, **over}
+    path = tmp_path / "pos.json"
+    path.write_text(json.dumps(rec))
+    return path
+
+
+def test_pos_tag_files_must_be_for_this_tokenizer_and_cover_its_vocabulary(tmp_path):
+    tok = hf_char_tokenizer()
+    every = list(range(tok.vocab_size))
+    rec = peers.load_pos_tags(_pos_file(tmp_path, tok, {"NN": every[::2], "VB": every[1::2]}), tok)
+    assert rec["tagger"] == "a test tagger"
+    with pytest.raises(HetaInputError, match="another tokenizer"):
+        peers.load_pos_tags(_pos_file(tmp_path, tok, {"NN": every}, vocab_sha256="0" * 64), tok)
+    with pytest.raises(HetaInputError, match="exactly one class"):
+        peers.load_pos_tags(_pos_file(tmp_path, tok, {"NN": every, "VB": [3]}), tok)
+    with pytest.raises(HetaInputError, match="exactly one class"):
+        peers.load_pos_tags(_pos_file(tmp_path, tok, {"NN": every[1:]}), tok)
+
+
+def test_reagent_with_given_pos_classes_runs_inseqs_code_without_nltk(tmp_path, monkeypatch):
+    import nltk
+    from inseq.attr.feat.ops.reagent_core.token_sampler import POSTagTokenSampler
+
+    from heta_fast.testing import tiny_model
+
+    def no_nltk(*_a, **_k):
+        raise AssertionError("NLTK was asked")
+
+    monkeypatch.setattr(nltk.data, "find", no_nltk)
+    monkeypatch.setattr(nltk, "pos_tag", no_nltk)
+    monkeypatch.setattr(nltk, "download", no_nltk)
+    tok = hf_char_tokenizer()
+    every = list(range(tok.vocab_size))
+    classes = {"NN": every[::2], "VB": every[1::2]}
+    rec = peers.load_pos_tags(_pos_file(tmp_path, tok, classes), tok)
+    built = []
+    real_init = POSTagTokenSampler.__init__
+
+    def spy(self, *a, **kw):
+        real_init(self, *a, **kw)
+        built.append(dict(self.pos2ids))
+
+    monkeypatch.setattr(POSTagTokenSampler, "__init__", spy)
+    before = POSTagTokenSampler.__dict__["build_pos_mapping_from_vocab"]
+    model = tiny_model("llama").eval()
+    prompt = "abcdefgh"
+    ids = tok(prompt)["input_ids"]
+    scores = peers.reagent_scores(model, tok, prompt, ids, 7, seed=0, pos_tags=rec)
+    assert built == [classes]  # Inseq's sampler holds the given classes
+    assert POSTagTokenSampler.__dict__["build_pos_mapping_from_vocab"] is before  # and Inseq is as it was
+    assert scores.shape == (len(ids),) and torch.isfinite(scores).all() and (scores >= 0).all()
+    assert scores.sum() > 0
