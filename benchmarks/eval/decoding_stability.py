@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -34,15 +33,6 @@ def sample_token(logp: torch.Tensor, temperature: float, top_p: float, gen: torc
     keep = int((torch.cumsum(ps, 0) < top_p).sum()) + 1  # the token that crosses top_p is kept
     ps = ps[:keep] / ps[:keep].sum()
     return int(order[torch.multinomial(ps, 1, generator=gen)])
-
-
-def _mean_sem(vals):
-    vals = [v for v in vals if not math.isnan(v)]
-    n = len(vals)
-    if not n:
-        return float("nan"), float("nan"), 0
-    m = sum(vals) / n
-    return m, (math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1) / n) if n > 1 else float("nan")), n
 
 
 def main() -> None:
@@ -100,8 +90,8 @@ def main() -> None:
         sel = [r for r in rows if r["T"] == T and r["top_p"] == top_p]
         same = sum(r["same_as_greedy"] for r in sel)
         for m in args.methods:
-            d = _mean_sem([r["rho"][m] for r in sel if not r["same_as_greedy"]])
-            a = _mean_sem([r["rho"][m] for r in sel])
+            d = mt.mean_sem([r["rho"][m] for r in sel if not r["same_as_greedy"]])
+            a = mt.mean_sem([r["rho"][m] for r in sel])
             summary.append({"T": T, "top_p": top_p, "draws": len(sel), "same": same, "method": m,
                             "rho_differing": d, "rho_all": a})
             lines.append(f"| {T} | {top_p} | {len(sel)} | {same} | {m} | {d[0]:.3f} ± {d[1]:.3f} (n={d[2]}) | "

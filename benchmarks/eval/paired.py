@@ -18,12 +18,7 @@ from pathlib import Path
 
 from heta_fast.evaluation.curated import SLICES, RunSettings, load_records, slice_records
 from heta_fast.evaluation.data import load_examples
-
-
-def _mean_sem(v):
-    n = len(v)
-    m = sum(v) / n
-    return m, (math.sqrt(sum((x - m) ** 2 for x in v) / (n - 1) / n) if n > 1 else float("nan"))
+from heta_fast.evaluation.metrics import mean_sem
 
 
 def _tables(records, metrics, methods, heading="") -> list[str]:
@@ -46,7 +41,7 @@ def _tables(records, metrics, methods, heading="") -> list[str]:
                     if len(pairs) < 2:
                         continue
                     d = [x - y for x, y in pairs]
-                    mean, sem = _mean_sem(d)
+                    mean, sem, _ = mean_sem(d)
                     wins = sum((x < y) if lower_better else (x > y) for x, y in pairs)
                     lines.append(f"| {m} | {b} | {len(pairs)} | {mean:+.3f} ± {sem:.3f} | {wins}/{len(pairs)} |")
     return lines

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from heta_fast.evaluation.curated import encode
 from heta_fast.evaluation.data import load_examples
+from heta_fast.evaluation.metrics import mean_sem
 from heta_fast.evaluation.rephrase import rephrase_spearman
 
 DATA = Path(__file__).parent / "data"
@@ -30,16 +30,6 @@ def _records(folder: Path, target: str) -> dict[str, dict]:
             if rec.get("target", "gold") == target:
                 out.setdefault(rec["id"], {}).update(rec["methods"])
     return out
-
-
-def _mean_sem(vals):
-    vals = [v for v in vals if not math.isnan(v)]
-    n = len(vals)
-    if n == 0:
-        return float("nan"), float("nan"), 0
-    m = sum(vals) / n
-    sem = math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1) / n) if n > 1 else float("nan")
-    return m, sem, n
 
 
 def main() -> None:
@@ -72,7 +62,7 @@ def main() -> None:
              "| method | n pairs | ρ rephrase ↑ | shared words / words (orig) |", "|---|---|---|---|"]
     summary = {}
     for m, rows in per.items():
-        mean, sem, n = _mean_sem([r["rho"] for r in rows])
+        mean, sem, n = mean_sem([r["rho"] for r in rows])
         share = sum(r["shared"] for r in rows) / max(1, sum(r["words_a"] for r in rows))
         summary[m] = {"rho": mean, "sem": sem, "n": n, "shared_fraction": share, "per_example": rows}
         lines.append(f"| {m} | {n} | {mean:.3f} ± {sem:.3f} | {share:.2f} |")

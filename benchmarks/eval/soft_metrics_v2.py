@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -26,15 +25,6 @@ from heta_fast.evaluation.curated import SLICES, encode
 from heta_fast.evaluation.data import default_data_path, load_examples
 
 SOFT_KEYS = ("soft_nc", "soft_ns", "soft_s", "s0")
-
-
-def _mean_sem(v: list[float]) -> tuple[float, float]:
-    v = [x for x in v if not math.isnan(x)]
-    n = len(v)
-    if n == 0:
-        return float("nan"), float("nan")
-    m = sum(v) / n
-    return m, (math.sqrt(sum((x - m) ** 2 for x in v) / (n - 1) / n) if n > 1 else float("nan"))
 
 
 def _sharing_clean_rows(logprob_fn):
@@ -120,7 +110,7 @@ def side_by_side(records: list[dict], out: Path) -> Path:
             cells = [str(sum(1 for r in rows if r["methods"].get(m, {}).get("soft_nc") is not None))]
             for k in ("soft_nc", "soft_ns"):
                 for key in (f"{k}_v1", k):
-                    mean, sem = _mean_sem([r["methods"][m][key] for r in rows
+                    mean, sem, _ = mt.mean_sem([r["methods"][m][key] for r in rows
                                            if m in r["methods"] and r["methods"][m].get(key) is not None])
                     cells.append(f"{mean:.3f} ± {sem:.3f}")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")

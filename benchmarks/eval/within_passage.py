@@ -21,7 +21,6 @@ mass goes; it complements DSA and does not replace it.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
@@ -30,12 +29,6 @@ from heta_fast.evaluation import metrics as mt
 from heta_fast.evaluation.curated import RunSettings, encode, load_records, slice_records
 from heta_fast.evaluation.data import load_examples
 from heta_fast.models import load_model
-
-
-def _mean_sem(v: list[float]) -> tuple[float, float]:
-    n = len(v)
-    m = sum(v) / n
-    return m, (math.sqrt(sum((x - m) ** 2 for x in v) / (n - 1) / n) if n > 1 else float("nan"))
 
 
 def passage_view(a: torch.Tensor, support, distractor, gold) -> dict:
@@ -83,7 +76,7 @@ def main() -> None:
              "| method | n | passage DSA ↑ | top = answer | top in support | share outside the passage (question, cue) |", "|---|---|---|---|---|---|"]
     for method, by_id in rows.items():
         v = list(by_id.values())
-        m, se = _mean_sem([x["passage_dsa"] for x in v])
+        m, se, _ = mt.mean_sem([x["passage_dsa"] for x in v])
         outside = sum(x["outside_share"] for x in v) / len(v)
         lines.append(f"| {method} | {len(v)} | {m:+.3f} ± {se:.3f} | {sum(x['top_is_answer'] for x in v)}/{len(v)} | "
                      f"{sum(x['top_in_support'] for x in v)}/{len(v)} | {outside:.3f} |")
@@ -97,7 +90,7 @@ def main() -> None:
             if len(ids) < 2:
                 continue
             d = [rows[method][i]["passage_dsa"] - rows[base][i]["passage_dsa"] for i in ids]
-            m, se = _mean_sem(d)
+            m, se, _ = mt.mean_sem(d)
             lines.append(f"| {method} | {base} | {len(ids)} | {m:+.3f} ± {se:.3f} | {sum(x > 0 for x in d)}/{len(ids)} |")
     text = "\n".join(lines) + "\n"
     (Path(args.out) / "within_passage.md").write_text(text, encoding="utf-8")

@@ -550,16 +550,6 @@ METRIC_COLUMNS = [
 ]
 
 
-def _mean_sem(vals: list[float]) -> tuple[float, float, int]:
-    vals = [v for v in vals if v is not None and not math.isnan(v)]
-    if not vals:
-        return float("nan"), float("nan"), 0
-    n = len(vals)
-    mean = sum(vals) / n
-    sem = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1) / n) if n > 1 else float("nan")
-    return mean, sem, n
-
-
 def summarize(records: list[dict], methods: list[str]) -> list[dict]:
     """One row per method: mean, standard error and count of every metric over the records."""
     rows = []
@@ -569,7 +559,7 @@ def summarize(records: list[dict], methods: list[str]) -> list[dict]:
             continue
         row = {"method": m, "n": len(per)}
         for col, _ in METRIC_COLUMNS:
-            mean, sem, n = _mean_sem([p.get(col) for p in per])
+            mean, sem, n = mt.mean_sem([p.get(col) for p in per])
             row[col], row[col + "_sem"], row[col + "_n"] = mean, sem, n
         rows.append(row)
     return rows

@@ -255,3 +255,15 @@ def embedding_noise(X: Tensor, *, relative_sigma: float = 0.01, seed: int = 0) -
     gen = torch.Generator().manual_seed(seed)
     sigma = relative_sigma * float(X.double().pow(2).mean().sqrt())
     return (torch.randn(X.shape, generator=gen, dtype=torch.float64) * sigma).to(X.dtype).to(X.device)
+
+
+def mean_sem(values) -> tuple[float, float, int]:
+    """Mean, standard error of the mean and count of ``values``, leaving out None and NaN (a metric a method could
+    not give on an example); (nan, nan, 0) for none, a NaN error for one."""
+    vals = [float(v) for v in values if v is not None and not math.isnan(v)]
+    n = len(vals)
+    if not n:
+        return float("nan"), float("nan"), 0
+    mean = sum(vals) / n
+    sem = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1) / n) if n > 1 else float("nan")
+    return mean, sem, n

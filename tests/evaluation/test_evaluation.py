@@ -514,3 +514,11 @@ def test_reagent_records_name_their_pos_tagger_and_another_tagger_recomputes_the
     assert calls == ["tagger one", "tagger two"]  # another tagger: ReAGent again, random reused
     last = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[-1])
     assert list(last["methods"]) == ["reagent"] and recs[0]["methods"]["reagent"]["pos_tagger"] == "tagger two"
+
+
+def test_mean_sem_leaves_out_missing_values():
+    mean, sem, n = mt.mean_sem([1.0, None, 2.0, float("nan"), 3.0])
+    assert (mean, n) == (2.0, 3) and sem == pytest.approx(math.sqrt(1.0 / 3.0))
+    assert math.isnan(mt.mean_sem([4.0])[1]) and mt.mean_sem([4.0])[::2] == (4.0, 1)
+    mean, sem, n = mt.mean_sem([None, float("nan")])
+    assert math.isnan(mean) and math.isnan(sem) and n == 0
