@@ -133,5 +133,5 @@ def test_the_plan_is_made_before_the_run_it_is_compared_with(needle):
                          ["heta_units"], seed=0)
     assert calls == ["plan", "attribute"]
     record = row["plan_vs_actual"]["heta_units"]
-    assert record["plan_peak_mib"] > 0 and record["actual_seconds"] > 0
-    assert set(record["stages"]) >= {"total"}
+    assert record["plan_peak_mib"] > 0  # the plan's own figures beside the run's (a tiny model's run rounds to 0.0 s)
+    assert record["actual_seconds"] == record["stages"]["total"] >= 0
