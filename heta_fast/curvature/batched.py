@@ -134,7 +134,8 @@ def probe_batch_size(adapter: ModelAdapter, rows: int, kv_len: int, max_memory: 
 # time was slower again (123.7 s against 97.9 s for two, one process, 2026-12-06; likely its larger blocked
 # temporaries outgrow the cache). With the blocked core's hand-batched second backward (its directions as columns
 # against each score block) two stay the fastest: whole low-rank S at 4,006 tokens 81.4 s with 2, 96.4 with 4, 108.4
-# with 8 (one process, 2026-12-07, the second of two rounds; the first, warming up: 98.0, 98.1, 112.0).
+# with 8 (one process on a 2-core Intel Xeon, 2026-12-07, the second of two rounds; the first, warming up: 98.0,
+# 98.1, 112.0).
 CPU_SLICE_ROWS = 1024
 CPU_SLICE_MAX = 64
 CPU_SLICE_LONG = 2
