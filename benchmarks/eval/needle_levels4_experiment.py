@@ -1,7 +1,7 @@
 """Experiment (issue 31, not the library's behaviour): the needle harness with three coarse levels instead of two.
 
     python benchmarks/eval/needle_levels4_experiment.py --tokens 8000 --depths 0.5 --distractors \\
-        --methods heta_units --needle-range 0 1 --threads 2 --out benchmarks/eval/needle_levels4_8k_amd_smollm2
+        --methods heta_units --needle-range 0 1 --threads 2 --out benchmarks/eval/needle_levels4_8k_intel_smollm2
 
 From 300 sentences on, ``coarse="auto"`` here makes blocks of blocks of blocks: with k = expand and n sentences,
 the uniform model of ``heta_fast.units.levels`` scores B₁ + k·B₂/B₁ + k·B₃/B₂ + k·n/B₃ units, least at
