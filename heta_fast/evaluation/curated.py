@@ -29,7 +29,7 @@ from ..sinks import default_sink_id, resolve_sink
 from . import metrics as mt
 from .baselines import BASELINES, baseline_scores, perturbed_embeddings
 from .data import Example
-from .peers import PEERS, load_pos_tags, peer_scores
+from .peers import PEERS, check_pos_tags, peer_scores, read_pos_tags
 
 # HETA variants. Each is (run, recipe): the run says which attribute() call provides the components
 # (runs are shared, so all ablations cost one run), the recipe how to combine them.
@@ -93,7 +93,7 @@ class RunSettings:
     ig_steps: int = 16
     noise_sigma: float = 0.01  # relative to the RMS of X
     stability_examples: int = 0  # stability (noise and seed) on the first N examples only
-    # ReAGent's part-of-speech classes from a file (peers.load_pos_tags) instead of NLTK's tagger; kept per method
+    # ReAGent's part-of-speech classes from a file (peers.read_pos_tags) instead of NLTK's tagger; kept per method
     # record as "pos_tagger", not in the key, so adding ReAGent to a finished run reuses its other methods.
     reagent_pos_tags: str | None = None
     extra: dict = field(default_factory=dict)
@@ -121,17 +121,13 @@ class RunSettings:
 NLTK_TAGGER = "NLTK averaged_perceptron_tagger_eng (Inseq's own)"
 
 
-@functools.lru_cache(maxsize=4)
-def _pos_tags_file(path: str) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise HetaInputError(f"part-of-speech file {path}: {e}") from None
+# Read once per run (the file is ~0.3 MB; the check decodes the whole vocabulary), not once per example.
+_pos_tags_file = functools.lru_cache(maxsize=4)(read_pos_tags)
 
 
 @functools.lru_cache(maxsize=4)
 def _checked_pos_tags(path: str, tokenizer) -> dict:
-    return load_pos_tags(path, tokenizer)
+    return check_pos_tags(_pos_tags_file(path), tokenizer, path)
 
 
 def parse_methods(spec) -> list[str]:

@@ -109,17 +109,23 @@ def vocabulary_fingerprint(tokenizer) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def load_pos_tags(path: str | Path, tokenizer) -> dict:
-    """A part-of-speech file (``benchmarks/eval/data/reagent/pos_tags.py``), checked against ``tokenizer``.
-
-    Returns the file's record: ``tagger`` (what made the classes) and ``pos2ids`` (``{tag: [token ids]}``, every id
-    of the vocabulary in exactly one class).
-    """
-    path = Path(path)
+def read_pos_tags(path: str | Path) -> dict:
+    """A part-of-speech file's record (``benchmarks/eval/data/reagent/pos_tags.py``), not yet checked against a
+    tokenizer: ``tagger`` (what made the classes), ``pos2ids`` (``{tag: [token ids]}``) and the vocabulary's
+    ``vocab_size`` and ``vocab_sha256``."""
     try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise HetaInputError(f"part-of-speech file {path}: {e}") from None
+
+
+def load_pos_tags(path: str | Path, tokenizer) -> dict:
+    """:func:`read_pos_tags`, checked against ``tokenizer``: its vocabulary, every id in exactly one class."""
+    return check_pos_tags(read_pos_tags(path), tokenizer, path)
+
+
+def check_pos_tags(rec: dict, tokenizer, path: str | Path) -> dict:
+    """``rec`` (from the file ``path``) if its classes are for ``tokenizer``'s vocabulary and cover it once."""
     if rec.get("vocab_size") != tokenizer.vocab_size or rec.get("vocab_sha256") != vocabulary_fingerprint(tokenizer):
         raise HetaInputError(f"part-of-speech file {path} was made for another tokenizer (model {rec.get('model')!r}, "
                              f"{rec.get('vocab_size')} entries; this one has {tokenizer.vocab_size})")
