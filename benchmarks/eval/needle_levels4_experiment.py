@@ -27,14 +27,8 @@ def three_coarse_levels(kind, fine, text, expand):
         return lv.coarse_levels(kind, fine, text, expand)
     c = (expand ** 3 * n) ** 0.25
     sizes = [u.end - u.start for u in fine]
-    paragraph_of = lv._paragraph_labels(fine, text)
-    finest = lv._blocks(sizes, paragraph_of, round(c ** 3 / expand ** 2))
-    levels = [finest]
-    for count in (round(c * c / expand), round(c)):  # each level groups the one below it
-        below = levels[0]
-        groups = lv._blocks([sum(sizes[j] for j in g) for g in below], [paragraph_of[g[0]] for g in below], count)
-        levels.insert(0, [[j for s in g for j in below[s]] for g in groups])
-    return levels
+    return lv.nested_blocks(sizes, lv._paragraph_labels(fine, text),
+                            [round(c), round(c * c / expand), round(c ** 3 / expand ** 2)])
 
 
 api.coarse_levels = three_coarse_levels

@@ -58,10 +58,19 @@ def coarse_levels(kind: str, fine: list[UnitSpan], text: str | None, expand: int
     outer, inner = max(expand + 1, round(c)), min(n, round(c * c / expand))
     if 3 * c > TWO_LEVELS_GAIN * 2 * math.sqrt(expand * n) or inner < 2 * outer:
         return [_blocks(sizes, paragraph_of, one)]
-    sub = _blocks(sizes, paragraph_of, inner)
-    # Blocks of sub-blocks: a sub-block weighs its tokens and starts where its first fine unit starts.
-    top = _blocks([sum(sizes[j] for j in g) for g in sub], [paragraph_of[g[0]] for g in sub], outer)
-    return [[[j for s in g for j in sub[s]] for g in top], sub]
+    return nested_blocks(sizes, paragraph_of, [outer, inner])
+
+
+def nested_blocks(sizes: list[int], paragraph_of: list[int], counts: list[int]) -> list[Groups]:
+    """Levels of blocks over the fine units, coarsest first, level i of about ``counts[i]`` blocks (counts coarsest
+    first), each level's blocks whole blocks of the level below it, as groups of fine-unit indices."""
+    levels = [_blocks(sizes, paragraph_of, counts[-1])]
+    for count in reversed(counts[:-1]):
+        below = levels[0]
+        # Blocks of blocks: a block weighs its tokens and starts where its first fine unit starts.
+        groups = _blocks([sum(sizes[j] for j in g) for g in below], [paragraph_of[g[0]] for g in below], count)
+        levels.insert(0, [[j for s in g for j in below[s]] for g in groups])
+    return levels
 
 
 def _blocks(sizes: list[int], paragraph_of: list[int], n_blocks: int) -> Groups:
