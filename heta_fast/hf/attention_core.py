@@ -26,7 +26,9 @@ at a time from them, so no score-sized tensor outlives a block. With δ = rowsum
 the first backward needs no full row of P either. Each block only reads the keys some row of it may see
 (for a causal mask, keys up to its last row), which roughly halves the score work. Its second backward
 (:class:`_BlockedCoreVJP`) takes an HVP's directions as one leading axis through its own vmap rule, so a score block
-is computed once and multiplied by every direction in one product, not copied per direction by a generated rule.
+is computed once and multiplied by every direction in one product, not copied per direction by a generated rule. The
+same holds for the forward's own node, which an HVP's second backward also runs backwards (its output feeds the
+non-linear rest of the model): its gradient without a graph (:class:`_BlockedCoreGrads`) takes the directions at once.
 """
 
 from __future__ import annotations
@@ -229,7 +231,8 @@ def _block_first_backward(q5, key, value, dO, lse, delta, allowed, scaling, bloc
 
 
 def _blocked_first_backward(q5, key, value, dO, O, lse, allowed, scaling, blocks):
-    """(dQ, dK, dV, δ) of the blocked core for ``dO``, P recomputed block by block."""
+    """(dQ, dK, dV, δ) of the blocked core for ``dO``, P recomputed block by block; out of place throughout, as the
+    graph-building backward (:class:`_BlockedCoreBackward`, whose vmap rule is generated) needs."""
     delta = (dO * O).sum(-1)  # rowsum(P ⊙ dP) = rowsum(P ⊙ dO Vᵀ) = rowsum(dO ⊙ O)
     k_len = key.shape[-2]
     dQ, dK, dV = [], None, None
@@ -239,6 +242,76 @@ def _blocked_first_backward(q5, key, value, dO, O, lse, allowed, scaling, blocks
         dK = _into_keys(dK, dK_b, block[2], k_len)
         dV = _into_keys(dV, dV_b, block[2], k_len)
     return torch.cat(dQ, -2), dK, dV, delta
+
+
+def _blocked_grads(q5, key, value, dO, O, lse, allowed, s, blocks):
+    """(dQ, dK, dV) of the blocked core for N output cotangents at once (``dO [N, ...]``, a leading direction
+    axis), with no graph: what an HVP's second backward asks of the forward's attention node.
+
+    P is recomputed once per block for all N directions. The directions go into the rows of the products with the
+    keys and values (``[N·rows, dh] @ [dh, keys]``), so no key- or value-sized operand is expanded per direction,
+    and side by side as columns where P multiplies them (dV = Pᵀ dO); dK and dV accumulate in place.
+    """
+    n = dO.shape[0]
+    B, n_kv, n_rep, q_len, dh = q5.shape
+    k_len = key.shape[-2]
+    # Directions after the kv head: [B, H_kv, N, n_rep, q, ·], so (N, n_rep, rows) flatten into one row axis.
+    dOd = dO.movedim(0, 2)
+    delta = (dOd * O.unsqueeze(2)).sum(-1)  # [B, H_kv, N, n_rep, q]: rowsum(P ⊙ dP) = rowsum(dO ⊙ O)
+    dQ = []
+    dK = dO.new_zeros(B, n_kv, n, k_len, dh)
+    dV = dO.new_zeros(B, n_kv, k_len, n * dh)
+    for lo, hi, k_lo, k_hi in blocks:
+        P, _ = _block_probs(q5, key, allowed, s, (lo, hi, k_lo, k_hi), lse)  # [B, H_kv, n_rep, b, kb]
+        b, kb = hi - lo, k_hi - k_lo
+        dO_b = _span(dOd, lo, hi)  # [B, H_kv, N, n_rep, b, dh]
+        rows = dO_b.reshape(B, n_kv, n * n_rep * b, dh)
+        dS = torch.matmul(rows, _span(value, k_lo, k_hi).transpose(-1, -2)).view(B, n_kv, n, n_rep, b, kb)
+        dS.sub_(_span(delta, lo, hi, -1).unsqueeze(-1)).mul_(P.unsqueeze(2))  # P ⊙ (dP − δ), in place
+        dS_rows = dS.view(B, n_kv, n * n_rep * b, kb)
+        dQ.append(torch.matmul(dS_rows, _span(key, k_lo, k_hi)).mul_(s).view(B, n_kv, n, n_rep, b, dh))
+        # dK: Σ over the group's rows, per direction; Q's rows are shared by the directions (broadcast).
+        q_rows = _flat(_span(q5, lo, hi)).unsqueeze(2)  # [B, H_kv, 1, n_rep·b, dh]
+        _span(dK, k_lo, k_hi).add_(torch.matmul(dS.view(B, n_kv, n, n_rep * b, kb).transpose(-1, -2), q_rows),
+                                   alpha=s)
+        del dS, dS_rows
+        cols = dO_b.movedim(2, -2).reshape(B, n_kv, n_rep * b, n * dh)  # directions side by side as columns
+        _span(dV, k_lo, k_hi).add_(torch.matmul(_flat(P).transpose(-1, -2), cols))
+    dQ = torch.cat(dQ, -2).movedim(2, 0)  # [N, B, H_kv, n_rep, q, dh]
+    return dQ, dK.movedim(2, 0), dV.view(B, n_kv, k_len, n, dh).movedim(3, 0)
+
+
+class _BlockedCoreGrads(torch.autograd.Function):
+    """(Q, K, V, dO; O, lse) ↦ (dQ, dK, dV) where no graph is built: the blocked core's first backward in a plain
+    backward, and the forward node's part of an HVP's second backward, where dO carries the directions.
+
+    Under ``torch.func.vmap`` over the directions its rule (:meth:`vmap`) computes every direction in one pass of
+    :func:`_blocked_grads` (P once per block) instead of a rule generated operation by operation. Never
+    differentiated (the graph-building backward is :class:`_BlockedCoreBackward`).
+    """
+
+    @staticmethod
+    def forward(q5, key, value, dO, O, lse, allowed, scaling, blocks):
+        return tuple(x[0] for x in _blocked_grads(q5, key, value, dO[None], O, lse, allowed, scaling, blocks))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("the blocked core's gradient without a graph is not differentiable")
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        if any(d is not None for i, d in enumerate(in_dims[:7]) if i != 3):
+            # The attention's own inputs vary along the vmapped axis (not an HVP's directions): item by item.
+            items = [_BlockedCoreGrads.apply(*(a.select(d, i) if isinstance(a, Tensor) and d is not None else a
+                                              for a, d in zip(args, in_dims)))
+                     for i in range(info.batch_size)]
+            return tuple(torch.stack(x) for x in zip(*items)), (0, 0, 0)
+        dO = args[3].expand(info.batch_size, *args[3].shape) if in_dims[3] is None else args[3].movedim(in_dims[3], 0)
+        return _blocked_grads(*args[:3], dO, *args[4:]), (0, 0, 0)
 
 
 def _cols(x: Tensor) -> Tensor:
@@ -402,7 +475,7 @@ class _BlockedCore(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: record a node that knows its own derivative
             dQ, dK, dV, _ = _BlockedCoreBackward.apply(*args)
         else:
-            dQ, dK, dV, _ = _blocked_first_backward(*args)
+            dQ, dK, dV = _BlockedCoreGrads.apply(*args)
         return dQ, dK, dV, None, None, None
 
 

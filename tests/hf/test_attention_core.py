@@ -178,6 +178,55 @@ def test_blocked_core_batches_an_hvps_directions_by_hand(monkeypatch):
     assert directions_seen == [3]
 
 
+def test_blocked_core_forward_node_batches_an_hvps_directions_by_hand(monkeypatch):
+    """An HVP's second backward also runs the forward's attention node backwards (its output feeds the non-linear
+    rest of the graph): that first backward takes all directions in one pass too (P once per block), not through
+    a rule generated per operation, and with no graph built its values equal the graph-building path's."""
+    q, k, v, allowed = make("gqa")
+    force_blocked(monkeypatch, 2, *q.shape[:2], k.shape[-2])
+    directions_seen = []
+    real = core_module._blocked_grads
+    monkeypatch.setattr(core_module, "_blocked_grads", lambda *a: directions_seen.append(a[3].shape[0]) or real(*a))
+    core = lambda q, k, v: attention_core(q, k, v, allowed, 0.37, probs=False)[0]  # noqa: E731
+    dirs = tuple(torch.randn(3, *x.shape, dtype=x.dtype) for x in (q, k, v))
+    h = second_order(core, q, k, v, dirs, "func")
+    assert directions_seen == [3]
+    h_ref = second_order(lambda q, k, v: eager(q, k, v, allowed, 0.37)[0], q, k, v, dirs, "func")
+    for a, b in zip(h, h_ref, strict=True):
+        assert rel_err(a, b) < 1e-10
+    # A plain first backward (no graph) takes the same function with one direction.
+    O = core(q, k, v)
+    dO = torch.randn_like(O)
+    g = torch.autograd.grad(O, (q, k, v), dO)
+    assert directions_seen == [3, 1]
+    g_ref = torch.autograd.grad(eager(q, k, v, allowed, 0.37)[0], (q, k, v), dO)
+    for a, b in zip(g, g_ref, strict=True):
+        assert rel_err(a, b) < 1e-12
+
+
+def test_blocked_core_grads_vmapped_over_its_attention_inputs_go_item_by_item():
+    """The first backward's vmap rule, other branch: with the attention's own inputs varying along the vmapped axis,
+    each item is computed alone, and the result equals a loop over the items."""
+    gen = torch.Generator().manual_seed(4)
+    B, H_kv, n_rep, n, dh = 1, 2, 2, 5, 4
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    key, value = rnd(B, H_kv, n, dh), rnd(B, H_kv, n, dh)
+    blocks = core_module._row_blocks(None, n, n, 2)
+
+    def grads(q5, dO):
+        O, lse = core_module._BlockedCore.forward(q5, key, value, None, 0.5, blocks)
+        return core_module._BlockedCoreGrads.apply(q5, key, value, dO, O, lse, None, 0.5, blocks)
+
+    q5s, dOs = rnd(3, B, H_kv, n_rep, n, dh), rnd(3, B, H_kv, n_rep, n, dh)
+    batched = torch.func.vmap(grads)(q5s, dOs)
+    for i in range(3):
+        for a, b in zip(batched, grads(q5s[i], dOs[i]), strict=True):
+            assert rel_err(a[i], b) < 1e-14
+
+
 def test_blocked_core_vjp_vmapped_over_its_attention_inputs_goes_item_by_item():
     """The vmap rule's other branch: when the attention's own inputs vary along the vmapped axis (not an HVP's
     directions), each item is computed alone, and the result equals a loop over the items."""
