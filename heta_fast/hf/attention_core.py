@@ -244,6 +244,16 @@ def _blocked_first_backward(q5, key, value, dO, O, lse, allowed, scaling, blocks
     return torch.cat(dQ, -2), dK, dV, delta
 
 
+def _item_by_item(apply, info, in_dims, args):
+    """A vmap rule's fallback where the attention's own inputs vary along the vmapped axis (not an HVP's
+    directions): ``apply`` on each item alone, the outputs stacked along a leading axis. (in_dims mirrors each
+    argument's structure: the block tuples' entries are tuples of None.)"""
+    items = [apply(*(a.select(d, i) if isinstance(a, Tensor) and d is not None else a for a, d in zip(args, in_dims)))
+             for i in range(info.batch_size)]
+    outs = tuple(torch.stack(x) for x in zip(*items))
+    return outs, (0,) * len(outs)
+
+
 def _blocked_grads(q5, key, value, dO, O, lse, allowed, s, blocks):
     """(dQ, dK, dV) of the blocked core for N output cotangents at once (``dO [N, ...]``, a leading direction
     axis), with no graph: what an HVP's second backward asks of the forward's attention node.
@@ -305,11 +315,7 @@ class _BlockedCoreGrads(torch.autograd.Function):
     @staticmethod
     def vmap(info, in_dims, *args):
         if any(d is not None for i, d in enumerate(in_dims[:7]) if i != 3):
-            # The attention's own inputs vary along the vmapped axis (not an HVP's directions): item by item.
-            items = [_BlockedCoreGrads.apply(*(a.select(d, i) if isinstance(a, Tensor) and d is not None else a
-                                              for a, d in zip(args, in_dims)))
-                     for i in range(info.batch_size)]
-            return tuple(torch.stack(x) for x in zip(*items)), (0, 0, 0)
+            return _item_by_item(_BlockedCoreGrads.apply, info, in_dims, args)
         dO = args[3].expand(info.batch_size, *args[3].shape) if in_dims[3] is None else args[3].movedim(in_dims[3], 0)
         return _blocked_grads(*args[:3], dO, *args[4:]), (0, 0, 0)
 
@@ -404,12 +410,7 @@ class _BlockedCoreVJP(torch.autograd.Function):
     @staticmethod
     def vmap(info, in_dims, *args):
         if any(d is not None for d in in_dims[:7]):
-            # Not an HVP's directions (the attention's own inputs vary along the vmapped axis): item by item.
-            # (in_dims mirrors each argument's structure: the block tuples' entries are tuples of None.)
-            items = [_BlockedCoreVJP.apply(*(a.select(d, i) if isinstance(a, Tensor) and d is not None else a
-                                             for a, d in zip(args, in_dims)))
-                     for i in range(info.batch_size)]
-            return tuple(torch.stack(x) for x in zip(*items)), (0, 0, 0, 0)
+            return _item_by_item(_BlockedCoreVJP.apply, info, in_dims, args)
         gQ, gK, gV = (g.expand(info.batch_size, *g.shape) if d is None else g.movedim(d, 0)
                       for g, d in zip(args[7:10], in_dims[7:10]))
         return _blocked_vjp(*args[:7], gQ, gK, gV, *args[10:]), (0, 0, 0, 0)
