@@ -34,7 +34,6 @@ non-linear rest of the model): its gradient without a graph (:class:`_BlockedCor
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 # The query-blocked core takes over graph-building calls with more score elements than this per head
@@ -175,12 +174,6 @@ def _span(x: Tensor, lo: int, hi: int, dim: int = -2) -> Tensor:
     return x.narrow(dim, lo, hi - lo)
 
 
-def _into_keys(total: Tensor | None, part: Tensor, k_lo: int, k_len: int) -> Tensor:
-    """``total + part`` placed at keys k_lo … (zero elsewhere): a block's share of a key-sized gradient."""
-    part = F.pad(part, (0, 0, k_lo, k_len - k_lo - part.shape[-2]))
-    return part if total is None else total + part
-
-
 def _row_blocks(allowed: Tensor | None, q_len: int, k_len: int, rows: int) -> tuple[tuple[int, int, int, int], ...]:
     """(lo, hi, k_lo, k_hi) for blocks of ``rows`` query rows: the keys any row of the block may see."""
     starts = range(0, q_len, rows)
@@ -218,32 +211,6 @@ def _block_probs(q5: Tensor, key: Tensor, allowed: Tensor | None, scaling: float
     return scores.sub_(lse.unsqueeze(-1)).exp_().to(q5.dtype), lse
 
 
-def _block_first_backward(q5, key, value, dO, lse, delta, allowed, scaling, block):
-    """One block's (dQ rows, dK and dV contributions at its keys)."""
-    lo, hi, k_lo, k_hi = block
-    P, _ = _block_probs(q5, key, allowed, scaling, block, lse)
-    dO_b = _span(dO, lo, hi)
-    dP = _rows_mm(dO_b, _span(value, k_lo, k_hi).transpose(-1, -2))
-    dS = P * (dP - _span(delta, lo, hi, -1).unsqueeze(-1))  # not in place: dO may be batched where dP is not
-    del dP
-    dQ = _rows_mm(dS, _span(key, k_lo, k_hi)).mul_(scaling)
-    return dQ, _keys_mm(dS, _span(q5, lo, hi)).mul_(scaling), _keys_mm(P, dO_b)
-
-
-def _blocked_first_backward(q5, key, value, dO, O, lse, allowed, scaling, blocks):
-    """(dQ, dK, dV, δ) of the blocked core for ``dO``, P recomputed block by block; out of place throughout, as the
-    graph-building backward (:class:`_BlockedCoreBackward`, whose vmap rule is generated) needs."""
-    delta = (dO * O).sum(-1)  # rowsum(P ⊙ dP) = rowsum(P ⊙ dO Vᵀ) = rowsum(dO ⊙ O)
-    k_len = key.shape[-2]
-    dQ, dK, dV = [], None, None
-    for block in blocks:  # one block's temporaries die with the helper's frame
-        dQ_b, dK_b, dV_b = _block_first_backward(q5, key, value, dO, lse, delta, allowed, scaling, block)
-        dQ.append(dQ_b)
-        dK = _into_keys(dK, dK_b, block[2], k_len)
-        dV = _into_keys(dV, dV_b, block[2], k_len)
-    return torch.cat(dQ, -2), dK, dV, delta
-
-
 def _item_by_item(apply, info, in_dims, args):
     """A vmap rule's fallback where the attention's own inputs vary along the vmapped axis (not an HVP's
     directions): ``apply`` on each item alone, the outputs stacked along a leading axis. (in_dims mirrors each
@@ -255,8 +222,9 @@ def _item_by_item(apply, info, in_dims, args):
 
 
 def _blocked_grads(q5, key, value, dO, O, lse, allowed, s, blocks):
-    """(dQ, dK, dV) of the blocked core for N output cotangents at once (``dO [N, ...]``, a leading direction
-    axis), with no graph: what an HVP's second backward asks of the forward's attention node.
+    """(dQ, dK, dV, δ) of the blocked core for N output cotangents at once (``dO [N, ...]``, a leading direction
+    axis, on every output too): the first backward of a plain backward and of the graph-building one (N = 1),
+    and what an HVP's second backward asks of the forward's attention node (N directions).
 
     P is recomputed once per block for all N directions. The directions go into the rows of the products with the
     keys and values (``[N·rows, dh] @ [dh, keys]``), so no key- or value-sized operand is expanded per direction,
@@ -288,7 +256,16 @@ def _blocked_grads(q5, key, value, dO, O, lse, allowed, s, blocks):
         cols = dO_b.movedim(2, -2).reshape(B, n_kv, n_rep * b, n * dh)  # directions side by side as columns
         _span(dV, k_lo, k_hi).add_(torch.matmul(_flat(P).transpose(-1, -2), cols))
     dQ = torch.cat(dQ, -2).movedim(2, 0)  # [N, B, H_kv, n_rep, q, dh]
-    return dQ, dK.movedim(2, 0), dV.view(B, n_kv, k_len, n, dh).movedim(3, 0)
+    return dQ, dK.movedim(2, 0), dV.view(B, n_kv, k_len, n, dh).movedim(3, 0), delta.movedim(2, 0)
+
+
+def _directions_rule(apply, first_outputs, info, in_dims, args):
+    """The vmap rule of the two first-backward Functions: with only dO (argument 3) batched, as over an HVP's
+    directions, one pass of :func:`_blocked_grads` for all of them; otherwise item by item."""
+    if any(d is not None for i, d in enumerate(in_dims[:7]) if i != 3):
+        return _item_by_item(apply, info, in_dims, args)
+    dO = args[3].expand(info.batch_size, *args[3].shape) if in_dims[3] is None else args[3].movedim(in_dims[3], 0)
+    return _blocked_grads(*args[:3], dO, *args[4:])[:first_outputs], (0,) * first_outputs
 
 
 class _BlockedCoreGrads(torch.autograd.Function):
@@ -302,7 +279,7 @@ class _BlockedCoreGrads(torch.autograd.Function):
 
     @staticmethod
     def forward(q5, key, value, dO, O, lse, allowed, scaling, blocks):
-        return tuple(x[0] for x in _blocked_grads(q5, key, value, dO[None], O, lse, allowed, scaling, blocks))
+        return tuple(x[0] for x in _blocked_grads(q5, key, value, dO[None], O, lse, allowed, scaling, blocks)[:3])
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -314,10 +291,7 @@ class _BlockedCoreGrads(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, *args):
-        if any(d is not None for i, d in enumerate(in_dims[:7]) if i != 3):
-            return _item_by_item(_BlockedCoreGrads.apply, info, in_dims, args)
-        dO = args[3].expand(info.batch_size, *args[3].shape) if in_dims[3] is None else args[3].movedim(in_dims[3], 0)
-        return _blocked_grads(*args[:3], dO, *args[4:]), (0, 0, 0)
+        return _directions_rule(_BlockedCoreGrads.apply, 3, info, in_dims, args)
 
 
 def _cols(x: Tensor) -> Tensor:
@@ -421,14 +395,14 @@ class _BlockedCoreBackward(torch.autograd.Function):
 
     O and lse enter as constants (the forward's); their dependence on Q, K, V is part of the hand-written VJP
     (:class:`_BlockedCoreVJP`: the formula of :class:`_AttentionCoreBackward`, evaluated one row block at a
-    time), so no score-sized tensor is saved.
+    time), so no score-sized tensor is saved. The values are :class:`_BlockedCoreGrads`' (one function,
+    :func:`_blocked_grads`); its vmap rule is the same too, since a rule generated operation by operation cannot
+    batch that function's in-place accumulation.
     """
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(q5, key, value, dO, O, lse, allowed, scaling, blocks):
-        return _blocked_first_backward(q5, key, value, dO, O, lse, allowed, scaling, blocks)
+        return tuple(x[0] for x in _blocked_grads(q5, key, value, dO[None], O, lse, allowed, scaling, blocks))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -443,6 +417,10 @@ class _BlockedCoreBackward(torch.autograd.Function):
         q5, key, value, dO, lse, delta, allowed = ctx.saved_tensors
         bars = _BlockedCoreVJP.apply(q5, key, value, dO, lse, delta, allowed, gQ, gK, gV, ctx.scaling, ctx.blocks)
         return *bars, None, None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _directions_rule(_BlockedCoreBackward.apply, 4, info, in_dims, args)
 
 
 class _BlockedCore(torch.autograd.Function):

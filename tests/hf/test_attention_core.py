@@ -181,7 +181,8 @@ def test_blocked_core_batches_an_hvps_directions_by_hand(monkeypatch):
 def test_blocked_core_forward_node_batches_an_hvps_directions_by_hand(monkeypatch):
     """An HVP's second backward also runs the forward's attention node backwards (its output feeds the non-linear
     rest of the graph): that first backward takes all directions in one pass too (P once per block), not through
-    a rule generated per operation, and with no graph built its values equal the graph-building path's."""
+    a rule generated per operation. The graph-building first backward and the plain one use the same function
+    with one cotangent."""
     q, k, v, allowed = make("gqa")
     force_blocked(monkeypatch, 2, *q.shape[:2], k.shape[-2])
     directions_seen = []
@@ -190,7 +191,7 @@ def test_blocked_core_forward_node_batches_an_hvps_directions_by_hand(monkeypatc
     core = lambda q, k, v: attention_core(q, k, v, allowed, 0.37, probs=False)[0]  # noqa: E731
     dirs = tuple(torch.randn(3, *x.shape, dtype=x.dtype) for x in (q, k, v))
     h = second_order(core, q, k, v, dirs, "func")
-    assert directions_seen == [3]
+    assert directions_seen == [1, 3]  # the graph's first backward, then the forward node's share of the HVPs
     h_ref = second_order(lambda q, k, v: eager(q, k, v, allowed, 0.37)[0], q, k, v, dirs, "func")
     for a, b in zip(h, h_ref, strict=True):
         assert rel_err(a, b) < 1e-10
@@ -198,7 +199,7 @@ def test_blocked_core_forward_node_batches_an_hvps_directions_by_hand(monkeypatc
     O = core(q, k, v)
     dO = torch.randn_like(O)
     g = torch.autograd.grad(O, (q, k, v), dO)
-    assert directions_seen == [3, 1]
+    assert directions_seen == [1, 3, 1]
     g_ref = torch.autograd.grad(eager(q, k, v, allowed, 0.37)[0], (q, k, v), dO)
     for a, b in zip(g, g_ref, strict=True):
         assert rel_err(a, b) < 1e-12
@@ -224,6 +225,43 @@ def test_blocked_core_grads_vmapped_over_its_attention_inputs_go_item_by_item():
     batched = torch.func.vmap(grads)(q5s, dOs)
     for i in range(3):
         for a, b in zip(batched, grads(q5s[i], dOs[i]), strict=True):
+            assert rel_err(a[i], b) < 1e-14
+
+
+def test_blocked_core_graph_building_backward_under_vmap(monkeypatch):
+    """The graph-building first backward (:class:`_BlockedCoreBackward`) has the same vmap rule as the one without
+    a graph: over dO alone (directions) one pass of ``_blocked_grads`` for all of them; over the attention's own
+    inputs item by item. Both equal a loop over the items. (Under ``torch.func.vmap`` no autograd.Function records
+    a regular-autograd graph, generated rule or not; the HVPs build the graph outside vmap and vmap its backward.)"""
+    gen = torch.Generator().manual_seed(5)
+    B, H_kv, n_rep, n, dh = 1, 2, 2, 5, 4
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    key, value = rnd(B, H_kv, n, dh), rnd(B, H_kv, n, dh)
+    q5 = rnd(B, H_kv, n_rep, n, dh)
+    blocks = core_module._row_blocks(None, n, n, 2)
+    O, lse = core_module._BlockedCore.forward(q5, key, value, None, 0.5, blocks)
+
+    def node(q5, dO):
+        return core_module._BlockedCoreBackward.apply(q5, key, value, dO, O, lse, None, 0.5, blocks)
+
+    directions_seen = []
+    real = core_module._blocked_grads
+    monkeypatch.setattr(core_module, "_blocked_grads", lambda *a: directions_seen.append(a[3].shape[0]) or real(*a))
+    dOs = rnd(3, B, H_kv, n_rep, n, dh)
+    batched = torch.func.vmap(lambda dO: node(q5, dO))(dOs)
+    assert directions_seen == [3]
+    loop = [node(q5, dOs[i]) for i in range(3)]
+    for i in range(3):
+        for a, b in zip(batched, loop[i], strict=True):
+            assert rel_err(a[i], b) < 1e-14
+
+    q5s = rnd(3, B, H_kv, n_rep, n, dh)
+    per_item = torch.func.vmap(node)(q5s, dOs)
+    for i in range(3):
+        for a, b in zip(per_item, node(q5s[i], dOs[i]), strict=True):
             assert rel_err(a[i], b) < 1e-14
 
 
