@@ -128,8 +128,8 @@ def probe_batch_size(adapter: ModelAdapter, rows: int, kv_len: int, max_memory: 
 # per-direction cost was lowest around 1,024 rows: 8 directions at 128 rows (0.34 s each, against 0.37 at
 # 32), 64 at 16 rows (48 ms, against 62 at 8): the [B, s, ffn] temporaries stay in cache while the fixed
 # cost per backward op is shared. On a GPU the whole batch goes at once.
-# Longer suffixes still run two directions at a time: there the query-blocked attention core dominates, and under
-# vmap its direction-free work (P recomputed per block, dP, dS) is done once for both. 4,006-token needle, rank 8,
+# Suffixes whose graph takes the query-blocked attention core (from 512 rows; 1,024 until 2026-12-07) run two
+# directions at a time: there that core dominates, and under vmap its direction-free work (P recomputed per block, dP, dS) is done once for both. 4,006-token needle, rank 8,
 # last 6 layers, 2 threads: S in 87.9 s against 100.0 s one direction at a time (benchmarks/eval/README.md); four at a
 # time was slower again (123.7 s against 97.9 s for two, one process, 2026-12-06; likely its larger blocked
 # temporaries outgrow the cache). With the blocked core's hand-batched second backward (its directions as columns
@@ -142,8 +142,9 @@ CPU_SLICE_LONG = 2
 
 
 def cpu_slice(rows: int) -> int:
-    """Directions per batched second backward on the CPU for a suffix of ``rows`` positions."""
-    if rows > CPU_SLICE_ROWS:
+    """Directions per batched second backward on the CPU for a suffix of ``rows`` positions: two where its graph
+    takes the blocked attention core (from 512 rows; at 782 tokens S took 6.7 s with two, 7.4 s with one)."""
+    if rows > CPU_SLICE_ROWS or attention_core.uses_blocked_core(rows, rows):
         return CPU_SLICE_LONG
     return max(1, min(CPU_SLICE_MAX, CPU_SLICE_ROWS // max(rows, 1)))
 

@@ -37,10 +37,16 @@ import torch
 from torch import Tensor
 
 # The query-blocked core takes over graph-building calls with more score elements than this per head
-# (q_len·k_len) when no probabilities are requested. One layer's graph and one HVP at the default model's
-# heads, one CPU thread: the blocked core took 1.39x the whole-matrix core's time at 512 tokens, 1.17x at
-# 768, 0.77x at 1,024 and 0.40x at 2,048 (it recomputes P but reads half the scores under a causal mask).
-BLOCKED_MIN_SCORES = 1024 * 1024
+# (q_len·k_len) when no probabilities are requested. It recomputes P but reads half the scores under a causal
+# mask, and its backward passes take an HVP's directions by hand; the whole-matrix core keeps four score-sized
+# tensors per layer, which fall out of cache as the context grows. Whole S on the default model (2 threads, a
+# 2-core Intel Xeon, 2026-12-07, the `document` preset, the blocked core with two directions per slice against the
+# whole-matrix core with one): 1.67–1.70 s against 1.70–1.85 at 259 tokens, 3.23–3.29 against 3.39–3.44 at 432,
+# 6.74–6.78 against 8.56–9.43 at 782, 8.6–8.7 against 14.6–19.1 at 1,020; the default preset's S 18.0–18.9
+# against 20.9 at 585 tokens and 32.0–32.8 against 69.6–75.3 at 1,020 (benchmarks/RESULTS.md, *The blocked core
+# from 512 rows*). Until then the threshold was 1,024², from a first version of the blocked core that took 1.39x
+# the whole-matrix core's time at 512 tokens and 1.17x at 768 (one layer, one HVP, one thread).
+BLOCKED_MIN_SCORES = 512 * 512
 # Bytes of one block's scores [B, H, rows, keys] in the softmax dtype: each pass holds a handful of
 # block-sized temporaries (times the directions under vmap), never a full score matrix.
 BLOCK_BYTES = 16 * 2**20

@@ -22,7 +22,8 @@ T = 11
 )
 # 1 MiB: a few directions per second backward; 1 GiB: one batch per graph; sliced: that batch run by the
 # CPU in slices of 2 directions (CPU_SLICE_ROWS lowered to 2·T rows); long_suffix: the suffix longer than
-# CPU_SLICE_ROWS, where a long context's pairs of directions run (CPU_SLICE_LONG).
+# CPU_SLICE_ROWS, where a long context's pairs of directions run (CPU_SLICE_LONG). (Long suffixes also take the
+# blocked attention core, tested with these slices below.)
 @pytest.mark.parametrize("max_memory,slice_rows", [(1 << 20, None), (1 << 30, None), (1 << 30, 2 * T), (1 << 30, T - 1)],
                          ids=["small_batches", "one_batch", "sliced_batches", "long_suffix"])
 def test_sensitivity(fast_and_reference, kw, max_memory, slice_rows, monkeypatch):

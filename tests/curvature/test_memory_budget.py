@@ -55,10 +55,12 @@ def test_the_shared_graph_is_budgeted_once(adapter):
         probe_batch_size(adapter, t, t, one - 1, 2)
 
 
-def test_exact_s_budgets_its_short_suffix_graphs(adapter):
+def test_exact_s_budgets_its_short_suffix_graphs(adapter, monkeypatch):
     """Exact S also builds graphs on suffixes of the context; those with q·k under the threshold take the
     whole-matrix core even on a long context. The exact path checks that graph too; low-rank S (one graph over
-    the whole context) does not need to."""
+    the whole context) does not need to. (At a threshold of 1,024² scores, where the whole-matrix suffix's score
+    rows outweigh the full graph on this narrow model.)"""
+    monkeypatch.setattr(core_module, "BLOCKED_MIN_SCORES", 1024 * 1024)
     t = 2048
     q_whole = int(core_module.BLOCKED_MIN_SCORES // t)
     assert core_module.uses_blocked_core(t, t) and not core_module.uses_blocked_core(q_whole, t)
@@ -118,3 +120,14 @@ def test_the_estimate_covers_a_measured_graph_and_hvp(t, blocked, shape):
     the whole final layer 302/453, 260/311 and 642/794): covered, within 2x."""
     r = json.loads(live_memory_child(MEASURE_CHILD, t, 1 if blocked else 0, *shape))
     assert r["measured"] <= r["estimate"] <= 2 * r["measured"], r
+
+
+def test_graphs_on_the_blocked_core_run_two_directions_per_cpu_slice():
+    """On the CPU a suffix whose graph takes the blocked attention core (more than 512² scores) runs its second
+    backwards two directions at a time (the core's direction-free work shared); shorter suffixes share about 1,024
+    rows between the directions of a slice."""
+    from heta_fast.curvature.batched import CPU_SLICE_LONG, cpu_slice
+
+    assert not core_module.uses_blocked_core(512, 512) and core_module.uses_blocked_core(513, 513)
+    assert CPU_SLICE_LONG == 2 and cpu_slice(513) == cpu_slice(1020) == cpu_slice(8030) == CPU_SLICE_LONG
+    assert (cpu_slice(512), cpu_slice(256), cpu_slice(16), cpu_slice(1)) == (2, 4, 64, 64)
