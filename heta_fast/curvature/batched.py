@@ -129,7 +129,8 @@ def probe_batch_size(adapter: ModelAdapter, rows: int, kv_len: int, max_memory: 
 # 32), 64 at 16 rows (48 ms, against 62 at 8): the [B, s, ffn] temporaries stay in cache while the fixed
 # cost per backward op is shared. On a GPU the whole batch goes at once.
 # Suffixes whose graph takes the query-blocked attention core (from 512 rows; 1,024 until 2026-12-07) run two
-# directions at a time: there that core dominates, and under vmap its direction-free work (P recomputed per block, dP, dS) is done once for both. 4,006-token needle, rank 8,
+# directions at a time: there that core dominates, and under vmap its direction-free work (P recomputed per block,
+# dP, dS) is done once for both. 4,006-token needle, rank 8,
 # last 6 layers, 2 threads: S in 87.9 s against 100.0 s one direction at a time (benchmarks/eval/README.md); four at a
 # time was slower again (123.7 s against 97.9 s for two, one process, 2026-12-06; likely its larger blocked
 # temporaries outgrow the cache). With the blocked core's hand-batched second backward (its directions as columns
