@@ -144,7 +144,7 @@ CPU_SLICE_LONG = 2
 
 def cpu_slice(rows: int) -> int:
     """Directions per batched second backward on the CPU for a suffix of ``rows`` positions: two where its graph
-    takes the blocked attention core (from 512 rows; at 782 tokens S took 6.7 s with two, 7.4 s with one)."""
+    takes the blocked attention core (from 512 rows; benchmarks/RESULTS.md, *The blocked core from 512 rows*)."""
     if rows > CPU_SLICE_ROWS or attention_core.uses_blocked_core(rows, rows):
         return CPU_SLICE_LONG
     return max(1, min(CPU_SLICE_MAX, CPU_SLICE_ROWS // max(rows, 1)))

@@ -39,13 +39,11 @@ from torch import Tensor
 # The query-blocked core takes over graph-building calls with more score elements than this per head
 # (q_len·k_len) when no probabilities are requested. It recomputes P but reads half the scores under a causal
 # mask, and its backward passes take an HVP's directions by hand; the whole-matrix core keeps four score-sized
-# tensors per layer, which fall out of cache as the context grows. Whole S on the default model (2 threads, a
-# 2-core Intel Xeon, 2026-12-07, the `document` preset, the blocked core with two directions per slice against the
-# whole-matrix core with one): 1.67–1.70 s against 1.70–1.85 at 259 tokens, 3.23–3.29 against 3.39–3.44 at 432,
-# 6.74–6.78 against 8.56–9.43 at 782, 8.6–8.7 against 14.6–19.1 at 1,020; the default preset's S 18.0–18.9
-# against 20.9 at 585 tokens and 32.0–32.8 against 69.6–75.3 at 1,020 (benchmarks/RESULTS.md, *The blocked core
-# from 512 rows*). Until then the threshold was 1,024², from a first version of the blocked core that took 1.39x
-# the whole-matrix core's time at 512 tokens and 1.17x at 768 (one layer, one HVP, one thread).
+# tensors per layer, which fall out of cache as the context grows. Whole S on the default model with the blocked
+# core from 512² scores against 1,024² (2-core Intel Xeon, 2026-12-07, `benchmarks/bench_blocked_threshold.py`):
+# 0.76–0.87x at 573 and 804 tokens, 0.42–0.52x at 985; no change at 477 (figures in benchmarks/RESULTS.md, *The
+# blocked core from 512 rows*). Until then the threshold was 1,024², from a first version of the blocked core that
+# took 1.39x the whole-matrix core's time at 512 tokens and 1.17x at 768 (one layer, one HVP, one thread).
 BLOCKED_MIN_SCORES = 512 * 512
 # Bytes of one block's scores [B, H, rows, keys] in the softmax dtype: each pass holds a handful of
 # block-sized temporaries (times the directions under vmap), never a full score matrix.
