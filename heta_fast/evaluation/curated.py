@@ -305,18 +305,20 @@ def method_scores(attributor, enc: Encoded, methods: list[str], settings: RunSet
 def example_metrics(logprob_fn, X: Tensor, enc: Encoded, ex: Example, a: Tensor, settings: RunSettings) -> dict:
     """All per-example metrics of one attribution ``a`` over the context."""
     offs = [(s, e) for s, e in enc.offsets]
-    support = mt.token_span_mask(offs, enc.text, ex.support)
-    distractor = mt.token_span_mask(offs, enc.text, ex.distractor)
-    question = mt.token_span_mask(offs, enc.text, [(ex.passage_end, len(enc.text))])
     out = {
         **mt.soft_erasure(logprob_fn, X, a, seed=settings.seed, samples=settings.soft_samples),
         **mt.aopc(logprob_fn, X, enc.target_id, a),
-        "dsa": mt.dsa(a, support, distractor),
-        "support_share": mt.mass_share(a, support),
-        "distractor_share": mt.mass_share(a, distractor),
-        "question_share": mt.mass_share(a, question & ~support & ~distractor),
         "first_token_share": float(a[0] / a.sum()) if a.sum() > 0 else 0.0,
     }
+    if ex.labelled:
+        support = mt.token_span_mask(offs, enc.text, ex.support)
+        distractor = mt.token_span_mask(offs, enc.text, ex.distractor)
+        question = mt.token_span_mask(offs, enc.text, [(ex.passage_end, len(enc.text))])
+        out.update(dsa=mt.dsa(a, support, distractor), support_share=mt.mass_share(a, support),
+                   distractor_share=mt.mass_share(a, distractor),
+                   question_share=mt.mass_share(a, question & ~support & ~distractor))
+    else:  # no segments: the segment metrics do not exist (None is left out of every mean)
+        out.update(dsa=None, support_share=None, distractor_share=None, question_share=None)
     gold = mt.token_span_mask(offs, enc.text, ex.gold) if ex.gold else None
     out["f1"] = mt.f1_alignment(a, gold) if gold is not None and gold.any() else float("nan")
     return out

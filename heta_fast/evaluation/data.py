@@ -50,8 +50,16 @@ class Example:
         return self.text + self.cue
 
     @property
+    def labelled(self) -> bool:
+        """Whether the example has support and distractor segments (an unlabelled one, such as a sequence-level
+        prompt, is scored by the faithfulness metrics alone)."""
+        return bool(self.support or self.distractor)
+
+    @property
     def passage_end(self) -> int:
         """Where the last labelled segment ends: the question and cue are what follows."""
+        if not self.labelled:
+            raise ValueError(f"example {self.id} is unlabelled: it has no passage")
         return max(e for _, e in self.support + self.distractor)
 
 
@@ -102,7 +110,8 @@ def _segment(obj: dict, text: str, what: str, names: tuple[str, ...]) -> list[tu
         seg = next((obj[n] for n in names if isinstance(obj.get(n), (str, list))), None)
         if seg is None:
             raise HetaInputError(f"missing the {what} segment: give '{what}' (a substring or a list of them), "
-                                 f"'{what}_span' or '{what}_spans'")
+                                 f"'{what}_span' or '{what}_spans' (or \"unlabelled\": true for an example "
+                                 "scored by faithfulness alone)")
         pieces = [seg] if isinstance(seg, str) else seg
         if not pieces or not all(isinstance(x, str) and x for x in pieces):
             raise HetaInputError(f"the {what} segment must be a non-empty substring or a list of them")
@@ -124,9 +133,18 @@ def parse_example(obj: dict, index: int) -> Example:
         raise HetaInputError("missing or empty 'text' (or 'input_text')")
     if not isinstance(answer, str) or not answer.strip():
         raise HetaInputError("missing or empty 'answer'")
-    segments = {what: _segment(obj, text, what, names)
-                for what, names in (("support", ("support", "support_segment", "sciq_support_segment")),
-                                    ("distractor", ("distractor", "distractor_segment", "narrative_segment")))}
+    unlabelled = obj.get("unlabelled", False)
+    if not isinstance(unlabelled, bool):
+        raise HetaInputError(f"'unlabelled' must be true or false, got {unlabelled!r}")
+    named = {what: names for what, names in (("support", ("support", "support_segment", "sciq_support_segment")),
+                                             ("distractor", ("distractor", "distractor_segment", "narrative_segment")))}
+    if unlabelled:  # faithfulness metrics only (a sequence-level prompt): no segment may be given
+        given = [k for what, names in named.items() for k in (*names, f"{what}_span", f"{what}_spans") if k in obj]
+        if given:
+            raise HetaInputError(f"an unlabelled example has no segments; it gives {', '.join(given)}")
+        segments = {"support": [], "distractor": []}
+    else:
+        segments = {what: _segment(obj, text, what, names) for what, names in named.items()}
     for a, b in segments["support"]:
         for c, d in segments["distractor"]:
             if max(a, c) < min(b, d):

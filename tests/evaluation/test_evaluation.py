@@ -308,6 +308,82 @@ def test_metrics_count_every_piece_of_a_segment():
     assert out["dsa"] == pytest.approx(0.0)
 
 
+def test_unlabelled_examples_have_no_segments_and_no_segment_metrics():
+    """A sequence-level prompt has no support or distractor: it must say so ("unlabelled": true), gives no
+    segment, and its segment metrics are None (left out of every mean) while the faithfulness metrics exist."""
+    from heta_fast.evaluation.curated import Encoded, RunSettings, example_metrics
+
+    text = "aa bb cc dd"
+    ex = parse_example({"text": text, "answer": "x", "cue": "", "unlabelled": True}, 0)
+    assert not ex.labelled and ex.support == [] and ex.distractor == []
+    with pytest.raises(ValueError, match="unlabelled"):
+        ex.passage_end
+    with pytest.raises(HetaInputError, match="missing the support segment.*unlabelled"):
+        parse_example({"text": text, "answer": "x"}, 0)
+    with pytest.raises(HetaInputError, match="no segments; it gives support_span"):
+        parse_example({"text": text, "answer": "x", "unlabelled": True, "support_span": [0, 2]}, 0)
+    with pytest.raises(HetaInputError, match="true or false"):
+        parse_example({"text": text, "answer": "x", "unlabelled": "yes"}, 0)
+    enc = Encoded(ids=[1, 2, 3, 4], offsets=[(0, 2), (2, 5), (5, 8), (8, 11)], text=text, target_id=6)
+
+    def logprob_fn(X):
+        return torch.log_softmax(X.sum(1)[:, :7], -1)
+
+    a = torch.tensor([1.0, 4.0, 2.0, 1.0], dtype=torch.float64)
+    out = example_metrics(logprob_fn, torch.randn(4, 8, dtype=torch.float64), enc, ex, a, RunSettings())
+    assert all(out[k] is None for k in ("dsa", "support_share", "distractor_share", "question_share"))
+    assert math.isfinite(out["soft_nc"]) and math.isfinite(out["soft_ns"])
+    assert out["first_token_share"] == pytest.approx(0.125)
+
+
+def test_sequence_harness_examples_follow_the_generation(tmp_path):
+    """The sequence-level protocol's examples: the prompt plus the first k greedy tokens, for k = 0, stride, …;
+    the harness's greedy target after each text is the generated token k (checked with the tiny model)."""
+    import importlib.util
+    from pathlib import Path
+
+    from heta_fast.evaluation.curated import encode, prediction_facts
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks/eval/data/reagent/sequence_harness.py"
+    spec = importlib.util.spec_from_file_location("sequence_harness", path)
+    sh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sh)
+    class RoundTrip(NoBosTokenizer):  # decodes every id to a character of its own, which encodes back to it
+        def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+            out = super().__call__(text, return_offsets_mapping=return_offsets_mapping)
+            out["input_ids"] = [ord(c) - 0x100 if ord(c) >= 0x100 else i for c, i in zip(text, out["input_ids"])]
+            return out
+
+        def decode(self, ids):
+            return "".join(chr(0x100 + i) for i in ids)
+
+    attr = Attributor(tiny_model("llama"), RoundTrip())
+    rows = sh.sequence_examples(attr.tokenizer, attr.model, {"id": "p0", "text": "abc de"}, 5, 2)
+    assert [r["id"] for r in rows] == ["p0/step0", "p0/step2", "p0/step4"] and all(r["unlabelled"] for r in rows)
+    generated = sh.greedy_tokens(attr.model, list(attr.tokenizer("abc de")["input_ids"]), 5)
+    for r in rows:
+        ex = parse_example(r, 0)
+        enc = encode(attr.tokenizer, ex)
+        assert r["round_trip"] and enc.text == r["text"]
+        with torch.no_grad():
+            X = attr.adapter.embed(torch.tensor(enc.ids))
+            facts = prediction_facts(lambda x: torch.log_softmax(attr.model(inputs_embeds=x).logits[:, -1].double(), -1),
+                                     X, enc.target_id)
+        assert facts["greedy_id"] == generated[r["step"]]
+    # The harness runs them end to end: faithfulness metrics per method, no segment metrics in the summary.
+    data = tmp_path / "seq.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = RunSettings(hessian="lowrank", rank=4, num_probes=2, soft_samples=2)
+    recs = run_curated(load_examples(data), tmp_path / "out", ["random", "loo", "heta"], settings, attributor=attr,
+                       targets=("greedy",), progress=False)
+    assert len(recs) == 3 and all(r["target"] == "greedy" for r in recs)
+    for r in recs:
+        assert all(math.isfinite(v["soft_nc"]) and v["dsa"] is None for v in r["methods"].values())
+    row = {x["method"]: x for x in summarize(recs, ["random", "loo", "heta"])}
+    assert row["heta"]["soft_nc_n"] == 3 and row["heta"]["dsa_n"] == 0 and math.isnan(row["heta"]["dsa"])
+    write_report(summarize(recs, ["random", "loo", "heta"]), tmp_path / "out", plots=False)
+
+
 def test_load_examples_jsonl_errors_name_the_line(tmp_path):
     p = tmp_path / "d.jsonl"
     rows = _rows(2)
