@@ -367,7 +367,7 @@ def test_sequence_harness_examples_follow_the_generation(tmp_path):
         assert r["round_trip"] and enc.text == r["text"]
         with torch.no_grad():
             X = attr.adapter.embed(torch.tensor(enc.ids))
-            facts = prediction_facts(lambda x: torch.log_softmax(attr.model(inputs_embeds=x).logits[:, -1].double(), -1),
+            facts = prediction_facts(lambda x: torch.log_softmax(attr.model(inputs_embeds=x).logits[:, -1], -1),
                                      X, enc.target_id)
         assert facts["greedy_id"] == generated[r["step"]]
     # The harness runs them end to end: faithfulness metrics per method, no segment metrics in the summary.
