@@ -3,6 +3,7 @@ inputs. The model runs they summarise are in results.jsonl files, not here."""
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,27 @@ def test_split_by_reads_any_key_of_the_data(tmp_path):
     assert values(str(p), "support_first") == {"e0": True, "e1": False, "e2": True}
     with pytest.raises(SystemExit, match="not a key"):
         values(str(p), "where")
+
+
+def test_per_prompt_means_and_the_authors_log_ratio():
+    """Two prompts of two positions; a prompt missing a position does not count for that method."""
+    pp = _script("per_prompt")
+    prompt_of = {"a/0": "a", "a/2": "a", "b/0": "b", "b/2": "b"}
+    positions = {"a": 2, "b": 2}
+
+    def rec(i, heta, rand):
+        return {"id": i, "methods": {"heta_default": {"soft_nc": heta, "soft_ns": heta / 2},
+                                     "random": {"soft_nc": rand, "soft_ns": float("nan")}}}
+
+    records = [rec("a/0", 0.8, 0.4), rec("a/2", 0.6, 0.4), rec("b/0", 0.2, 0.5)]
+    means = pp.prompt_means(records, prompt_of, positions)
+    assert means["heta_default"]["soft_nc"] == pytest.approx({"a": 0.7})  # b lacks a position
+    records.append(rec("b/2", 0.4, 0.3))
+    means = pp.prompt_means(records, prompt_of, positions)
+    assert means["heta_default"]["soft_nc"] == pytest.approx({"a": 0.7, "b": 0.3})
+    assert means["random"]["soft_ns"] == {}  # NaN everywhere: no prompt
+    lines = pp.report(means, "heta_default")
+    row = next(x for x in lines if x.startswith("| heta_default | 2 |"))
+    assert "0.500 ± 0.200" in row and f"{math.log(1.0 / 0.8):+.3f}" in row  # Σ 0.7 + 0.3 over Σ 0.4 + 0.4
+    diff = [x for x in lines if x.startswith("| random | 2 |")][-1]  # the paired table comes second
+    assert "+0.100 ± 0.200 | 1/2" in diff
