@@ -61,13 +61,14 @@ def report(means: dict, baseline: str) -> list[str]:
         for m in methods:
             if m == baseline:
                 continue
-            cells, n = [], 0
+            cells, counts = [], []
             for metric in METRICS:
                 a, b = means[baseline][metric], means[m][metric]
                 d = [a[p] - b[p] for p in a if p in b]
                 mean, sem, n = mean_sem(d)
                 cells += [f"{mean:+.3f} ± {sem:.3f}", f"{sum(x > 0 for x in d)}/{len(d)}"]
-            lines.append(f"| {m} | {n} | " + " | ".join(cells) + " |")
+                counts.append(str(n))
+            lines.append(f"| {m} | {' / '.join(dict.fromkeys(counts))} | " + " | ".join(cells) + " |")
     return lines
 
 

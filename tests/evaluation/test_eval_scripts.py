@@ -65,5 +65,5 @@ def test_per_prompt_means_and_the_authors_log_ratio():
     lines = pp.report(means, "heta_default")
     row = next(x for x in lines if x.startswith("| heta_default | 2 |"))
     assert "0.500 ± 0.200" in row and f"{math.log(1.0 / 0.8):+.3f}" in row  # Σ 0.7 + 0.3 over Σ 0.4 + 0.4
-    diff = [x for x in lines if x.startswith("| random | 2 |")][-1]  # the paired table comes second
+    diff = next(x for x in lines if x.startswith("| random | 2 / 0 |"))  # Soft-NC on 2 prompts, Soft-NS on none
     assert "+0.100 ± 0.200 | 1/2" in diff
