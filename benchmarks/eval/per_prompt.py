@@ -39,7 +39,7 @@ def prompt_means(records: list[dict], prompt_of: dict[str, str], positions: dict
 
 
 def report(means: dict, baseline: str) -> list[str]:
-    methods = sorted(means)
+    methods = list(means)  # the run's order
     lines = ["| method | prompts | Soft-NC | Soft-NS | log(Σ/Σ random) NC | log(Σ/Σ random) NS |",
              "|---|---|---|---|---|---|"]
     for m in methods:
