@@ -13,9 +13,8 @@ position has the method count for it. Written to ``OUT/per_prompt.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from heta_fast.evaluation.curated import RunSettings, load_records
@@ -43,12 +42,10 @@ def report(means: dict, baseline: str) -> list[str]:
     lines = ["| method | prompts | Soft-NC | Soft-NS | log(Σ/Σ random) NC | log(Σ/Σ random) NS |",
              "|---|---|---|---|---|---|"]
     for m in methods:
-        cells = []
+        cells, logs = [], []
         for metric in METRICS:
-            mean, sem, n = mean_sem(list(means[m][metric].values()))
+            mean, sem, _ = mean_sem(list(means[m][metric].values()))
             cells.append(f"{mean:.3f} ± {sem:.3f}")
-        logs = []
-        for metric in METRICS:
             rand = means.get("random", {}).get(metric, {})
             common = [p for p in means[m][metric] if p in rand]
             num, den = sum(means[m][metric][p] for p in common), sum(rand[p] for p in common)
@@ -79,11 +76,10 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--baseline", default="heta_default")
     args = ap.parse_args()
-    rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
-    prompt_of = {r["id"]: r["prompt_id"] for r in rows}
-    positions: dict[str, int] = defaultdict(int)
-    for r in rows:
-        positions[r["prompt_id"]] += 1
+    from paired import _data_values  # beside this script
+
+    prompt_of = _data_values(args.data, "prompt_id")
+    positions = Counter(prompt_of.values())
     records = load_records(load_examples(args.data), args.out, RunSettings(model=args.model), targets=("greedy",))
     lines = [f"Sequence level, {len(records)} positions of {len({prompt_of[r['id']] for r in records})} prompts "
              "(model's own next token); per-prompt means over each prompt's positions, then over prompts.", ""]

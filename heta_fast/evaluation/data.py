@@ -136,8 +136,8 @@ def parse_example(obj: dict, index: int) -> Example:
     unlabelled = obj.get("unlabelled", False)
     if not isinstance(unlabelled, bool):
         raise HetaInputError(f"'unlabelled' must be true or false, got {unlabelled!r}")
-    named = {what: names for what, names in (("support", ("support", "support_segment", "sciq_support_segment")),
-                                             ("distractor", ("distractor", "distractor_segment", "narrative_segment")))}
+    named = {"support": ("support", "support_segment", "sciq_support_segment"),
+             "distractor": ("distractor", "distractor_segment", "narrative_segment")}
     if unlabelled:  # faithfulness metrics only (a sequence-level prompt): no segment may be given
         given = [k for what, names in named.items() for k in (*names, f"{what}_span", f"{what}_spans") if k in obj]
         if given:

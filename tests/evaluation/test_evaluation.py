@@ -358,9 +358,9 @@ def test_sequence_harness_examples_follow_the_generation(tmp_path):
             return "".join(chr(0x100 + i) for i in ids)
 
     attr = Attributor(tiny_model("llama"), RoundTrip())
-    rows = sh.sequence_examples(attr.tokenizer, attr.model, {"id": "p0", "text": "abc de"}, 5, 2)
+    rows = sh.sequence_examples(attr, {"id": "p0", "text": "abc de"}, 5, 2)
     assert [r["id"] for r in rows] == ["p0/step0", "p0/step2", "p0/step4"] and all(r["unlabelled"] for r in rows)
-    generated = sh.greedy_tokens(attr.model, list(attr.tokenizer("abc de")["input_ids"]), 5)
+    generated = attr._generate(torch.tensor(attr.tokenizer("abc de")["input_ids"]), 5)
     for r in rows:
         ex = parse_example(r, 0)
         enc = encode(attr.tokenizer, ex)

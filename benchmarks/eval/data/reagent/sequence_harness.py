@@ -29,21 +29,11 @@ from pathlib import Path
 import torch
 
 
-def greedy_tokens(model, ids: list[int], n: int) -> list[int]:
-    """``n`` greedy next tokens after ``ids`` (ties to the lowest id), one full forward per token."""
-    out: list[int] = []
-    with torch.no_grad():
-        for _ in range(n):
-            logits = model(input_ids=torch.tensor([ids + out])).logits[0, -1]
-            out.append(int(torch.argmax(logits)))
-    return out
-
-
-def sequence_examples(tokenizer, model, rec: dict, new_tokens: int, stride: int) -> list[dict]:
+def sequence_examples(attributor, rec: dict, new_tokens: int, stride: int) -> list[dict]:
     """The harness examples of one prompt record (``id``, ``text``): one per scored generated position."""
-    text = rec["text"]
-    ids = list(tokenizer(text)["input_ids"])
-    generated = greedy_tokens(model, ids, new_tokens)
+    text, tokenizer = rec["text"], attributor.tokenizer
+    ids = list(tokenizer(text)["input_ids"])  # as the harness encodes it (a BOS included)
+    generated = attributor._generate(torch.tensor(ids), new_tokens)  # the library's greedy continuation
     rows = []
     for k in range(0, new_tokens, stride):
         text_k = text + tokenizer.decode(generated[:k])
@@ -76,8 +66,7 @@ def main() -> None:
 
     attr = Attributor.from_pretrained(args.model, progress=False)
     records = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line]
-    rows = [row for rec in records for row in sequence_examples(attr.tokenizer, attr.model, rec, args.new_tokens,
-                                                                 args.stride)]
+    rows = [row for rec in records for row in sequence_examples(attr, rec, args.new_tokens, args.stride)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
