@@ -7,6 +7,8 @@ Ops and their backends, fastest first:
   chosen by ``auto``).
 - ``kl_from_hidden`` (the fused LM head + KL of the information term): ``ext`` (the compiled
   ``heta_fast._C`` kernels through torch's dispatcher), ``torch`` (the chunked reference, every device).
+- ``score_rows`` (the blocked attention core's fused row passes, :mod:`heta_fast.hf.score_rows`): ``ext``
+  (CPU kernels of ``heta_fast._C``), ``torch`` (the op-by-op references, every device).
 
 ``backend="auto"`` honours ``HETA_FAST_BACKEND`` when it names a backend of that op (an environment choice
 counts as explicit), else takes the first backend that can run. An explicit backend that cannot run raises
@@ -43,6 +45,12 @@ def _ext_reason(device: torch.device) -> str | None:
     return None
 
 
+def _ext_cpu_reason(device: torch.device) -> str | None:
+    if device.type != "cpu":
+        return f"the compiled extension has CPU kernels only for this op, not {device}"
+    return _ext_reason(device)
+
+
 def _always(_device: torch.device) -> str | None:
     return None
 
@@ -51,6 +59,7 @@ def _always(_device: torch.device) -> str | None:
 _OPS: dict[str, list[tuple[str, Callable[[torch.device], str | None], bool]]] = {
     "attn_vecmat": [("triton", _triton_reason, True), ("torch", _always, True), ("reference", _always, False)],
     "kl_from_hidden": [("ext", _ext_reason, True), ("torch", _always, True)],
+    "score_rows": [("ext", _ext_cpu_reason, True), ("torch", _always, True)],
 }
 
 

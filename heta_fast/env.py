@@ -32,7 +32,7 @@ def report() -> dict:
         "cpu_malloc_tuning": malloc_tuning_status(),  # what an Attributor on the CPU gets
     }
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for op in ("attn_vecmat", "kl_from_hidden"):  # what backend="auto" picks, per device
+    for op in ("attn_vecmat", "kl_from_hidden", "score_rows"):  # what backend="auto" picks, per device
         info[f"backend_{op}"] = {dev: _auto_backend(backends, op, dev) for dev in devices}
     try:
         import transformers

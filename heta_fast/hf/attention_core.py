@@ -29,12 +29,16 @@ the first backward needs no full row of P either. Each block only reads the keys
 is computed once and multiplied by every direction in one product, not copied per direction by a generated rule. The
 same holds for the forward's own node, which an HVP's second backward also runs backwards (its output feeds the
 non-linear rest of the model): its gradient without a graph (:class:`_BlockedCoreGrads`) takes the directions at once.
+The elementwise passes over a score block that involve the directions (dS = P ⊙ (dP − δ), and the softmax's part of
+the second backward) run row by row in compiled CPU kernels where the extension is loaded (:mod:`.score_rows`).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from .score_rows import center_mul_rows_, softmax_vjp_rows_
 
 # The query-blocked core takes over graph-building calls with more score elements than this per head
 # (q_len·k_len) when no probabilities are requested. It recomputes P but reads half the scores under a causal
@@ -249,7 +253,9 @@ def _blocked_grads(q5, key, value, dO, O, lse, allowed, s, blocks):
         dO_b = _span(dOd, lo, hi)  # [B, H_kv, N, n_rep, b, dh]
         rows = dO_b.reshape(B, n_kv, n * n_rep * b, dh)
         dS = torch.matmul(rows, _span(value, k_lo, k_hi).transpose(-1, -2)).view(B, n_kv, n, n_rep, b, kb)
-        dS.sub_(_span(delta, lo, hi, -1).unsqueeze(-1)).mul_(P.unsqueeze(2))  # P ⊙ (dP − δ), in place
+        # P ⊙ (dP − δ) in place, row by row: [O, N, I, k] with O = (B, H_kv), I = (n_rep, b).
+        center_mul_rows_(dS.view(B * n_kv, n, n_rep * b, kb),
+                         _span(delta, lo, hi, -1).reshape(B * n_kv, n, n_rep * b), P.view(B * n_kv, n_rep * b, kb))
         dS_rows = dS.view(B, n_kv, n * n_rep * b, kb)
         dQ.append(torch.matmul(dS_rows, _span(key, k_lo, k_hi)).mul_(s).view(B, n_kv, n, n_rep, b, dh))
         # dK: Σ over the group's rows, per direction; Q's rows are shared by the directions (broadcast).
@@ -333,17 +339,17 @@ def _block_vjp(q5, key, value, dO, lse, delta, allowed, s, block, gQ, gK, gV):
     # G_dS = s·(gQ Kᵀ + Q gKᵀ) as one product over [gQ, Q] and [K, gK] (no score-sized sum).
     G_dS = _rows_mm(torch.cat([gQb * s, (Qb * s).expand_as(gQb)], -1),
                     torch.cat([Kr.expand_as(gKr), gKr], -1).transpose(-1, -2))
-    # With A = G_dS + G_δ (G_δ = −rowsum(P ⊙ G_dS)): G_dP = P ⊙ A, and G_P = A ⊙ (dP − δ) + dO gVᵀ up to a
-    # per-row constant (G_δ·δ), which the softmax's derivative below cancels (rows of P sum to 1).
-    A = G_dS.sub_((P * G_dS).sum(-1, keepdim=True))
-    G_dP = P * A
-    G_P = _rows_mm(dOb, gVr.transpose(-1, -2)).addcmul_(A, dP_centered)
-    del A, G_dS, dP_centered
+    # The softmax's part (score_rows.softmax_vjp_rows_reference): G_dP = P ⊙ A with A = G_dS − rowsum(P ⊙ G_dS),
+    # G_S from G_P = dO gVᵀ + A ⊙ (dP − δ); fused row by row over [1, N, rows, k], written over G_dS and G_P.
+    G_P = _rows_mm(dOb, gVr.transpose(-1, -2))
+    rows = P.numel() // P.shape[-1]
+    G_dP, G_S = softmax_vjp_rows_(P.view(1, rows, -1), dP_centered.view(1, rows, -1),
+                                  G_dS.view(1, n, rows, -1), G_P.view(1, n, rows, -1))
+    del dP_centered
+    G_dP, G_S = G_dP.view(G_dS.shape), G_S.view(G_P.shape)
     dO_bar = _rows_mm(G_dP, Vr).add_(_uncols(_rows_mm(P, _cols(gVr)), n))
     V_bar = _keys_mm(G_dP, dOb)
-    del G_dP
-    G_S = G_P.sub_((P * G_P).sum(-1, keepdim=True)).mul_(P)
-    del G_P
+    del G_dP, G_dS
     return Q_bar + _rows_mm(G_S, Kr).mul_(s), K_bar + _keys_mm(G_S, Qb).mul_(s), V_bar, dO_bar
 
 

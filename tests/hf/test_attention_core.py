@@ -4,20 +4,26 @@ Values, first and second derivatives must agree to float64 round-off (1e-10 rela
 prefix caches (fewer queries than keys), sliding windows and batched directions under ``torch.func.vmap``
 and under ``autograd.grad(is_grads_batched=True)``; ``gradcheck``/``gradgradcheck`` compare with finite
 differences. The query-blocked core (long inputs without probabilities) is held to the same comparisons, with its size
-threshold forced tiny and blocks of 1, 2 and 3 rows (not dividing q_len), and must save no score-sized tensor.
+threshold forced tiny and blocks of 1, 2 and 3 rows (not dividing q_len), its row passes on the compiled kernels and
+on the torch references (heta_fast/hf/score_rows.py), and must save no score-sized tensor.
 The routing tests check which path ``heta_attention`` takes.
 """
 
+import os
 import textwrap
 
 import pytest
 import torch
 
-from heta_fast.hf import ModelAdapter
+from heta_fast import _ext
+from heta_fast.hf import ModelAdapter, score_rows
 from heta_fast.hf import attention as recording_attention
 from heta_fast.hf import attention_core as core_module
 from heta_fast.hf.attention_core import attention_core
 from heta_fast.testing import causal_allowed, live_memory_child, rel_err
+
+
+REQUIRE_EXT = os.getenv("HETA_FAST_REQUIRE_EXT") == "1"
 
 
 def eager(q, k, v, allowed, scaling):
@@ -121,9 +127,27 @@ def blocked_masks(case, allowed, B):
     return masks
 
 
+def use_row_kernels(monkeypatch, kind):
+    """Run the blocked core's row passes (heta_fast/hf/score_rows.py) on the compiled kernels where they can run
+    (``autograd.grad(is_grads_batched=True)``'s legacy vmap takes the references), or all on the torch references
+    (``HETA_FAST_BACKEND=torch``). Returns the list of each pass's choice (True: compiled kernel)."""
+    if kind == "torch":
+        monkeypatch.setenv("HETA_FAST_BACKEND", "torch")
+    elif not _ext.has_ext():
+        if REQUIRE_EXT:
+            pytest.fail(f"HETA_FAST_REQUIRE_EXT=1 but heta_fast._C is unavailable: {_ext.load_error()}")
+        pytest.skip(f"heta_fast._C not built ({_ext.load_error()})")
+    choices = []
+    real = score_rows._fused
+    monkeypatch.setattr(score_rows, "_fused", lambda *t: choices.append(real(*t)) or choices[-1])
+    return choices
+
+
+@pytest.mark.parametrize("row_kernels", ["ext", "torch"])
 @pytest.mark.parametrize("rows", [1, 2, 3])
 @pytest.mark.parametrize("case", list(CASES))
-def test_blocked_core_values_and_derivatives_match_autograd(case, rows, monkeypatch):
+def test_blocked_core_values_and_derivatives_match_autograd(case, rows, row_kernels, monkeypatch):
+    fused = use_row_kernels(monkeypatch, row_kernels)
     q, k, v, allowed = make(case)
     B, H = q.shape[:2]
     force_blocked(monkeypatch, rows, B, H, k.shape[-2])
@@ -145,6 +169,7 @@ def test_blocked_core_values_and_derivatives_match_autograd(case, rows, monkeypa
             h_ref = second_order(plain, q, k, v, dirs, batched)
             for a, b in zip(h, h_ref, strict=True):
                 assert rel_err(a, b) < 1e-10, (name, batched)
+    assert (True in fused) == (row_kernels == "ext") and (False in fused)  # legacy vmap: references
 
 
 def test_blocked_core_with_probabilities_requested_stays_whole(monkeypatch):
