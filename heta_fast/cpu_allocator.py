@@ -8,6 +8,13 @@ kept (``benchmarks/RESULTS.md``). Raising the mmap threshold to its maximum and 
 keeps the blocks in the heap for reuse. The cost: memory freed after a large job stays in the process
 (and is reused by the next one) instead of going back to the kernel.
 
+glibc caps the mmap threshold at 32 MiB, and long inputs make larger temporaries (at 4,000 tokens the MLPs'
+second backward multiplies ``[2, 4000, 1536]`` float32, 47 MiB): each was still a fresh mapping, page-faulted
+on every use (a 47 MiB product took 13 ms instead of 4). So mmap is switched off altogether (``M_MMAP_MAX`` 0)
+and those blocks come from the heap too (``benchmarks/RESULTS.md``, *Large temporaries from the heap*).
+``HETA_FAST_MALLOC_MMAP=1`` keeps glibc's mmap for blocks above 32 MiB (freed blocks that size then go back
+to the kernel at once).
+
 Called by :class:`heta_fast.Attributor` for models on the CPU. Opt out with ``HETA_FAST_MALLOC_TUNING=0``;
 a no-op where the C library is not glibc.
 """
@@ -22,6 +29,7 @@ import platform
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
 
 MMAP_THRESHOLD = 32 * 2**20  # glibc's upper limit on 64-bit (HEAP_MAX_SIZE / 2)
 TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: ~2 GiB of free heap top is kept
@@ -48,10 +56,14 @@ def tune_malloc_for_tensors() -> bool:
     except OSError as exc:  # pragma: no cover - glibc without the usual soname
         _state["reason"] = f"libc.so.6 not loadable: {exc}"
         return False
-    ok = all(libc.mallopt(param, value) == 1 for param, value in (
-        (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_TOP_PAD, TOP_PAD)))
+    settings = [(_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_TOP_PAD, TOP_PAD)]
+    keep_mmap = os.environ.get("HETA_FAST_MALLOC_MMAP", "0") == "1"
+    if not keep_mmap:
+        settings.append((_M_MMAP_MAX, 0))  # blocks above the threshold's 32 MiB cap from the heap as well
+    ok = all(libc.mallopt(param, value) == 1 for param, value in settings)
     _state["applied"] = ok
-    _state["reason"] = "applied" if ok else "mallopt refused a setting"
+    _state["reason"] = ("applied" + (" (mmap kept for blocks above 32 MiB)" if keep_mmap else "")
+                        if ok else "mallopt refused a setting")
     return ok
 
 

@@ -208,13 +208,16 @@ def _block_probs(q5: Tensor, key: Tensor, allowed: Tensor | None, scaling: float
     """
     lo, hi, k_lo, k_hi = block
     scores = _rows_mm(_span(q5, lo, hi) * scaling, _span(key, k_lo, k_hi).transpose(-1, -2))  # s on the rows
-    if allowed is None:  # causal, queries at the last q_len positions
+    if allowed is None:  # causal, queries at the last q_len positions: only keys after row lo's are hidden
         offset = key.shape[-2] - q5.shape[-2]
-        q_pos = torch.arange(offset + lo, offset + hi, device=scores.device)[:, None]
-        hidden = torch.arange(k_lo, k_hi, device=scores.device)[None, :] > q_pos
+        first = max(offset + lo + 1, k_lo)  # the first key hidden from some row (b − 1 keys of a causal block)
+        if first < k_hi:
+            q_pos = torch.arange(offset + lo, offset + hi, device=scores.device)[:, None]
+            hidden = torch.arange(first, k_hi, device=scores.device)[None, :] > q_pos
+            _span(scores, first - k_lo, k_hi - k_lo, -1).masked_fill_(hidden, float("-inf"))
     else:
-        hidden = ~_span(_span(allowed, lo, hi), k_lo, k_hi, -1)
-    scores = scores.masked_fill_(hidden, float("-inf")).to(torch.promote_types(scores.dtype, torch.float32))
+        scores.masked_fill_(~_span(_span(allowed, lo, hi), k_lo, k_hi, -1), float("-inf"))
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
     lse = torch.logsumexp(scores, dim=-1) if lse is None else _span(lse, lo, hi, -1)
     return scores.sub_(lse.unsqueeze(-1)).exp_().to(q5.dtype), lse
 

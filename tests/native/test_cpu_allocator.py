@@ -24,10 +24,12 @@ cpu_allocator.release_free_memory()
 """
 
 
-def run(env_value: str | None) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "HETA_FAST_MALLOC_TUNING"}
+def run(env_value: str | None, keep_mmap: bool = False) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("HETA_FAST_MALLOC_TUNING", "HETA_FAST_MALLOC_MMAP")}
     if env_value is not None:
         env["HETA_FAST_MALLOC_TUNING"] = env_value
+    if keep_mmap:
+        env["HETA_FAST_MALLOC_MMAP"] = "1"
     return subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                           check=True).stdout
 
@@ -42,3 +44,35 @@ def test_attributor_on_cpu_applies_tuning():
 def test_opt_out_is_respected():
     out = run("0")
     assert "after: disabled by HETA_FAST_MALLOC_TUNING=0" in out
+
+
+@glibc
+def test_mmap_can_be_kept():
+    assert "after: applied (mmap kept for blocks above 32 MiB)" in run(None, keep_mmap=True)
+
+
+@glibc
+def test_blocks_above_the_mmap_cap_come_from_the_heap():
+    """With the tuning, a 64 MiB block is served from the heap (no new mapping: glibc's mmap threshold is capped
+    at 32 MiB, so only M_MMAP_MAX 0 does this), and its memory stays for the next block; with mmap kept it is a
+    fresh mapping."""
+    script = SCRIPT + """
+import ctypes
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Mallinfo2
+libc.malloc.restype = ctypes.c_void_p
+before = libc.mallinfo2().hblks  # mappings made before the tuning (at import) stay
+block = libc.malloc(64 * 2**20)
+print("new mapped blocks:", libc.mallinfo2().hblks - before)
+libc.free(ctypes.c_void_p(block))
+"""
+    for keep, mapped in ((False, "0"), (True, "1")):
+        env = {k: v for k, v in os.environ.items() if k not in ("HETA_FAST_MALLOC_TUNING", "HETA_FAST_MALLOC_MMAP")}
+        if keep:
+            env["HETA_FAST_MALLOC_MMAP"] = "1"
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+        assert f"new mapped blocks: {mapped}" in out, (keep, out)
