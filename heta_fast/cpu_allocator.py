@@ -9,11 +9,11 @@ keeps the blocks in the heap for reuse. The cost: memory freed after a large job
 (and is reused by the next one) instead of going back to the kernel.
 
 glibc caps the mmap threshold at 32 MiB, and long inputs make larger temporaries (at 4,000 tokens the MLPs'
-second backward multiplies ``[2, 4000, 1536]`` float32, 47 MiB): each was still a fresh mapping, page-faulted
-on every use (a 47 MiB product took 13 ms instead of 4). So mmap is switched off altogether (``M_MMAP_MAX`` 0)
-and those blocks come from the heap too (``benchmarks/RESULTS.md``, *Large temporaries from the heap*).
-``HETA_FAST_MALLOC_MMAP=1`` keeps glibc's mmap for blocks above 32 MiB (freed blocks that size then go back
-to the kernel at once).
+second backward multiplies ``[2, 4000, 1536]`` float32, 47 MiB): each is a fresh mapping, page-faulted on every
+use (a 47 MiB product took 13 ms instead of 4). ``HETA_FAST_MALLOC_HEAP_ONLY=1`` switches mmap off altogether
+(``M_MMAP_MAX`` 0), so those blocks come from the heap too. Not the default: at 8,192 tokens it made the first
+attribution of a process 3 % faster (S 9 %) and a second one no faster, but raised the peak memory by 6–13 %
+(``benchmarks/RESULTS.md``, *Large temporaries from the heap*).
 
 Called by :class:`heta_fast.Attributor` for models on the CPU. Opt out with ``HETA_FAST_MALLOC_TUNING=0``;
 a no-op where the C library is not glibc.
@@ -57,12 +57,12 @@ def tune_malloc_for_tensors() -> bool:
         _state["reason"] = f"libc.so.6 not loadable: {exc}"
         return False
     settings = [(_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_TOP_PAD, TOP_PAD)]
-    keep_mmap = os.environ.get("HETA_FAST_MALLOC_MMAP", "0") == "1"
-    if not keep_mmap:
+    heap_only = os.environ.get("HETA_FAST_MALLOC_HEAP_ONLY", "0") == "1"
+    if heap_only:
         settings.append((_M_MMAP_MAX, 0))  # blocks above the threshold's 32 MiB cap from the heap as well
     ok = all(libc.mallopt(param, value) == 1 for param, value in settings)
     _state["applied"] = ok
-    _state["reason"] = ("applied" + (" (mmap kept for blocks above 32 MiB)" if keep_mmap else "")
+    _state["reason"] = ("applied" + (" (heap only: no mmap)" if heap_only else "")
                         if ok else "mallopt refused a setting")
     return ok
 

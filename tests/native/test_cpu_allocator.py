@@ -24,12 +24,15 @@ cpu_allocator.release_free_memory()
 """
 
 
-def run(env_value: str | None, keep_mmap: bool = False) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("HETA_FAST_MALLOC_TUNING", "HETA_FAST_MALLOC_MMAP")}
+ENV_KEYS = ("HETA_FAST_MALLOC_TUNING", "HETA_FAST_MALLOC_HEAP_ONLY")
+
+
+def run(env_value: str | None, heap_only: bool = False) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
     if env_value is not None:
         env["HETA_FAST_MALLOC_TUNING"] = env_value
-    if keep_mmap:
-        env["HETA_FAST_MALLOC_MMAP"] = "1"
+    if heap_only:
+        env["HETA_FAST_MALLOC_HEAP_ONLY"] = "1"
     return subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                           check=True).stdout
 
@@ -47,15 +50,15 @@ def test_opt_out_is_respected():
 
 
 @glibc
-def test_mmap_can_be_kept():
-    assert "after: applied (mmap kept for blocks above 32 MiB)" in run(None, keep_mmap=True)
+def test_heap_only_is_opt_in():
+    assert "after: applied (heap only: no mmap)" in run(None, heap_only=True)
 
 
 @glibc
-def test_blocks_above_the_mmap_cap_come_from_the_heap():
-    """With the tuning, a 64 MiB block is served from the heap (no new mapping: glibc's mmap threshold is capped
-    at 32 MiB, so only M_MMAP_MAX 0 does this), and its memory stays for the next block; with mmap kept it is a
-    fresh mapping."""
+def test_heap_only_serves_blocks_above_the_mmap_cap_from_the_heap():
+    """With HETA_FAST_MALLOC_HEAP_ONLY=1 a 64 MiB block is served from the heap (no new mapping: glibc's mmap
+    threshold is capped at 32 MiB, so only M_MMAP_MAX 0 does this); with the default tuning it is a fresh
+    mapping."""
     script = SCRIPT + """
 import ctypes
 class Mallinfo2(ctypes.Structure):
@@ -70,9 +73,9 @@ block = libc.malloc(64 * 2**20)
 print("new mapped blocks:", libc.mallinfo2().hblks - before)
 libc.free(ctypes.c_void_p(block))
 """
-    for keep, mapped in ((False, "0"), (True, "1")):
-        env = {k: v for k, v in os.environ.items() if k not in ("HETA_FAST_MALLOC_TUNING", "HETA_FAST_MALLOC_MMAP")}
-        if keep:
-            env["HETA_FAST_MALLOC_MMAP"] = "1"
+    for heap_only, mapped in ((True, "0"), (False, "1")):
+        env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
+        if heap_only:
+            env["HETA_FAST_MALLOC_HEAP_ONLY"] = "1"
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
-        assert f"new mapped blocks: {mapped}" in out, (keep, out)
+        assert f"new mapped blocks: {mapped}" in out, (heap_only, out)
