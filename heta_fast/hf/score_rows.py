@@ -56,10 +56,12 @@ from .. import _ext, backends  # noqa: E402, F401  (_ext: loads the C++ kernels 
 
 def _fused(*tensors: Tensor) -> bool:
     """Whether the compiled row kernels take these tensors: the extension is loaded (and ``HETA_FAST_BACKEND``
-    does not say ``torch``), the tensors are float32/float64 on the CPU, and none is batched by a vmap (a generated
-    rule, or ``autograd.grad(is_grads_batched=True)``'s legacy one, cannot see through an opaque op)."""
+    does not say ``torch``), the tensors are all float32 or all float64 on the CPU, and none is batched by a vmap
+    (a generated rule, or ``autograd.grad(is_grads_batched=True)``'s legacy one, cannot see through an opaque op)."""
     x = tensors[0]
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if any(t.dtype != x.dtype for t in tensors):
         return False
     functorch = torch._C._functorch
     if any(functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t) for t in tensors):

@@ -78,7 +78,8 @@ def test_row_passes_match_the_formulas(impl, dtype, shape):
 @requires_ext
 def test_the_wrappers_take_the_kernels_where_they_can(monkeypatch):
     """float32/float64 CPU tensors go to the compiled kernels (the references are not called); bfloat16, a
-    non-contiguous direction tensor and HETA_FAST_BACKEND=torch go to the references, with the same values."""
+    non-contiguous direction tensor, mixed dtypes and HETA_FAST_BACKEND=torch go to the references, with the same
+    values."""
     assert backends.resolve("score_rows", "auto", "cpu") == "ext"
     assert backends.resolve("score_rows", "auto", "cuda") == "torch"
     calls = []
@@ -91,7 +92,8 @@ def test_the_wrappers_take_the_kernels_where_they_can(monkeypatch):
     def check(cast, g_p=None):
         P_, dPc_, delta_ = (cast(x) for x in (P, dPc, delta))
         dS = score_rows.center_mul_rows_(cast(G_dS).clone(), delta_, P_)
-        G_dP, G_S = score_rows.softmax_vjp_rows_(P_, dPc_, cast(G_dS).clone(), cast(G_P).clone() if g_p is None else g_p)
+        g_p = cast(G_P).clone() if g_p is None else g_p
+        G_dP, G_S = score_rows.softmax_vjp_rows_(P_, dPc_, cast(G_dS).clone(), g_p)
         bound = 1e-5 if dS.dtype == torch.float32 else 2e-2
         for a, b in ((dS, dS_ref), (G_dP, G_dP_ref), (G_S, G_S_ref)):
             assert rel_err(a.double(), b) < bound
@@ -105,6 +107,10 @@ def test_the_wrappers_take_the_kernels_where_they_can(monkeypatch):
     assert not strided.is_contiguous()
     check(lambda x: x, g_p=strided)
     assert calls == ["softmax_vjp_rows_reference"]
+    calls.clear()
+    x = G_dS.clone()
+    score_rows.center_mul_rows_(x, delta.double(), P)  # mixed dtypes: the reference (it promotes as torch does)
+    assert calls == ["center_mul_rows_reference"] and rel_err(x.double(), dS_ref) < 1e-5
     calls.clear()
     monkeypatch.setenv("HETA_FAST_BACKEND", "torch")
     check(lambda x: x)
