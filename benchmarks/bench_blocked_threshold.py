@@ -17,20 +17,13 @@ rounding only: the two cores compute the same function). Rows go to ``results/bl
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import torch
-from utils import append_csv, machine
+from utils import append_csv, fresh_needle_case, machine, s_values
 
 from heta_fast import Attributor
 from heta_fast.hf import attention_core
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "eval"))
-import needle as nd  # noqa: E402
 
 EARLIER_THRESHOLD = 1024 * 1024
 
@@ -46,7 +39,6 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     attr = Attributor.from_pretrained(args.model, progress=False)
-    needles = [json.loads(line) for line in (HERE / "eval/data/needles/fresh_needles.jsonl").read_text().splitlines()]
     shipped = attention_core.BLOCKED_MIN_SCORES
     blocked_calls = []  # which core ran: block_rows is asked only when a call takes the blocked core
     block_rows = attention_core.block_rows
@@ -55,10 +47,7 @@ def main():
     print("| preset | tokens | core | S s | rel. difference |")
     print("|---|---|---|---|---|")
     for length in args.tokens:
-        prompt, _, _ = nd.build_case(attr, nd.documents(None), needles, 0, length, 0.5, True)
-        tok = attr.tokenizer
-        first = tok.decode([tok(needles[0]["answer"], add_special_tokens=False)["input_ids"][0]])
-        n = len(tok(prompt)["input_ids"])
+        prompt, first, n = fresh_needle_case(attr, length)
         for preset in args.presets:
             kw = {"preset": preset, "components": ("S",), **({"units": "sentence"} if preset == "document" else {})}
             ref = None
@@ -73,8 +62,7 @@ def main():
                     finally:
                         attention_core.BLOCKED_MIN_SCORES = shipped
                     # Units' S (a unit that levels left unscored has none; the same ones in every run), or tokens'.
-                    S = torch.tensor([u.S for u in res.units if u.S is not None] if res.units else res.S,
-                                     dtype=torch.float64)
+                    S = s_values(res)
                     ref = S if ref is None else ref
                     diff = float((S - ref).abs().max() / ref.abs().max())
                     core = "blocked" if blocked_calls else "whole"

@@ -17,20 +17,14 @@ Rows go to ``results/score_rows.csv``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
-from utils import append_csv, machine
+from utils import append_csv, fresh_needle_case, machine, s_values
 
 from heta_fast import Attributor, _ext
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "eval"))
-import needle as nd  # noqa: E402
 
 
 def run_s(attr, prompt, target, kw, row_kernels):
@@ -46,8 +40,7 @@ def run_s(attr, prompt, target, kw, row_kernels):
             del os.environ["HETA_FAST_BACKEND"]
         else:
             os.environ["HETA_FAST_BACKEND"] = saved
-    S = torch.tensor([u.S for u in res.units if u.S is not None] if res.units else res.S, dtype=torch.float64)
-    return res.timings["hessian"], seconds, S
+    return res.timings["hessian"], seconds, s_values(res)
 
 
 def main():
@@ -63,16 +56,12 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     attr = Attributor.from_pretrained(args.model, progress=False)
-    needles = [json.loads(line) for line in (HERE / "eval/data/needles/fresh_needles.jsonl").read_text().splitlines()]
-    tok = attr.tokenizer
-    target = tok.decode([tok(needles[0]["answer"], add_special_tokens=False)["input_ids"][0]])
     print(f"{machine()}; {args.model}")
     print("| preset | tokens | row passes | S s | rel. difference |")
     print("|---|---|---|---|---|")
     warmed = False
     for length in args.tokens:
-        prompt, _, _ = nd.build_case(attr, nd.documents(None), needles, 0, length, 0.5, True)
-        n = len(tok(prompt)["input_ids"])
+        prompt, target, n = fresh_needle_case(attr, length)
         for preset in args.presets:
             kw = {"preset": preset, "components": ("S",), **({"units": "sentence"} if preset == "document" else {})}
             if not warmed:

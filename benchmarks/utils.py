@@ -154,3 +154,26 @@ def append_csv(name: str, rows: list[dict]) -> Path:
         w.writeheader()
         w.writerows(old + rows)
     return path
+
+
+def fresh_needle_case(attr, length: int) -> tuple[str, str, int]:
+    """(prompt, target, context tokens): the haystack of ``length`` tokens around ``benchmarks/eval/needle.py``'s
+    first fresh needle with its distractor, at depth 0.5, and the answer's first token as the target (the long-input
+    case of the S benchmarks)."""
+    import json
+    import sys
+
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here / "eval"))
+    import needle as nd
+
+    needles = [json.loads(line) for line in (here / "eval/data/needles/fresh_needles.jsonl").read_text().splitlines()]
+    prompt, _, _ = nd.build_case(attr, nd.documents(None), needles, 0, length, 0.5, True)
+    tok = attr.tokenizer
+    target = tok.decode([tok(needles[0]["answer"], add_special_tokens=False)["input_ids"][0]])
+    return prompt, target, len(tok(prompt)["input_ids"])
+
+
+def s_values(res) -> torch.Tensor:
+    """A result's S in float64: its units' (those a level scored) or its tokens'."""
+    return torch.tensor([u.S for u in res.units if u.S is not None] if res.units else res.S, dtype=torch.float64)

@@ -63,9 +63,17 @@ void check_rows(const char* op, const at::Tensor& x, const at::Tensor& p) {
   TORCH_CHECK(x.is_contiguous() && p.is_contiguous(), op, ": tensors must be contiguous");
 }
 
-// Tasks of whole rows (over O·I, each taking its N directions), about GRAIN_SIZE elements each.
-int64_t row_grain(int64_t n, int64_t k) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, n * k));
+// Calls f(r, row) for every row of an [O, N, I, k] tensor: r the row of P ([O, I, k]), row the direction's row.
+// Tasks are whole rows of P with all their N directions (P's row stays in cache), ~GRAIN_SIZE elements each.
+template <typename F>
+void for_each_row(int64_t O, int64_t N, int64_t I, int64_t k, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, N * k));
+  at::parallel_for(0, O * I, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t o = r / I, i = r % I;
+      for (int64_t n = 0; n < N; ++n) f(r, (o * N + n) * I + i);
+    }
+  });
 }
 
 }  // namespace
@@ -81,14 +89,8 @@ void center_mul_rows_cpu(at::Tensor& x, const at::Tensor& delta, const at::Tenso
     scalar_t* xs = x.data_ptr<scalar_t>();
     const scalar_t* ds = delta.data_ptr<scalar_t>();
     const scalar_t* ps = p.data_ptr<scalar_t>();
-    at::parallel_for(0, O * I, row_grain(N, k), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t o = r / I, i = r % I;
-        for (int64_t n = 0; n < N; ++n) {
-          const int64_t row = (o * N + n) * I + i;
-          center_mul_row<scalar_t>(xs + row * k, ds[row], ps + r * k, k);
-        }
-      }
+    for_each_row(O, N, I, k, [&](int64_t r, int64_t row) {
+      center_mul_row<scalar_t>(xs + row * k, ds[row], ps + r * k, k);
     });
   });
 }
@@ -104,14 +106,8 @@ void softmax_vjp_rows_cpu(const at::Tensor& p, const at::Tensor& dpc, at::Tensor
     const scalar_t* cs = dpc.data_ptr<scalar_t>();
     scalar_t* gds = g_ds.data_ptr<scalar_t>();
     scalar_t* gps = g_p.data_ptr<scalar_t>();
-    at::parallel_for(0, O * I, row_grain(N, k), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t o = r / I, i = r % I;
-        for (int64_t n = 0; n < N; ++n) {
-          const int64_t row = (o * N + n) * I + i;
-          softmax_vjp_row<scalar_t>(ps + r * k, cs + r * k, gds + row * k, gps + row * k, k);
-        }
-      }
+    for_each_row(O, N, I, k, [&](int64_t r, int64_t row) {
+      softmax_vjp_row<scalar_t>(ps + r * k, cs + r * k, gds + row * k, gps + row * k, k);
     });
   });
 }

@@ -346,13 +346,13 @@ def _block_vjp(q5, key, value, dO, lse, delta, allowed, s, block, gQ, gK, gV):
     # G_S from G_P = dO gVᵀ + A ⊙ (dP − δ); fused row by row over [1, N, rows, k], written over G_dS and G_P.
     G_P = _rows_mm(dOb, gVr.transpose(-1, -2))
     rows = P.numel() // P.shape[-1]
-    G_dP, G_S = softmax_vjp_rows_(P.view(1, rows, -1), dP_centered.view(1, rows, -1),
-                                  G_dS.view(1, n, rows, -1), G_P.view(1, n, rows, -1))
-    del dP_centered
-    G_dP, G_S = G_dP.view(G_dS.shape), G_S.view(G_P.shape)
+    softmax_vjp_rows_(P.view(1, rows, -1), dP_centered.view(1, rows, -1), G_dS.view(1, n, rows, -1),
+                      G_P.view(1, n, rows, -1))
+    G_dP, G_S = G_dS, G_P  # written over in place
+    del dP_centered, G_dS, G_P
     dO_bar = _rows_mm(G_dP, Vr).add_(_uncols(_rows_mm(P, _cols(gVr)), n))
     V_bar = _keys_mm(G_dP, dOb)
-    del G_dP, G_dS
+    del G_dP
     return Q_bar + _rows_mm(G_S, Kr).mul_(s), K_bar + _keys_mm(G_S, Qb).mul_(s), V_bar, dO_bar
 
 
