@@ -4,7 +4,12 @@
 missing; ``python -m heta_fast.env`` reports what was found.
 """
 
-from .api import Attributor, attribute
+# Before torch is imported: torch reads its huge-page switch once, at its first CPU allocation (cpu_allocator).
+from .cpu_allocator import request_huge_pages
+
+request_huge_pages()
+
+from .api import Attributor, attribute  # noqa: E402
 from .errors import (
     HetaCancelled,
     HetaError,

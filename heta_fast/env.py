@@ -10,7 +10,7 @@ def report() -> dict:
     import torch
 
     from . import __version__, _ext, _triton, backends
-    from .cpu_allocator import malloc_tuning_status, tune_malloc_for_tensors
+    from .cpu_allocator import huge_pages_status, malloc_tuning_status, tune_malloc_for_tensors
 
     tune_malloc_for_tensors()
     info = {
@@ -30,6 +30,7 @@ def report() -> dict:
         "triton_interpret": _triton.interpret_mode(),
         "triton_unavailable_reason": _triton.triton_unavailable_reason(),
         "cpu_malloc_tuning": malloc_tuning_status(),  # what an Attributor on the CPU gets
+        "cpu_huge_pages": huge_pages_status(),  # torch's large CPU blocks on transparent huge pages
     }
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for op in ("attn_vecmat", "kl_from_hidden", "score_rows"):  # what backend="auto" picks, per device
@@ -40,7 +41,8 @@ def report() -> dict:
         info["transformers"] = transformers.__version__
     except ImportError:
         info["transformers"] = None
-    env = {k: v for k, v in os.environ.items() if k.startswith(("HETA_FAST_", "MALLOC_")) or k in ("TRITON_INTERPRET", "MAX_JOBS")}
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith(("HETA_FAST_", "MALLOC_")) or k in ("TRITON_INTERPRET", "MAX_JOBS", "THP_MEM_ALLOC_ENABLE")}
     info["env"] = env
     return info
 

@@ -249,7 +249,16 @@ def plan_vs_actual(plan, res) -> dict:
     return {"plan_seconds": None if plan.seconds is None else round(plan.seconds, 1),
             "plan_expected_seconds": None if plan.expected_seconds is None else round(plan.expected_seconds, 1),
             "plan_peak_mib": round(plan.peak_memory / 2**20), "actual_seconds": round(res.timings["total"], 1),
-            "stages": {k: round(v, 1) for k, v in res.timings.items()}}
+            "plan_stages": plan_stage_seconds(plan), "stages": {k: round(v, 1) for k, v in res.timings.items()}}
+
+
+def plan_stage_seconds(plan) -> dict:
+    """The plan's expected seconds per component (gate, S, I), to set beside the run's stages."""
+    out: dict[str, float] = {}
+    for stage in plan.stages:
+        if stage.expected_seconds is not None:
+            out[stage.component] = out.get(stage.component, 0.0) + stage.expected_seconds
+    return {k: round(v, 1) for k, v in out.items()}
 
 
 def metrics(row: dict) -> dict:

@@ -79,3 +79,73 @@ libc.free(ctypes.c_void_p(block))
             env["HETA_FAST_MALLOC_HEAP_ONLY"] = "1"
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
         assert f"new mapped blocks: {mapped}" in out, (heap_only, out)
+
+
+# ---------------------------------------------------------------------------------------------- huge pages
+HUGE_ENV_KEYS = ENV_KEYS + ("THP_MEM_ALLOC_ENABLE",)
+linux = pytest.mark.skipif(platform.system() != "Linux", reason="transparent huge pages are a Linux feature")
+
+
+def huge_pages_run(script: str, **env_values: str) -> tuple[str, str]:
+    """(THP_MEM_ALLOC_ENABLE as the script's process ends up with it, heta_fast's huge-page status) of ``script``
+    run in a fresh interpreter, then heta_fast's report appended."""
+    env = {k: v for k, v in os.environ.items() if k not in HUGE_ENV_KEYS}
+    env.update(env_values)
+    script += """
+import os
+from heta_fast import cpu_allocator
+print(os.environ.get("THP_MEM_ALLOC_ENABLE"))
+print(cpu_allocator.huge_pages_status())
+"""
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip().splitlines()
+    return out[-2], out[-1]
+
+
+def kernel_mode() -> str | None:
+    from heta_fast.cpu_allocator import kernel_huge_page_mode
+
+    return kernel_huge_page_mode()
+
+
+@linux
+def test_import_turns_huge_pages_on_for_large_blocks():
+    """``import heta_fast`` before torch allocates: torch advises its large blocks huge (the status reads the
+    mapping's flags of a real 4 MiB tensor, so this fails if torch ignored the variable)."""
+    value, status = huge_pages_run("import heta_fast")
+    assert value == "1"
+    if kernel_mode() == "never":
+        assert status == "off: the kernel's transparent huge pages are 'never'"
+    elif kernel_mode() == "madvise":
+        assert status.startswith("on (THP_MEM_ALLOC_ENABLE=1 set by import heta_fast"), status
+    else:
+        assert status.startswith("on ("), status
+    if kernel_mode() == "madvise":  # the user's own export is reported as such
+        assert "from the environment" in huge_pages_run("import heta_fast", THP_MEM_ALLOC_ENABLE="1")[1]
+
+
+@linux
+def test_users_setting_of_the_variable_stands():
+    value, status = huge_pages_run("import heta_fast", THP_MEM_ALLOC_ENABLE="0")
+    assert value == "0"
+    if kernel_mode() == "madvise":
+        assert status == "off: THP_MEM_ALLOC_ENABLE=0 in the environment"
+
+
+@linux
+def test_tuning_opt_out_leaves_huge_pages_alone():
+    value, status = huge_pages_run("import heta_fast", HETA_FAST_MALLOC_TUNING="0")
+    assert value == "None"
+    if kernel_mode() == "madvise":
+        assert status == "off: disabled by HETA_FAST_MALLOC_TUNING=0"
+
+
+@linux
+def test_torch_allocating_first_is_reported_with_the_fix():
+    """torch reads the variable once: where it allocated before heta_fast was imported, the status says so and
+    names the remedy rather than claiming huge pages."""
+    value, status = huge_pages_run("import torch\nx = torch.empty(4 * 2**20, dtype=torch.uint8)\nimport heta_fast")
+    assert value == "1"
+    if kernel_mode() == "madvise":
+        assert status.startswith("off: torch allocated memory before heta_fast was imported"), status
+        assert "export THP_MEM_ALLOC_ENABLE=1" in status
