@@ -118,8 +118,10 @@ def test_import_turns_huge_pages_on_for_large_blocks():
         assert status == "off: the kernel's transparent huge pages are 'never'"
     elif kernel_mode() == "madvise":
         assert status.startswith("on (THP_MEM_ALLOC_ENABLE=1 set by import heta_fast"), status
-    else:
+    elif kernel_mode() == "always":
         assert status.startswith("on ("), status
+    else:  # the mode file is unreadable (a container without /sys): torch's advice took or the status says why not
+        assert status.startswith("on (THP_MEM_ALLOC_ENABLE=1") or "unreadable" in status, status
     if kernel_mode() == "madvise":  # the user's own export is reported as such
         assert "from the environment" in huge_pages_run("import heta_fast", THP_MEM_ALLOC_ENABLE="1")[1]
 
