@@ -1,7 +1,9 @@
 """heta_fast: fast, exact HETA token attribution for decoder-only language models.
 
 ``import heta_fast`` never imports transformers and never fails because the compiled extension is
-missing; ``python -m heta_fast.env`` reports what was found.
+missing; ``python -m heta_fast.env`` reports what was found. It sets one environment variable, torch's
+``THP_MEM_ALLOC_ENABLE=1`` (huge pages for large CPU blocks; not where it is set already or with
+``HETA_FAST_MALLOC_TUNING=0``: :mod:`heta_fast.cpu_allocator`).
 """
 
 # Before torch is imported: torch reads its huge-page switch once, at its first CPU allocation (cpu_allocator).

@@ -127,19 +127,15 @@ def test_import_turns_huge_pages_on_for_large_blocks():
 
 
 @linux
-def test_users_setting_of_the_variable_stands():
-    value, status = huge_pages_run("import heta_fast", THP_MEM_ALLOC_ENABLE="0")
-    assert value == "0"
+@pytest.mark.parametrize("env_values, value, status", [
+    ({"THP_MEM_ALLOC_ENABLE": "0"}, "0", "off: THP_MEM_ALLOC_ENABLE=0 in the environment"),  # the user's choice
+    ({"HETA_FAST_MALLOC_TUNING": "0"}, "None", "off: disabled by HETA_FAST_MALLOC_TUNING=0"),  # the opt-out
+])
+def test_users_settings_stand(env_values, value, status):
+    got_value, got_status = huge_pages_run("import heta_fast", **env_values)
+    assert got_value == value
     if kernel_mode() == "madvise":
-        assert status == "off: THP_MEM_ALLOC_ENABLE=0 in the environment"
-
-
-@linux
-def test_tuning_opt_out_leaves_huge_pages_alone():
-    value, status = huge_pages_run("import heta_fast", HETA_FAST_MALLOC_TUNING="0")
-    assert value == "None"
-    if kernel_mode() == "madvise":
-        assert status == "off: disabled by HETA_FAST_MALLOC_TUNING=0"
+        assert got_status == status
 
 
 @linux
