@@ -20,8 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from utils import append_csv, machine
+
 CHILD = """
-import json, sys, time
+import json, sys
 sys.path.insert(0, {here!r})
 import torch
 from utils import fresh_needle_case
@@ -33,7 +35,6 @@ prompt, target, n = fresh_needle_case(attr, {tokens})
 kw = dict(preset="document", units="sentence", components=("S",))
 seconds = []
 for _ in range({runs}):
-    t0 = time.perf_counter()
     res = attr.attribute(prompt, target, **kw)[0]
     seconds.append(round(res.timings["hessian"], 2))
 peak = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")][0] // 1024
@@ -49,10 +50,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="default")
     args = ap.parse_args()
-    here = str(Path(__file__).resolve().parent)
-    sys.path.insert(0, here)
-    from utils import append_csv, machine
-
+    here = str(Path(__file__).resolve().parent)  # the child imports utils from here too
     print(f"{machine()}; {args.model}")
     print("| THP_MEM_ALLOC_ENABLE | tokens | S s per run | peak RSS MiB | huge pages |")
     print("|---|---|---|---|---|")

@@ -46,6 +46,11 @@ TOP_PAD = 64 * 2**20  # grow the heap in 64 MiB steps instead of one page at a t
 _state: dict = {"applied": False, "reason": "not requested yet"}
 
 
+def _tuning_disabled() -> bool:
+    """The one opt-out of every setting here (malloc and huge pages): ``HETA_FAST_MALLOC_TUNING=0``."""
+    return os.environ.get("HETA_FAST_MALLOC_TUNING", "1") == "0"
+
+
 def tune_malloc_for_tensors() -> bool:
     """Apply the settings once per process; returns whether they are in effect.
 
@@ -53,7 +58,7 @@ def tune_malloc_for_tensors() -> bool:
     """
     if _state["applied"]:
         return True
-    if os.environ.get("HETA_FAST_MALLOC_TUNING", "1") == "0":
+    if _tuning_disabled():
         _state["reason"] = "disabled by HETA_FAST_MALLOC_TUNING=0"
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
@@ -103,7 +108,7 @@ def request_huge_pages() -> None:
     Called at ``import heta_fast`` before torch is imported: torch reads the variable at its first CPU
     allocation, so where torch has allocated already this changes nothing (:func:`huge_pages_status` says so).
     """
-    if os.environ.get("HETA_FAST_MALLOC_TUNING", "1") == "0" or HUGE_PAGES_VARIABLE in os.environ:
+    if _tuning_disabled() or HUGE_PAGES_VARIABLE in os.environ:
         return
     os.environ[HUGE_PAGES_VARIABLE] = "1"
     _huge_pages["set_here"] = True
@@ -164,7 +169,7 @@ def huge_pages_status() -> str:
     if mode is None:
         return f"off: the kernel's transparent huge page mode is unreadable ({_THP_MODE_FILE})"
     value = os.environ.get(HUGE_PAGES_VARIABLE)
-    if os.environ.get("HETA_FAST_MALLOC_TUNING", "1") == "0" and not value:
+    if _tuning_disabled() and not value:
         return "off: disabled by HETA_FAST_MALLOC_TUNING=0"
     if value is not None and value != "1":
         return f"off: {HUGE_PAGES_VARIABLE}={value} in the environment"
